@@ -1,0 +1,91 @@
+"""Event records: one per recipient outcome, plus connection and message records.
+
+The relay emits events; subscribers (the log writer, metrics, the stats
+counters) turn them into lines and numbers. Emitting never blocks and never
+raises into the SMTP transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from policy.reply import Reply
+from policy.verdict import Verdict
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    """Postfix's status= words, plus bouncer's own (SPEC §6)."""
+
+    SENT = "sent"
+    BOUNCED = "bounced"
+    DEFERRED = "deferred"  # soft failure handed back to the client (soft_bounce = "pass") or retried later
+    QUEUED = "queued"  # soft failure bouncer took responsibility for
+    SUPPRESSED = "suppressed"  # refused by bouncer itself from the store
+    EXPIRED = "expired"  # gave up after the retry schedule
+
+
+@dataclass(frozen=True)
+class RecipientEvent:
+    """The outcome of one recipient in one attempt."""
+
+    queue_id: str
+    recipient: str
+    status: Status
+    reply: Reply
+    when: datetime
+    relay: str = "none"  # "mx.example.com[192.0.2.1]:25", or "none" when no remote was reached
+    stage: str = "RCPT"  # the command the reply answered: RCPT, DATA, MAIL, connect
+    delay: float = 0.0  # seconds since the message arrived
+    delays: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # Postfix's a/b/c/d
+    verdict: Verdict | None = None
+    attempt: int = 0  # 0 = live, in-transaction; n = nth retry from the queue
+    sender: str = ""
+
+
+@dataclass(frozen=True)
+class ConnectEvent:
+    """A client connected (or disconnected, when `disconnect`)."""
+
+    client: str  # "name[ip]"
+    when: datetime
+    disconnect: bool = False
+
+
+@dataclass(frozen=True)
+class MessageEvent:
+    """A message's envelope as accepted: Postfix's qmgr `from=<>, size=, nrcpt=` line."""
+
+    queue_id: str
+    sender: str
+    size: int
+    nrcpt: int
+    when: datetime
+    client: str = ""
+    message_id: str = ""
+
+
+Event = RecipientEvent | ConnectEvent | MessageEvent
+Subscriber = Callable[[Event], None]
+
+
+@dataclass
+class EventBus:
+    """Fans each event out to every subscriber; a failing subscriber is logged, not raised."""
+
+    subscribers: list[Subscriber] = field(default_factory=list)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def emit(self, event: Event) -> None:
+        for subscriber in self.subscribers:
+            try:
+                subscriber(event)
+            except Exception:  # a broken log sink must not fail a mail transaction
+                log.exception("event subscriber %r failed", subscriber)
