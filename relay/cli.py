@@ -17,9 +17,7 @@ from relay.config import Config, ConfigError, load_config
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
 # Modules that contribute subcommands, in the order `bouncer --help` lists them.
-COMMAND_MODULES = (
-    "relay.cli_serve",
-)
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +38,9 @@ def config_or_exit(args: argparse.Namespace) -> Config:
 
 def _check_config(args: argparse.Namespace) -> int:
     cfg = config_or_exit(args)
-    print(f"{args.config or '(embedded defaults)'}: ok; listening on {', '.join(cfg.server.listen)}")
+    print(
+        f"{args.config or '(embedded defaults)'}: ok; listening on {', '.join(cfg.server.listen)}"
+    )
     return EXIT_OK
 
 

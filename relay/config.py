@@ -148,7 +148,7 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> float:
-    """"5m" -> 300.0; units s, m, h, d, w; a bare number is seconds."""
+    """ "5m" -> 300.0; units s, m, h, d, w; a bare number is seconds."""
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 2h, 1d)")
@@ -156,7 +156,7 @@ def parse_duration(text: str) -> float:
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """"127.0.0.1:2525" / "[::1]:25" / "mx.example" -> (host, port)."""
+    """ "127.0.0.1:2525" / "[::1]:25" / "mx.example" -> (host, port)."""
     text = text.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")

@@ -24,7 +24,9 @@ class Status(StrEnum):
 
     SENT = "sent"
     BOUNCED = "bounced"
-    DEFERRED = "deferred"  # soft failure handed back to the client (soft_bounce = "pass") or retried later
+    DEFERRED = (
+        "deferred"  # soft failure handed back to the client (soft_bounce = "pass") or retried later
+    )
     QUEUED = "queued"  # soft failure bouncer took responsibility for
     SUPPRESSED = "suppressed"  # refused by bouncer itself from the store
     EXPIRED = "expired"  # gave up after the retry schedule
