@@ -58,7 +58,7 @@ class Reply:
 
 
 def split_enhanced(text: str) -> tuple[str | None, str]:
-    """Split a leading RFC 3463 code off `text`: "5.1.1 No such user" -> ("5.1.1", "No such user")."""
+    """Split a leading RFC 3463 code off `text`: "5.1.1 No user" -> ("5.1.1", "No user")."""
     m = _ENHANCED.match(text)
     if not m:
         return None, text
