@@ -48,6 +48,7 @@ class RecipientEvent:
     verdict: Verdict | None = None
     attempt: int = 0  # 0 = live, in-transaction; n = nth retry from the queue
     sender: str = ""
+    client: str = ""  # "name[ip]" of the SMTP client, for the reject line of a suppressed rcpt
 
 
 @dataclass(frozen=True)
