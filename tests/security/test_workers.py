@@ -1,0 +1,115 @@
+# [server] workers = N (relay/workers.py): N processes share one port through SO_REUSEPORT,
+# SIGTERM to the parent stops them all with exit 0, and a worker that fails at startup
+# (exit 3) brings the whole group down with exit 3.
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+from tests.support.postfix import free_port, wait_port
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from relay.workers import current_worker, listen_reuse_port, run_workers
+
+    PORT, COUNT, FAIL = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+
+    def serve_one(index: int) -> int:
+        if FAIL >= 0 and index == FAIL:
+            return 3
+        async def main() -> int:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            async def answer(reader, writer):
+                idx, count = current_worker()
+                writer.write(f"{os.getpid()} {idx} {count}\\n".encode())
+                await writer.drain()
+                writer.close()
+            server = await asyncio.start_server(
+                answer, "127.0.0.1", PORT, reuse_port=listen_reuse_port(COUNT)
+            )
+            await stop.wait()
+            server.close()
+            await server.wait_closed()
+            return 0
+        return asyncio.run(main())
+
+    sys.exit(run_workers(COUNT, serve_one))
+    """
+)
+
+
+def _start(port: int, count: int, fail: int = -1) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, str(port), str(count), str(fail)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _ask(port: int) -> tuple[int, int, int]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        pid, idx, count = s.makefile().readline().split()
+    return int(pid), int(idx), int(count)
+
+
+def test_workers_share_the_port_and_stop_on_sigterm() -> None:
+    port = free_port()
+    proc = _start(port, 2)
+    try:
+        wait_port("127.0.0.1", port)
+        # Both workers must have bound before the kernel can spread connections.
+        deadline = time.monotonic() + 10
+        seen: dict[int, int] = {}
+        while len(seen) < 2 and time.monotonic() < deadline:
+            pid, idx, count = _ask(port)
+            assert count == 2
+            seen[pid] = idx
+        assert len(seen) == 2, f"all connections went to one worker: {seen}"
+        assert sorted(seen.values()) == [0, 1]
+        assert proc.pid not in seen  # the parent serves nothing itself
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_failing_at_startup_stops_all_with_exit_3() -> None:
+    port = free_port()
+    proc = _start(port, 3, fail=1)
+    try:
+        assert proc.wait(timeout=15) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Nobody is left listening on the port.
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            raise AssertionError("a worker survived its group")
+    except ConnectionRefusedError:
+        pass
+
+
+def test_single_worker_runs_in_process() -> None:
+    port = free_port()
+    proc = _start(port, 1)
+    try:
+        wait_port("127.0.0.1", port)
+        pid, idx, count = _ask(port)
+        assert (pid, idx, count) == (proc.pid, 0, 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
