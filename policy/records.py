@@ -1,0 +1,195 @@
+# What the store keeps per address or domain, and its byte format. Values only, no I/O.
+"""Suppression records (SPEC §4) and their serialisation.
+
+The byte format puts what a look-up needs first, in a fixed struct header
+(version, state, since, until, reason length) followed by the reason text, and
+only then the JSON body with everything else. `check()` on the relay's hot
+path reads the header and, only when it refuses, the reason; it never decodes
+the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from policy.reply import Reply
+from policy.verdict import BounceClass, Category
+
+FORMAT_VERSION = 1
+MAX_REASON = 200  # characters; the refusal line must stay under RFC 5321's 512 octets
+
+
+class State(StrEnum):
+    ACTIVE = "active"  # mail goes through (never suppressed, re-admitted, or lifted)
+    SUPPRESSED = "suppressed"  # refused until `until`, then re-admitted automatically
+    PERMANENT = "permanent"  # refused until lifted by hand with --force and a reason
+    BLOCKED = "blocked"  # a complaint: refused until lifted by hand with --force and a reason
+
+
+class Scope(StrEnum):
+    ADDRESS = "address"
+    DOMAIN = "domain"
+
+
+class _StateCode(IntEnum):
+    # On-disk codes; never renumber.
+    ACTIVE = 0
+    SUPPRESSED = 1
+    PERMANENT = 2
+    BLOCKED = 3
+
+
+STATE_CODE = {s: _StateCode[s.name].value for s in State}
+CODE_STATE = {v: k for k, v in STATE_CODE.items()}
+CODE_ACTIVE = STATE_CODE[State.ACTIVE]
+CODE_SUPPRESSED = STATE_CODE[State.SUPPRESSED]
+
+# version, state code, since (epoch s, NaN = none), until (epoch s, NaN = none), reason bytes
+HEADER = struct.Struct("<BBddH")
+
+
+@dataclass(frozen=True, slots=True)
+class SoftStreak:
+    """Consecutive soft bounces of one category with no success between (SPEC §4)."""
+
+    category: Category
+    first: datetime
+    last: datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    when: datetime
+    kind: str  # "hard", "soft", "synthesized", "success", "activity", "complaint", "add", ...
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionRecord:
+    """Everything known about one address (or, scope domain, one domain)."""
+
+    key: str  # normalised address, or A-label domain
+    first_seen: datetime
+    last_seen: datetime
+    scope: Scope = Scope.ADDRESS
+    state: State = State.ACTIVE
+    klass: BounceClass | None = None  # class of the last verdict recorded
+    category: Category | None = None  # category of the last verdict recorded
+    reason: str = ""  # why it is refused, quoted in the synthesized reply
+    cause: Category | None = None  # the category behind the current suppression
+    last_reply: Reply | None = None
+    since: datetime | None = None  # when the current suppression began
+    until: datetime | None = None  # when a temporary suppression ends
+    hard: int = 0  # real hard bounces, lifetime
+    synthesized: int = 0  # bouncer's own refusals, lifetime
+    soft: int = 0  # soft bounces, lifetime
+    other: int = 0  # block and undetermined verdicts: counted, never suppress
+    strikes: int = 0  # HBs (real + synthesized) counting toward permanent; reset by success
+    streak: SoftStreak | None = None
+    soft_level: int = 0  # how many streak suppressions so far: picks 7 d, 30 d, 90 d, permanent
+    history: tuple[HistoryEvent, ...] = field(default=())
+
+
+def _ts(when: datetime | None) -> float:
+    return math.nan if when is None else when.timestamp()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    if ts is None or math.isnan(ts):
+        return None
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _reply_out(r: Reply | None) -> list[Any] | None:
+    return None if r is None else [r.code, r.enhanced, r.text, r.host]
+
+
+def _reply_in(v: list[Any] | None) -> Reply | None:
+    return None if v is None else Reply(int(v[0]), v[1], v[2], v[3])
+
+
+def encode(rec: SuppressionRecord) -> bytes:
+    """Record -> bytes: fixed header, reason, then a JSON body."""
+    reason = rec.reason[:MAX_REASON].encode("utf-8")
+    head = HEADER.pack(
+        FORMAT_VERSION, STATE_CODE[rec.state], _ts(rec.since), _ts(rec.until), len(reason)
+    )
+    body: dict[str, Any] = {
+        "k": rec.key,
+        "sc": rec.scope.value,
+        "fs": rec.first_seen.timestamp(),
+        "ls": rec.last_seen.timestamp(),
+        "cl": rec.klass.value if rec.klass else None,
+        "ca": rec.category.value if rec.category else None,
+        "cu": rec.cause.value if rec.cause else None,
+        "lr": _reply_out(rec.last_reply),
+        "n": [rec.hard, rec.synthesized, rec.soft, rec.other, rec.strikes, rec.soft_level],
+        "st": None
+        if rec.streak is None
+        else [
+            rec.streak.category.value,
+            rec.streak.first.timestamp(),
+            rec.streak.last.timestamp(),
+            rec.streak.attempts,
+        ],
+        "h": [[e.when.timestamp(), e.kind, e.detail] for e in rec.history],
+    }
+    return head + reason + json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def decode(raw: bytes) -> SuppressionRecord:
+    """bytes -> Record; raises ValueError on a format this code does not know."""
+    version, code, since, until, rlen = HEADER.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"suppression record format {version} is not {FORMAT_VERSION}")
+    start = HEADER.size
+    reason = bytes(raw[start : start + rlen]).decode("utf-8")
+    b = json.loads(bytes(raw[start + rlen :]))
+    hard, synthesized, soft, other, strikes, soft_level = b["n"]
+    st = b["st"]
+    streak = (
+        None if st is None else SoftStreak(Category(st[0]), _utc(st[1]), _utc(st[2]), int(st[3]))
+    )
+    return SuppressionRecord(
+        key=b["k"],
+        scope=Scope(b["sc"]),
+        state=CODE_STATE[code],
+        klass=BounceClass(b["cl"]) if b["cl"] else None,
+        category=Category(b["ca"]) if b["ca"] else None,
+        reason=reason,
+        cause=Category(b["cu"]) if b["cu"] else None,
+        last_reply=_reply_in(b["lr"]),
+        since=_dt(since),
+        until=_dt(until),
+        hard=hard,
+        synthesized=synthesized,
+        soft=soft,
+        other=other,
+        strikes=strikes,
+        streak=streak,
+        soft_level=soft_level,
+        first_seen=_utc(b["fs"]),
+        last_seen=_utc(b["ls"]),
+        history=tuple(HistoryEvent(_utc(w), k, d) for w, k, d in b["h"]),
+    )
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def peek(raw: bytes) -> tuple[int, float, float, bytes]:
+    """The look-up's view of a record: (state code, since, until, reason bytes), no JSON.
+
+    since/until are epoch seconds, NaN when absent.
+    """
+    _version, code, since, until, rlen = HEADER.unpack_from(raw)
+    start = HEADER.size
+    return code, since, until, raw[start : start + rlen]

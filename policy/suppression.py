@@ -1,0 +1,400 @@
+# The suppression store: the one piece of I/O in policy/, a small synchronous LMDB adapter.
+"""SuppressionStore: look-ups on the relay's hot path, writes from its single writer thread.
+
+The rules live in `policy.escalation`; this module only reads a record,
+hands it to a rule with `now`, and writes back what the rule returns, inside
+one LMDB transaction. Every LMDB failure (map full, read-only directory,
+corrupt record) becomes `StoreError` here, so the relay answers `451 4.3.0`
+and never crashes. Both the CLI and the HTTP API use the admin methods below:
+one implementation of get/list/add/remove/import/export/count.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import lmdb
+
+from policy import escalation as esc
+from policy.address import AddressError, domain_of, is_valid_address, normalize_address
+from policy.address import normalize_domain as _normalize_domain
+from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
+from policy.records import CODE_STATE, Scope, State, SuppressionRecord, decode, encode, peek
+from policy.reply import Reply
+from policy.suppression_csv import ImportProblem, ImportRow, read_csv, write_csv
+from policy.verdict import BounceClass, Category, Verdict
+
+__all__ = [
+    "ForceRequired",
+    "ImportResult",
+    "NotFound",
+    "NotSuppressed",
+    "Refusal",
+    "RuleError",
+    "StoreError",
+    "SuppressionRules",
+    "SuppressionStore",
+]
+
+ADDRESS_DB = b"suppression"
+DOMAIN_DB = b"suppression_domains"
+_SCAN_BATCH = 1000  # records per read txn when scanning, so a long export never pins old pages
+_IMPORT_BATCH = 1000  # rows per write txn on import
+_UNTIL = struct.Struct("<d")  # records.HEADER is <BBddH: `until` sits at bytes 10..18
+
+
+class StoreError(Exception):
+    """The store cannot do this now (map full, read-only directory, ...): answer 451 4.3.0."""
+
+
+class NotFound(LookupError):
+    """No record for this address or domain."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why bouncer refuses a recipient itself, and the synthesized reply to send."""
+
+    address: str  # normalised
+    scope: str  # "address" or "domain"
+    reply: Reply
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: int
+    skipped: int
+    problems: tuple[str, ...]
+
+
+def _now(now: datetime) -> datetime:
+    return esc.utc(now)
+
+
+class SuppressionStore:
+    """Suppression records in two named DBs of the shared environment, keyed by UTF-8 key."""
+
+    def __init__(self, env: lmdb.Environment, rules: SuppressionRules) -> None:
+        self._env = env
+        self.rules = rules
+        try:
+            readonly = bool(env.flags().get("readonly"))
+            self._addr = env.open_db(ADDRESS_DB, create=not readonly)
+            self._dom = env.open_db(DOMAIN_DB, create=not readonly)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the suppression store: {exc}") from exc
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def check(self, address: str, now: datetime) -> Refusal | None:
+        """Refuse `address` (or its domain) if suppressed at `now`; read-only, one read txn."""
+        try:
+            addr = normalize_address(address)
+        except AddressError:
+            return None  # nothing un-normalisable was ever stored
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        now_ts = now.timestamp()
+        at = addr.rfind("@")
+        try:
+            with self._env.begin(buffers=False) as txn:
+                raw = txn.get(addr[at + 1 :].encode(), db=self._dom)
+                scope = Scope.DOMAIN
+                if raw is None or not esc.refuses(raw[1], _until(raw), now_ts):
+                    raw = txn.get(addr.encode(), db=self._addr)
+                    scope = Scope.ADDRESS
+                    if raw is None or not esc.refuses(raw[1], _until(raw), now_ts):
+                        return None
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression look-up failed: {exc}") from exc
+        code, since, until, reason_b = peek(raw)
+        reason = reason_b.decode("utf-8")
+        reply = esc.refusal_reply(addr, scope, CODE_STATE[code], since, until, reason)
+        return Refusal(addr, scope.value, reply, reason)
+
+    # ---- writes (the relay's writer thread, the CLI, the API) -------------------------------
+
+    def _update(
+        self,
+        db: Any,
+        key: str,
+        rule: Callable[[SuppressionRecord | None], SuppressionRecord | None],
+    ) -> SuppressionRecord | None:
+        """Read, apply `rule`, write back: one write txn. Returns the new (or old) record."""
+        k = key.encode()
+        try:
+            with self._env.begin(write=True, db=db) as txn:
+                raw = txn.get(k)
+                old = decode(raw) if raw is not None else None
+                new = rule(old)
+                if new is not None and new != old:
+                    txn.put(k, encode(new))
+                    return new
+                return old
+        except lmdb.MapFullError as exc:
+            raise StoreError(
+                "suppression store full: raise [store] map_size in the config"
+            ) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression store write failed: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
+
+    def _exists(self, db: Any, key: str) -> bool:
+        try:
+            with self._env.begin(db=db) as txn:
+                return txn.get(key.encode()) is not None
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression look-up failed: {exc}") from exc
+
+    def record_refusal(self, refusal: Refusal, now: datetime) -> None:
+        """Count the synthesized HB that `check` led to (SPEC §4)."""
+        now = _now(now)
+        if refusal.scope == Scope.DOMAIN.value:
+            db, key = self._dom, domain_of(refusal.address)
+        else:
+            db, key = self._addr, refusal.address
+        self._update(
+            db, key, lambda r: None if r is None else esc.apply_synthesized(r, self.rules, now)
+        )
+
+    def record_verdict(self, address: str, verdict: Verdict, reply: Reply, now: datetime) -> None:
+        """Apply a classifier verdict for `address`; bad-domain HBs go on the domain record."""
+        now = _now(now)
+        addr = normalize_address(address)
+        if verdict.klass is BounceClass.DELIVERED:
+            self.record_success(addr, now)
+            return
+        if verdict.category is Category.BAD_DOMAIN and verdict.klass is BounceClass.HARD:
+            dom = domain_of(addr)
+            self._update(
+                self._dom,
+                dom,
+                lambda r: esc.apply_verdict(r, dom, Scope.DOMAIN, verdict, reply, self.rules, now),
+            )
+            return
+        self._update(
+            self._addr,
+            addr,
+            lambda r: esc.apply_verdict(r, addr, Scope.ADDRESS, verdict, reply, self.rules, now),
+        )
+
+    def _alive(self, address: str, kind: str, now: datetime) -> SuppressionRecord | None:
+        now = _now(now)
+        addr = normalize_address(address)
+        rec = None
+        for db, key in ((self._dom, domain_of(addr)), (self._addr, addr)):
+            # A read first: most delivered addresses have no record and cost no write txn.
+            if self._exists(db, key):
+                rec = self._update(db, key, lambda r: esc.apply_alive(r, kind, self.rules, now))
+        return rec
+
+    def record_success(self, address: str, now: datetime) -> None:
+        """A 2xx: resets the streak and strikes, lifts a temporary suppression."""
+        self._alive(address, "success", now)
+
+    def record_activity(self, address: str, now: datetime) -> None:
+        """The recipient opened, clicked or replied: same effect as a success (SPEC §4)."""
+        self._alive(address, "activity", now)
+
+    def record_complaint(self, address: str, now: datetime, detail: str) -> None:
+        """An ARF complaint: the address is blocked."""
+        now = _now(now)
+        addr = normalize_address(address)
+        self._update(
+            self._addr, addr, lambda r: esc.apply_complaint(r, addr, detail, self.rules, now)
+        )
+
+    # ---- admin: one implementation for the CLI and the HTTP API ------------------------------
+
+    def _target(self, key: str) -> tuple[Any, str, Scope]:
+        """An address, or a bare domain for a domain-level record."""
+        k = key.strip()
+        if "@" in k:
+            return self._addr, normalize_address(k), Scope.ADDRESS
+        return self._dom, _normalize_domain(k), Scope.DOMAIN
+
+    def get(self, key: str, now: datetime | None = None) -> SuppressionRecord | None:
+        """The record for an address or a bare domain; with `now`, as of then (expiry applied)."""
+        db, k, _scope = self._target(key)
+        try:
+            with self._env.begin(db=db, buffers=False) as txn:
+                raw = txn.get(k.encode())
+            rec = None if raw is None else decode(raw)
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression look-up failed: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"unreadable suppression record {k!r}: {exc}") from exc
+        if rec is None or now is None:
+            return rec
+        return esc.effective(rec, self.rules, _now(now))
+
+    def add(
+        self,
+        key: str,
+        category: Category,
+        now: datetime,
+        until: datetime | None = None,
+        why: str = "",
+    ) -> SuppressionRecord:
+        """Suppress by hand: until a date, or permanently. Raises ValueError on a bad address."""
+        now = _now(now)
+        db, k, scope = self._target(key)
+        if scope is Scope.ADDRESS and not is_valid_address(k):
+            raise AddressError(f"not a valid address: {key!r}")
+        rec = self._update(
+            db, k, lambda r: esc.apply_add(r, k, scope, category, until, why, self.rules, now)
+        )
+        assert rec is not None  # apply_add always returns a record
+        return rec
+
+    def activity(self, key: str, now: datetime) -> SuppressionRecord | None:
+        """Record an activity and return the record as it now stands (None if there is none)."""
+        return self._alive(key, "activity", now)
+
+    def remove(
+        self, key: str, now: datetime, force: bool = False, why: str = ""
+    ) -> SuppressionRecord:
+        """Lift a suppression; raises NotFound, NotSuppressed or ForceRequired."""
+        now = _now(now)
+        db, k, _scope = self._target(key)
+
+        def rule(r: SuppressionRecord | None) -> SuppressionRecord:
+            if r is None:
+                raise NotFound(f"no suppression record for {k}")
+            return esc.apply_remove(r, force, why, self.rules, now)
+
+        rec = self._update(db, k, rule)
+        assert rec is not None
+        return rec
+
+    def scan(
+        self,
+        now: datetime,
+        states: Iterable[State] | None = None,
+        category: Category | None = None,
+    ) -> Iterator[SuppressionRecord]:
+        """Records (domains first, then addresses, in key order) as of `now`, filtered.
+
+        `states=None` means the refusing ones: suppressed, permanent, blocked.
+        """
+        now = _now(now)
+        wanted = frozenset(states) if states is not None else esc.REFUSING_STATES
+        for db in (self._dom, self._addr):
+            for raw in self._raw_values(db):
+                try:
+                    rec = esc.effective(decode(raw), self.rules, now)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise StoreError(f"unreadable suppression record: {exc}") from exc
+                if rec.state in wanted and (
+                    category is None
+                    or rec.cause == category
+                    or (rec.cause is None and rec.category == category)
+                ):
+                    yield rec
+
+    def _raw_values(self, db: Any) -> Iterator[bytes]:
+        """Every value of `db`, a batch per short read txn."""
+        last: bytes | None = None
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            try:
+                with self._env.begin(db=db, buffers=False) as txn:
+                    cur = txn.cursor()
+                    found = cur.set_range(last + b"\0") if last is not None else cur.first()
+                    while found and len(batch) < _SCAN_BATCH:
+                        batch.append((cur.key(), cur.value()))
+                        found = cur.next()
+            except lmdb.Error as exc:
+                raise StoreError(f"suppression scan failed: {exc}") from exc
+            for _k, v in batch:
+                yield v
+            if len(batch) < _SCAN_BATCH:
+                return
+            last = batch[-1][0]
+
+    def count(self, now: datetime | None = None) -> dict[str, int]:
+        """Records per state as of `now` (header-only scan), plus "total"; no `now`: total only."""
+        try:
+            with self._env.begin() as txn:
+                total = txn.stat(self._addr)["entries"] + txn.stat(self._dom)["entries"]
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression count failed: {exc}") from exc
+        counts = {"total": total}
+        if now is None:
+            return counts
+        now_ts = _now(now).timestamp()
+        counts.update({s.value: 0 for s in State})
+        for db in (self._dom, self._addr):
+            for raw in self._raw_values(db):
+                code, _since, until, _reason = peek(raw)
+                state = CODE_STATE[code] if esc.refuses(code, until, now_ts) else State.ACTIVE
+                counts[state.value] += 1
+        return counts
+
+    def export_csv(self, out: TextIO, now: datetime, states: Iterable[State] | None = None) -> int:
+        """Write the refusing records (or `states`) as CSV to `out`; returns the row count."""
+        return write_csv(self.scan(now, states), out)
+
+    def import_csv(self, lines: Iterable[str], now: datetime, why: str = "import") -> ImportResult:
+        """Add every row of a CSV (our export format, or one address per line)."""
+        now = _now(now)
+        added, skipped, problems = 0, 0, []
+        batch: list[ImportRow] = []
+        for item in read_csv(lines, now):
+            if isinstance(item, ImportProblem):
+                skipped += 1
+                problems.append(f"line {item.line}: {item.problem}")
+                continue
+            batch.append(item)
+            if len(batch) >= _IMPORT_BATCH:
+                a, p = self._import_batch(batch, now, why)
+                added, skipped, problems = added + a, skipped + len(p), problems + p
+                batch = []
+        a, p = self._import_batch(batch, now, why)
+        return ImportResult(added + a, skipped + len(p), tuple(problems + p))
+
+    def _import_batch(
+        self, rows: list[ImportRow], now: datetime, why: str
+    ) -> tuple[int, list[str]]:
+        added, problems = 0, []
+        try:
+            with self._env.begin(write=True) as txn:
+                for row in rows:
+                    db = self._dom if row.scope is Scope.DOMAIN else self._addr
+                    k = row.key.encode()
+                    raw = txn.get(k, db=db)
+                    old = None if raw is None else decode(raw)
+                    try:
+                        new = _import_rule(old, row, why, self.rules, now)
+                    except RuleError as exc:
+                        problems.append(f"line {row.line}: {exc}")
+                        continue
+                    txn.put(k, encode(new), db=db)
+                    added += 1
+        except lmdb.MapFullError as exc:
+            raise StoreError(
+                "suppression store full: raise [store] map_size in the config"
+            ) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression import failed: {exc}") from exc
+        return added, problems
+
+
+def _import_rule(
+    old: SuppressionRecord | None, row: ImportRow, why: str, rules: SuppressionRules, now: datetime
+) -> SuppressionRecord:
+    if row.state is State.BLOCKED:
+        return esc.apply_complaint(old, row.key, row.why or why, rules, now)
+    return esc.apply_add(
+        old, row.key, row.scope, row.category, row.until, row.why or why, rules, now
+    )
+
+
+def _until(raw: bytes) -> float:
+    return float(_UNTIL.unpack_from(raw, 10)[0])
