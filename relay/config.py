@@ -17,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from policy.escalation import SuppressionRules
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -265,12 +267,28 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     for name, value in positive.items():
         if value <= 0:
             problems.append(f"{name}: must be greater than 0, got {value}")
+    try:
+        suppression_rules(cfg.policy)
+    except ValueError as exc:
+        problems.append(f"policy: {exc}")
     if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
         problems.append("server.tls_cert/server.tls_key: set both or neither")
     if cfg.verp.enabled and not (cfg.verp.bounce_domain and cfg.verp.secret):
         problems.append("verp: enabled needs bounce_domain and secret")
     if cfg.api.listen and not cfg.api.token:
         problems.append("api.token: required when api.listen is set")
+
+
+def suppression_rules(policy: PolicyConfig) -> SuppressionRules:
+    """The [policy] numbers of SPEC §4 as the store's rules; raises ValueError when out of range."""
+    return SuppressionRules(
+        hard_suppress_days=policy.hard_suppress_days,
+        permanent_after_hard=policy.permanent_after_hard,
+        soft_streak_days=policy.soft_streak_days,
+        soft_streak_min_attempts=policy.soft_streak_min_attempts,
+        soft_suppress_days=policy.soft_suppress_days,
+        history_size=policy.history_size,
+    )
 
 
 def config_from_dict(table: dict[str, Any]) -> Config:
