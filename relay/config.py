@@ -163,11 +163,18 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port = rest.lstrip(":")
-        return host, int(port) if port else default_port
+        return host, _port(port) if port else default_port
     if text.count(":") == 1:
         host, port = text.split(":")
-        return host, int(port)
+        return host, _port(port)
     return text, default_port
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:  # TCP ports are 16 bits
+        raise ValueError(f"port out of range: {port}")
+    return port
 
 
 def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
@@ -263,10 +270,14 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         "store.map_size": cfg.store.map_size,
         "queue.max_concurrent": cfg.queue.max_concurrent,
         "policy.permanent_after_hard": cfg.policy.permanent_after_hard,
+        "server.idle_timeout": cfg.server.idle_timeout,
+        "queue.poll_interval": cfg.queue.poll_interval,
     }
     for name, value in positive.items():
-        if value <= 0:
-            problems.append(f"{name}: must be greater than 0, got {value}")
+        if not 0 < value < float("inf"):  # also refuses TOML's nan and inf
+            problems.append(f"{name}: must be a finite number greater than 0, got {value}")
+    if not 0 < cfg.delivery.port <= 65535:
+        problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
     try:
         suppression_rules(cfg.policy)
     except ValueError as exc:
