@@ -1,0 +1,181 @@
+# Bounce email in, typed reports out: parsing only; every verdict comes from policy.classify.
+"""Parse a late bounce, a complaint or an auto-reply (bytes) into `BounceReport`s.
+
+The order matters and follows how much each kind of evidence can be trusted:
+a feedback report (RFC 5965) first, then an RFC 3464 delivery-status part,
+then provider JSON, then the plain-text formats of `bounce_text`, and only
+when none of them found a recipient, the auto-reply test (bounces carry
+auto-reply headers too). The intake and `bouncer parse` both call
+`parse_bounce`, so what the CLI prints is what the intake records.
+"""
+
+from __future__ import annotations
+
+from policy import bounce_dsn, bounce_text
+from policy.bounce_autoreply import is_autoreply, looks_like_bounce
+from policy.bounce_mime import Message, Parts, addresses, header, load, split
+from policy.bounce_types import BounceReport, Finding, Kind
+from policy.classify import RuleSet, classify
+from policy.reply import Reply, parse_reply
+
+__all__ = ["BounceReport", "Kind", "parse_bounce", "find", "report_for"]
+
+# Provider complaints that are not RFC 5965 reports: (From pattern, Subject pattern, type).
+COMPLAINT_FORMATS: tuple[tuple[str, str, str], ...] = (
+    ("@hotmail.com", "complaint about message", "abuse"),  # Outlook.com JMRP without ARF part
+    ("@icloud.com", "unsubscribe", "opt-out"),  # Apple Mail "unsubscribe" mail to List-Unsubscribe
+)
+
+
+def parse_bounce(data: bytes, rules: RuleSet | None = None) -> list[BounceReport]:
+    """Every recipient `data` reports on, each classified; [] for mail that is none of these."""
+    return [report_for(f, rules) for f in find(load(data))]
+
+
+def find(msg: Message) -> list[Finding]:
+    """The unclassified findings of a parsed message (see the module docstring for the order)."""
+    parts = split(msg)
+    for ctype, text in parts.structured:
+        if "feedback-report" in ctype:
+            return bounce_dsn.feedback_report(text, parts.original)
+    complaint = _provider_complaint(msg, parts)
+    if complaint:
+        return complaint
+    found: list[Finding] = []
+    for ctype, text in parts.structured:
+        if "delivery-status" in ctype:
+            found.extend(bounce_dsn.delivery_status(text))
+    if found:
+        return _with_text_diagnostics(found, msg, parts)
+    found = bounce_dsn.ses_notification(parts.notice)
+    if found:
+        return found
+    notice = bounce_text.notice_only(parts.notice)
+    # Some MTAs write RFC 3464 fields into the text itself (or forward a DSN inline).
+    found = bounce_dsn.delivery_status(notice, source="rfc3464-text")
+    if found:
+        return _with_text_diagnostics(found, msg, parts)
+    bounce = looks_like_bounce(msg)
+    if bounce or not is_autoreply(msg):
+        hits = bounce_text.scan(notice, _excluded(msg, parts), _failed(msg))
+        source = bounce_text.format_name(parts.notice)
+        texts = [_from_hit(h, source) for h in hits if bounce or h.code >= 400 or h.status]
+        if texts:
+            return texts
+        if bounce and not is_autoreply(msg):
+            return [Finding("", Kind.UNKNOWN, source, diagnostic=notice.strip()[:500])]
+    if is_autoreply(msg):
+        who = addresses(header(msg, "From"))
+        return [Finding(who[0] if who else "", Kind.AUTOREPLY, "rfc3834")]
+    return []
+
+
+def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
+    """Build the reply from what the finding quotes and let the classifier decide."""
+    reply = _reply(finding)
+    verdict = None
+    if finding.kind in (Kind.DSN, Kind.UNKNOWN):
+        verdict = classify(reply, rules)
+    return BounceReport(
+        recipient=finding.recipient,
+        kind=finding.kind,
+        source=finding.source,
+        status=reply.enhanced or "",
+        reply=reply,
+        action=finding.action,
+        remote_mta=finding.remote_mta,
+        feedback_type=finding.feedback_type,
+        verdict=verdict,
+    )
+
+
+def _reply(finding: Finding) -> Reply:
+    """Code and text from the diagnostic; the enhanced code from Status unless it is vaguer.
+
+    RFC 3464 §2.3.4 makes Status authoritative, but many MTAs write a generic
+    "5.0.0" there and the precise "5.1.1" only in the Diagnostic-Code.
+    """
+    quoted = parse_reply(finding.diagnostic) if finding.diagnostic else Reply(0, None, "")
+    code, enhanced = quoted.code, quoted.enhanced
+    if not code or code >= 600:
+        code, enhanced_text = bounce_text.reply_parts(finding.diagnostic)
+        enhanced = enhanced or enhanced_text or None
+    status = finding.status or None
+    if status and (not enhanced or not _vaguer(status, enhanced)):
+        enhanced = status
+    if finding.action == "delayed" and (not enhanced or enhanced[0] == "5"):
+        enhanced = "4" + (enhanced or "4.0.0")[1:]  # RFC 3464 §2.3.3: delayed is transient
+    if code and enhanced and str(code)[0] != enhanced[0]:
+        code = 0  # the reply quoted and the status disagree: let the status speak
+    if finding.action == "delivered" and not code:
+        code = 250
+    text = " ".join(quoted.text.split()) if finding.diagnostic else ""
+    return Reply(code, enhanced, text, finding.remote_mta or None)
+
+
+def _vaguer(status: str, enhanced: str) -> bool:
+    """True when `status` says less than `enhanced` (x.0.0 vs x.1.1, same class)."""
+    return status[0] == enhanced[0] and status.endswith(".0.0") and not enhanced.endswith(".0.0")
+
+
+def _with_text_diagnostics(found: list[Finding], msg: Message, parts: Parts) -> list[Finding]:
+    """Fill an empty Diagnostic-Code from the human-readable notice about the same recipient."""
+    if all(f.diagnostic for f in found):
+        return found
+    notice = bounce_text.notice_only(parts.notice)
+    hits = {h.recipient: h for h in bounce_text.scan(notice, set(), [])}
+    out = []
+    for f in found:
+        hit = hits.get(f.recipient)
+        if not f.diagnostic and hit is None and len(found) == 1 and len(hits) == 1:
+            hit = next(iter(hits.values()))
+        if not f.diagnostic and hit is not None:
+            f = Finding(**{**f.__dict__, "diagnostic": hit.diagnostic})
+        out.append(f)
+    return out
+
+
+def _from_hit(hit: bounce_text.TextHit, source: str) -> Finding:
+    return Finding(
+        recipient=hit.recipient,
+        kind=Kind.DSN,
+        source=source,
+        status=hit.status,
+        diagnostic=hit.diagnostic,
+        action="failed" if hit.code >= 500 or hit.status.startswith("5") else "",
+    )
+
+
+def _excluded(msg: Message, parts: Parts) -> set[str]:
+    """Addresses that are the bounce's own envelope or the original sender, never recipients."""
+    names = (
+        "From",
+        "To",
+        "Cc",
+        "Reply-To",
+        "Sender",
+        "Return-Path",
+        "Delivered-To",
+    )
+    out: set[str] = set()
+    for name in names:
+        out.update(addresses(header(msg, name)))
+    if parts.original is not None:
+        for name in ("From", "Sender", "Reply-To", "Return-Path"):
+            out.update(addresses(header(parts.original, name)))
+    return out
+
+
+def _failed(msg: Message) -> list[str]:
+    """Exim's and Gmail's X-Failed-Recipients header (a comma-separated list)."""
+    return addresses(header(msg, "X-Failed-Recipients"))
+
+
+def _provider_complaint(msg: Message, parts: Parts) -> list[Finding]:
+    sender, subject = header(msg, "From").lower(), header(msg, "Subject").lower()
+    for from_part, subject_part, ftype in COMPLAINT_FORMATS:
+        if from_part in sender and subject_part in subject:
+            who = bounce_dsn.original_recipients(parts.original) if parts.original else []
+            who = who or addresses(sender)
+            return [Finding(a, Kind.ARF, "complaint", feedback_type=ftype) for a in who]
+    return []

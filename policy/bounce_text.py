@@ -1,0 +1,164 @@
+# Plain-text bounce formats (qmail, Exim, Sendmail, Exchange, ...): tables of patterns, no I/O.
+"""Find the bounced recipients and their diagnostics in a bounce written for humans.
+
+Most MTAs that predate RFC 3464, and many that ignore it, write the same
+shape: a greeting, a list of failed addresses each followed by what the remote
+said, then a marker and the returned message. The scanner is generic; the
+tables below carry what varies between formats (markers, greetings), each
+row citing the format it comes from, so a new format is a new row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from policy.bounce_mime import ADDRESS
+
+# Where the returned message starts: nothing after it is the notice. One row per format.
+ORIGINAL_MARKERS: tuple[str, ...] = (
+    r"^-+ ?Below this line is a copy of the message",  # qmail
+    r"^-+ ?This is a copy of the message",  # Exim
+    r"^-+ ?(?:The )?original message",  # Gmail, Google Groups, Outlook
+    r"^(?:Original message follows|Message headers follow)",  # IMail, DragonFly
+    r"^Original message headers:",  # Exchange 2007
+    r"^-+ ?Returned Message",  # Lotus Notes
+    r"^-+ ?Original message header",  # various
+    r"^-+ ?The header of the original message",  # Yahoo, KDDI
+    r"^-+ ?Undelivered message headers follow",  # Postfix (no MIME)
+    r"^-+ ?Original mail as follows",  # X4
+    r"^\s*--- Mensaje original",  # Spanish webmails
+    r"^Content-Type: message/rfc822",  # a MIME part written into a text body
+    r"^Return-Path: <",  # the returned headers themselves, when no marker precedes them
+)
+_ORIGINAL = re.compile("|".join(f"(?:{m})" for m in ORIGINAL_MARKERS), re.IGNORECASE)
+
+# Format signatures: the first row whose pattern occurs in the notice names the source.
+FORMATS: tuple[tuple[str, str], ...] = (
+    ("qmail", r"This is the qmail-send program|\(#[45]\.\d+\.\d+\)"),
+    ("exim", r"created automatically by mail delivery software|SMTP error from remote mail server"),
+    ("postfix", r"This is the (?:Postfix program|mail system) at host"),
+    ("sendmail", r"following addresses had (?:permanent fatal|transient non-fatal) errors"),
+    ("sendmail", r"Transcript of session follows"),
+    ("exchange", r"did not reach the following recipient|MSEXCH:|Delivery has failed to these"),
+    ("notes", r"^-+ Failure Reasons"),
+    ("gmail", r"Delivery to the following recipient|Google tried to deliver your message"),
+    ("yahoo", r"Sorry, we were unable to deliver your message"),
+    ("dragonfly", r"This is the DragonFly Mail Agent"),
+    ("opensmtpd", r"This is the MAILER-DAEMON, please DO NOT REPLY"),
+    ("courier", r"Courier mail server at"),
+    ("imail", r"^Unknown user:|Original message follows\."),
+    ("kddi", r"Could not be delivered to:"),
+)
+_FORMATS = tuple((name, re.compile(p, re.IGNORECASE | re.MULTILINE)) for name, p in FORMATS)
+
+# Lines that name an address but not a recipient: help desks, our own headers.
+_IGNORE_LINE = re.compile(
+    r"contact|assistance|questions|^\s*(?:from|reply-to|sender|return-path|message-id"
+    r"|in-reply-to|references|received|envelope-from|x-[\w-]+)\s*:|MAIL FROM\s*:",
+    re.IGNORECASE,
+)
+# A line that starts with the address is a recipient line in nearly every format.
+_LEADING = re.compile(r"^[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?(" + ADDRESS.pattern + ")")
+_QUOTE = re.compile(r"^[ \t]*>+ ?", re.MULTILINE)
+
+# Reply code, enhanced status, qmail's "(#5.1.1)" (RFC 5321 §4.2, RFC 3463 §2).
+_CODE_ENHANCED = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
+_ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
+_CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
+MAX_SEGMENT_LINES = 15
+
+
+@dataclass(frozen=True)
+class TextHit:
+    recipient: str
+    diagnostic: str
+    code: int
+    status: str
+
+
+def notice_only(text: str) -> str:
+    """Cut the notice at the first marker of a returned message; drop "> " quoting."""
+    text = _QUOTE.sub("", text)
+    m = _ORIGINAL.search(text)
+    if m and m.start() > 0:
+        return text[: m.start()]
+    return text
+
+
+def format_name(notice: str) -> str:
+    for name, pattern in _FORMATS:
+        if pattern.search(notice):
+            return name
+    return "text"
+
+
+def reply_parts(text: str) -> tuple[int, str]:
+    """The first SMTP reply code and enhanced status code in `text` (0 / "" when none)."""
+    m = _CODE_ENHANCED.search(text)
+    if m:
+        return int(m.group(1)), m.group(2)
+    code_m = _CODE.search(text)
+    enh_m = _ENHANCED.search(text)
+    return (int(code_m.group(1)) if code_m else 0), (enh_m.group(1) if enh_m else "")
+
+
+def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
+    """Recipients and their diagnostics in a notice already cut by `notice_only`.
+
+    `failed` (e.g. Exim's X-Failed-Recipients header) names the recipients when
+    the bounce says so; otherwise addresses at the start of a line win over
+    addresses mentioned inside sentences.
+    """
+    lines = notice.split("\n")
+    first_line: dict[str, int] = {}
+    leading: set[str] = set()
+    for i, line in enumerate(lines):
+        if _IGNORE_LINE.search(line):
+            continue
+        lead = _LEADING.match(line)
+        if lead:
+            # A recipient line counts even for an excluded address: people mail themselves.
+            leading.add(lead.group(1).rstrip(".").lower())
+        for m in ADDRESS.finditer(line):
+            addr = m.group(0).rstrip(".").lower()
+            if addr.split("@")[0] in _ROBOTS or (addr in exclude and addr not in leading):
+                continue
+            first_line.setdefault(addr, i)
+    if failed:
+        chosen = [a for a in failed if a not in exclude]
+    else:
+        chosen = [a for a in first_line if a in leading] or list(first_line)
+    starts = sorted((first_line.get(a, len(lines)), a) for a in chosen)
+    hits = []
+    for n, (start, addr) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
+        if end <= start:
+            end = start + 1
+        segment = lines[start : min(end, start + MAX_SEGMENT_LINES)]
+        # Lines elsewhere that mention the address (Sendmail's transcript) belong to it too.
+        for j, line in enumerate(lines):
+            if (j < start or j >= end) and addr in line.lower() and j != first_line.get(addr):
+                segment.extend(lines[j : j + 2])
+        diagnostic = "\n".join(s.strip() for s in segment if s.strip())
+        code, status = reply_parts(diagnostic)
+        if not code and not status and len(starts) == 1:
+            # One recipient: the reason may be written before the address (X1, KDDI).
+            code, status = reply_parts(notice)
+            if code or status:
+                diagnostic = _reply_line(notice) + "\n" + diagnostic
+        hits.append(TextHit(addr, diagnostic, code, status))
+    return hits
+
+
+def _reply_line(text: str) -> str:
+    m = _CODE_ENHANCED.search(text) or _CODE.search(text)
+    if not m:
+        return ""
+    start = text.rfind("\n", 0, m.start()) + 1
+    end = text.find("\n", m.end())
+    return text[start : end if end >= 0 else len(text)].strip()
+
+
+# Local parts that only robots use (postmaster is a real recipient: RFC 5321 §4.5.1).
+_ROBOTS = frozenset({"mailer-daemon", "mail-daemon", "mailerdaemon"})
