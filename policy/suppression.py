@@ -20,7 +20,13 @@ from typing import Any, TextIO
 import lmdb
 
 from policy import escalation as esc
-from policy.address import AddressError, domain_of, is_valid_address, normalize_address
+from policy.address import (
+    AddressError,
+    domain_of,
+    is_valid_address,
+    is_valid_domain,
+    normalize_address,
+)
 from policy.address import normalize_domain as _normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
 from policy.records import CODE_STATE, Scope, State, SuppressionRecord, decode, encode, peek
@@ -130,8 +136,8 @@ class SuppressionStore:
         try:
             with self._env.begin(write=True, db=db) as txn:
                 raw = txn.get(k)
-                old = decode(raw) if raw is not None else None
-                new = rule(old)
+                old = _decode(key, raw) if raw is not None else None
+                new = rule(old)  # RuleError / NotFound propagate; the txn aborts
                 if new is not None and new != old:
                     txn.put(k, encode(new))
                     return new
@@ -142,8 +148,6 @@ class SuppressionStore:
             ) from exc
         except lmdb.Error as exc:
             raise StoreError(f"suppression store write failed: {exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
 
     def _exists(self, db: Any, key: str) -> bool:
         try:
@@ -225,11 +229,9 @@ class SuppressionStore:
         try:
             with self._env.begin(db=db, buffers=False) as txn:
                 raw = txn.get(k.encode())
-            rec = None if raw is None else decode(raw)
         except lmdb.Error as exc:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"unreadable suppression record {k!r}: {exc}") from exc
+        rec = None if raw is None else _decode(k, raw)
         if rec is None or now is None:
             return rec
         return esc.effective(rec, self.rules, _now(now))
@@ -247,6 +249,8 @@ class SuppressionStore:
         db, k, scope = self._target(key)
         if scope is Scope.ADDRESS and not is_valid_address(k):
             raise AddressError(f"not a valid address: {key!r}")
+        if scope is Scope.DOMAIN and ("." not in k or not is_valid_domain(k)):
+            raise AddressError(f"not a valid address or domain: {key!r}")
         rec = self._update(
             db, k, lambda r: esc.apply_add(r, k, scope, category, until, why, self.rules, now)
         )
@@ -287,10 +291,7 @@ class SuppressionStore:
         wanted = frozenset(states) if states is not None else esc.REFUSING_STATES
         for db in (self._dom, self._addr):
             for raw in self._raw_values(db):
-                try:
-                    rec = esc.effective(decode(raw), self.rules, now)
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise StoreError(f"unreadable suppression record: {exc}") from exc
+                rec = esc.effective(_decode("?", raw), self.rules, now)
                 if rec.state in wanted and (
                     category is None
                     or rec.cause == category
@@ -369,7 +370,7 @@ class SuppressionStore:
                     db = self._dom if row.scope is Scope.DOMAIN else self._addr
                     k = row.key.encode()
                     raw = txn.get(k, db=db)
-                    old = None if raw is None else decode(raw)
+                    old = None if raw is None else _decode(row.key, raw)
                     try:
                         new = _import_rule(old, row, why, self.rules, now)
                     except RuleError as exc:
@@ -394,6 +395,13 @@ def _import_rule(
     return esc.apply_add(
         old, row.key, row.scope, row.category, row.until, row.why or why, rules, now
     )
+
+
+def _decode(key: str, raw: bytes) -> SuppressionRecord:
+    try:
+        return decode(raw)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
 
 
 def _until(raw: bytes) -> float:

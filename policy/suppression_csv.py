@@ -113,7 +113,7 @@ def _row(cells: dict[str, str], line: int, now: datetime) -> ImportRow | ImportP
                 return ImportProblem(line, f"not a valid address: {raw_key!r}")
         else:
             key, scope = normalize_domain(raw_key), Scope.DOMAIN
-            if not key or not is_valid_domain(key):
+            if "." not in key or not is_valid_domain(key):  # a bare word is a typo, not a TLD
                 return ImportProblem(line, f"not an address or domain: {raw_key!r}")
     except AddressError as exc:
         return ImportProblem(line, str(exc))

@@ -1,0 +1,343 @@
+"""SPEC §4 rules, driven with explicit `now` values: no sleeping, no clock mocks."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from policy import escalation as esc
+from policy.address import is_valid_address, normalize_address
+from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
+from policy.records import (
+    STATE_CODE,
+    HistoryEvent,
+    Scope,
+    SoftStreak,
+    State,
+    SuppressionRecord,
+    decode,
+    encode,
+    peek,
+)
+from policy.reply import Reply, parse_reply
+from policy.verdict import BounceClass, Category, Verdict
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+RULES = SuppressionRules()
+ADDR = "bob@example.com"
+HARD = Verdict(BounceClass.HARD, Category.BAD_MAILBOX, "t")
+QUOTA = Verdict(BounceClass.SOFT, Category.QUOTA_ISSUES, "t")
+NOANSWER = Verdict(BounceClass.SOFT, Category.NO_ANSWER_FROM_HOST, "t")
+SPAM = Verdict(BounceClass.BLOCK, Category.SPAM_RELATED, "t")
+OTHER = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "t")
+R550 = parse_reply("550 5.1.1 user unknown")
+R452 = parse_reply("452 4.2.2 mailbox full")
+R554 = parse_reply("554 5.7.1 listed at a DNSBL")
+
+
+def days(n: float) -> timedelta:
+    return timedelta(days=n)
+
+
+def refusing(rec: SuppressionRecord, now: datetime) -> bool:
+    until = rec.until.timestamp() if rec.until else math.nan
+    return esc.refuses(STATE_CODE[rec.state], until, now.timestamp())
+
+
+def hard(rec: SuppressionRecord | None, now: datetime, rules: SuppressionRules = RULES):
+    return esc.apply_hard(rec, ADDR, Scope.ADDRESS, HARD, R550, rules, now)
+
+
+def soft(rec, now, verdict=QUOTA, rules=RULES):
+    return esc.apply_soft(rec, ADDR, verdict, R452, rules, now)
+
+
+# ---- hard bounces ---------------------------------------------------------------------------
+
+
+def test_first_hard_bounce_suppresses_for_90_days_then_readmits() -> None:
+    rec = hard(None, T0)
+    assert rec.state is State.SUPPRESSED
+    assert rec.until == T0 + days(90) and rec.since == T0
+    assert (rec.hard, rec.strikes) == (1, 1)
+    assert refusing(rec, T0 + days(89.9))
+    assert not refusing(rec, T0 + days(90))  # re-admitted automatically, nothing written
+    assert esc.effective_state(rec, T0 + days(90)) is State.ACTIVE
+    view = esc.effective(rec, RULES, T0 + days(91))
+    assert view.state is State.ACTIVE and view.history[-1].kind == "readmitted"
+
+
+def test_refusal_reply_names_reason_since_and_until() -> None:
+    rec = hard(None, T0)
+    reply = esc.refusal_reply(
+        ADDR, Scope.ADDRESS, rec.state, T0.timestamp(), rec.until.timestamp(), rec.reason
+    )
+    assert (reply.code, reply.enhanced) == (550, "5.1.1")
+    assert reply.text == (
+        "<bob@example.com>: suppressed since 2026-11-01 "
+        "(bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30"
+    )
+    dom = esc.refusal_reply(ADDR, Scope.DOMAIN, State.PERMANENT, T0.timestamp(), math.nan, "x")
+    assert dom.enhanced == "5.1.2"
+    assert (
+        dom.text
+        == "<bob@example.com>: domain example.com suppressed permanently since 2026-11-01 (x)"
+    )
+
+
+def test_synthesized_hard_bounces_count_to_permanent() -> None:
+    rec = hard(None, T0)
+    rec = esc.apply_synthesized(rec, RULES, T0 + days(1))
+    assert rec.state is State.SUPPRESSED and (rec.synthesized, rec.strikes) == (1, 2)
+    rec = esc.apply_synthesized(rec, RULES, T0 + days(2))
+    assert rec.state is State.PERMANENT and rec.until is None
+    assert rec.since == T0  # the suppression began with the first HB
+    assert refusing(rec, T0 + days(10_000))
+    assert [e.kind for e in rec.history] == ["hard", "synthesized", "synthesized"]
+
+
+def test_three_real_hard_bounces_across_readmissions_make_it_permanent() -> None:
+    rec = hard(None, T0)
+    rec = hard(rec, T0 + days(100))  # after re-admission
+    assert rec.state is State.SUPPRESSED and rec.until == T0 + days(190) and rec.strikes == 2
+    assert rec.since == T0 + days(100)
+    assert [e.kind for e in rec.history] == ["hard", "readmitted", "hard"]
+    rec = hard(rec, T0 + days(200))
+    assert rec.state is State.PERMANENT and rec.hard == 3
+
+
+def test_a_success_between_hard_bounces_resets_the_strikes() -> None:
+    rec = hard(None, T0)
+    rec = esc.apply_alive(rec, "success", RULES, T0 + days(100))
+    assert rec is not None and rec.strikes == 0
+    rec = hard(hard(rec, T0 + days(101)), T0 + days(200))
+    assert rec.state is State.SUPPRESSED and rec.strikes == 2
+
+
+def test_hard_bounce_settings_are_honoured() -> None:
+    rules = SuppressionRules(hard_suppress_days=10, permanent_after_hard=1)
+    assert hard(None, T0, rules).state is State.PERMANENT
+    rules = SuppressionRules(hard_suppress_days=10, permanent_after_hard=2)
+    assert hard(None, T0, rules).until == T0 + days(10)
+
+
+def test_a_4xx_is_never_hard() -> None:
+    rec = esc.apply_verdict(None, ADDR, Scope.ADDRESS, HARD, R452, RULES, T0)
+    assert rec is not None and rec.state is State.ACTIVE and rec.hard == 0 and rec.soft == 1
+
+
+# ---- soft streaks ---------------------------------------------------------------------------
+
+
+def test_soft_streak_of_three_weeks_and_three_attempts_suppresses_for_7_days() -> None:
+    rec = soft(None, T0)
+    rec = soft(rec, T0 + days(10))
+    assert rec.state is State.ACTIVE and rec.streak == SoftStreak(
+        Category.QUOTA_ISSUES, T0, T0 + days(10), 2
+    )
+    rec = soft(rec, T0 + days(21))
+    assert rec.state is State.SUPPRESSED and rec.until == T0 + days(28)
+    assert rec.reason.startswith("successive bounces, quota-issues: 452 4.2.2")
+    assert rec.streak is None and rec.soft_level == 1
+
+
+def test_soft_streak_needs_both_span_and_attempts() -> None:
+    rec = soft(soft(None, T0), T0 + days(21))  # 21 days but 2 attempts
+    assert rec.state is State.ACTIVE
+    rec = soft(soft(soft(None, T0), T0 + days(10)), T0 + days(20.9))  # 3 attempts, 20.9 days
+    assert rec.state is State.ACTIVE
+
+
+def test_a_different_category_starts_a_new_streak() -> None:
+    rec = soft(soft(None, T0), T0 + days(10))
+    rec = soft(rec, T0 + days(21), NOANSWER)
+    assert rec.state is State.ACTIVE
+    assert rec.streak == SoftStreak(Category.NO_ANSWER_FROM_HOST, T0 + days(21), T0 + days(21), 1)
+
+
+@pytest.mark.parametrize("kind", ["success", "activity"])
+def test_success_or_activity_resets_the_streak(kind: str) -> None:
+    rec = soft(soft(None, T0), T0 + days(10))
+    rec = esc.apply_alive(rec, kind, RULES, T0 + days(11))
+    assert rec is not None and rec.streak is None and rec.history[-1].kind == kind
+    rec = soft(rec, T0 + days(21))
+    assert rec.state is State.ACTIVE and rec.streak is not None and rec.streak.attempts == 1
+
+
+def _streak_suppression(rec: SuppressionRecord | None, start: datetime) -> SuppressionRecord:
+    for d in (0, 10, 21):
+        rec = soft(rec, start + days(d))
+    return rec
+
+
+def test_successive_streak_suppressions_climb_7_30_90_then_permanent() -> None:
+    rec = None
+    start = T0
+    for expected in (7, 30, 90):
+        rec = _streak_suppression(rec, start)
+        end = start + days(21)
+        assert rec.state is State.SUPPRESSED and rec.until == end + days(expected)
+        start = rec.until  # the next streak begins after re-admission
+    rec = _streak_suppression(rec, start)
+    assert rec.state is State.PERMANENT and rec.soft_level == 4
+    assert esc.refusal_text(
+        ADDR, Scope.ADDRESS, rec.state, rec.since.timestamp(), math.nan, rec.reason
+    ).startswith("<bob@example.com>: suppressed permanently since")
+
+
+def test_soft_ladder_settings_are_honoured() -> None:
+    rules = SuppressionRules(
+        soft_streak_days=2, soft_streak_min_attempts=2, soft_suppress_days=(1,)
+    )
+    rec = soft(soft(None, T0, rules=rules), T0 + days(2), rules=rules)
+    assert rec.until == T0 + days(3)
+    rec = soft(soft(rec, T0 + days(4), rules=rules), T0 + days(6), rules=rules)
+    assert rec.state is State.PERMANENT
+
+
+def test_refusals_during_a_streak_suppression_do_not_make_it_permanent() -> None:
+    rec = _streak_suppression(None, T0)
+    for d in range(22, 27):
+        rec = esc.apply_synthesized(rec, RULES, T0 + days(d))
+    assert rec.state is State.SUPPRESSED and rec.synthesized == 5 and rec.strikes == 0
+    assert not refusing(rec, T0 + days(28))
+
+
+def test_success_lifts_a_temporary_suppression_but_not_a_permanent_one() -> None:
+    rec = esc.apply_alive(hard(None, T0), "success", RULES, T0 + days(1))
+    assert (
+        rec is not None
+        and rec.state is State.ACTIVE
+        and rec.history[-1].detail == ("suppression lifted")
+    )
+    perm = hard(hard(hard(None, T0), T0 + days(91)), T0 + days(182))
+    after = esc.apply_alive(perm, "success", RULES, T0 + days(183))
+    assert after is not None and after.state is State.PERMANENT
+
+
+def test_success_on_a_clean_record_or_no_record_writes_nothing() -> None:
+    assert esc.apply_alive(None, "success", RULES, T0) is None
+    clean = esc.apply_alive(soft(None, T0), "success", RULES, T0 + days(1))
+    assert clean is not None
+    assert esc.apply_alive(clean, "success", RULES, T0 + days(2)) is None
+
+
+# ---- block, undetermined, complaint, manual --------------------------------------------------
+
+
+@pytest.mark.parametrize(("verdict", "reply"), [(SPAM, R554), (OTHER, parse_reply("554 error"))])
+def test_block_and_undetermined_never_suppress(verdict: Verdict, reply: Reply) -> None:
+    rec = None
+    for d in range(30):
+        rec = esc.apply_verdict(rec, ADDR, Scope.ADDRESS, verdict, reply, RULES, T0 + days(d))
+    assert rec is not None and rec.state is State.ACTIVE and rec.other == 30
+    assert rec.klass is verdict.klass and rec.last_reply == reply
+
+
+def test_complaint_blocks_and_lifting_needs_force_and_a_reason() -> None:
+    rec = esc.apply_complaint(None, ADDR, "abuse report from feedback@isp", RULES, T0)
+    assert rec.state is State.BLOCKED and refusing(rec, T0 + days(10_000))
+    assert rec.reason == "complaint: abuse report from feedback@isp"
+    with pytest.raises(ForceRequired):
+        esc.apply_remove(rec, False, "", RULES, T0 + days(1))
+    with pytest.raises(ForceRequired):
+        esc.apply_remove(rec, True, "  ", RULES, T0 + days(1))
+    lifted = esc.apply_remove(rec, True, "customer asked again", RULES, T0 + days(1))
+    assert lifted.state is State.ACTIVE
+    assert lifted.history[-1] == HistoryEvent(
+        T0 + days(1), "remove", "blocked lifted (forced): customer asked again"
+    )
+    assert lifted.history[0].kind == "complaint"  # the history keeps both
+    with pytest.raises(NotSuppressed):
+        esc.apply_remove(lifted, False, "", RULES, T0 + days(2))
+
+
+def test_temporary_suppression_lifts_without_force() -> None:
+    rec = esc.apply_remove(hard(None, T0), False, "", RULES, T0 + days(1))
+    assert rec.state is State.ACTIVE and rec.strikes == 0
+
+
+def test_manual_add_until_a_date_or_permanent() -> None:
+    rec = esc.apply_add(
+        None, ADDR, Scope.ADDRESS, Category.INACTIVE_MAILBOX, T0 + days(5), "", RULES, T0
+    )
+    assert rec.state is State.SUPPRESSED and rec.until == T0 + days(5)
+    assert rec.reason == "inactive-mailbox: added by hand"
+    rec = esc.apply_add(rec, ADDR, Scope.ADDRESS, Category.BAD_MAILBOX, None, "left", RULES, T0)
+    assert rec.state is State.PERMANENT and rec.reason == "bad-mailbox: left"
+    with pytest.raises(RuleError):
+        esc.apply_add(None, ADDR, Scope.ADDRESS, Category.BAD_MAILBOX, T0, "", RULES, T0)
+
+
+def test_history_is_bounded() -> None:
+    rules = SuppressionRules(history_size=5)
+    rec = None
+    for d in range(12):
+        rec = esc.apply_verdict(rec, ADDR, Scope.ADDRESS, SPAM, R554, rules, T0 + days(d))
+    assert rec is not None and len(rec.history) == 5 and rec.history[-1].when == T0 + days(11)
+
+
+def test_rules_reject_nonsense_numbers() -> None:
+    with pytest.raises(ValueError):
+        SuppressionRules(permanent_after_hard=0)
+    with pytest.raises(ValueError):
+        SuppressionRules(soft_suppress_days=(7, -1))
+
+
+# ---- records and addresses ------------------------------------------------------------------
+
+
+def test_record_round_trips_through_bytes_and_peek_reads_the_header() -> None:
+    rec = esc.apply_synthesized(soft(hard(None, T0), T0 + days(1)), RULES, T0 + days(2))
+    raw = encode(rec)
+    assert decode(raw) == rec
+    code, since, until, reason = peek(raw)
+    assert code == STATE_CODE[State.SUPPRESSED]
+    assert (since, until) == (T0.timestamp(), (T0 + days(90)).timestamp())
+    assert reason.decode() == rec.reason
+    bare = SuppressionRecord(key="x.example", first_seen=T0, last_seen=T0, scope=Scope.DOMAIN)
+    assert decode(encode(bare)) == bare
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("Bob@Example.COM", "bob@example.com"),
+        ("<bob@example.com>", "bob@example.com"),
+        ("bob@EXAMPLE.com.", "bob@example.com"),
+        ("bob@exämple.com", "bob@xn--exmple-cua.com"),
+        ("bob@BÜCHER.de", "bob@xn--bcher-kva.de"),
+        ('"a@b"@example.com', '"a@b"@example.com'),
+    ],
+)
+def test_normalize_address(raw: str, key: str) -> None:
+    assert normalize_address(raw) == key
+
+
+@pytest.mark.parametrize(
+    ("address", "ok"),
+    [
+        ("bob@example.com", True),
+        ("<first.last+tag@sub.example.co.uk>", True),
+        ('"john doe"@example.com', True),
+        ("bob@[192.0.2.1]", True),
+        ("bob@[IPv6:2001:db8::1]", True),
+        ("jörg@bücher.de", True),
+        ("bob", False),
+        ("@example.com", False),
+        ("bob@", False),
+        ("bob..x@example.com", False),
+        (".bob@example.com", False),
+        ("bob@exa mple.com", False),
+        ("bob@-example.com", False),
+        ("bob@[300.1.1.1]", False),
+        ("a" * 65 + "@example.com", False),
+        ("bob@" + "a" * 64 + ".com", False),
+        ("bob@example..com", False),
+        ("bob smith@example.com", False),
+    ],
+)
+def test_is_valid_address(address: str, ok: bool) -> None:
+    assert is_valid_address(address) is ok
