@@ -31,8 +31,9 @@ from typing import Any, TypeVar
 import lmdb
 
 from policy.dsn import DsnContext, FailedRecipient, compose_dsn, is_null_sender
-from policy.retry import DEFAULT_SCHEDULE, next_attempt
-from relay.spool_codec import (  # noqa: F401  (SpoolMessage etc. are this module's API)
+from policy.retry import DEFAULT_SCHEDULE, next_attempt, schedule_from_seconds
+from relay.config import Config
+from relay.spool_codec import (
     Attempt,
     Disposition,
     Lease,
@@ -40,7 +41,6 @@ from relay.spool_codec import (  # noqa: F401  (SpoolMessage etc. are this modul
     QueuedRecipient,
     Settlement,
     SpoolMessage,
-    attempt_from_json,
     attempt_json,
     decode_message,
     decode_rcpt,
@@ -57,6 +57,22 @@ from relay.spool_codec import (  # noqa: F401  (SpoolMessage etc. are this modul
 from relay.state import StateError
 
 T = TypeVar("T")
+
+__all__ = [
+    "Attempt",
+    "Disposition",
+    "DsnSettings",
+    "Lease",
+    "QueuedMessage",
+    "QueuedRecipient",
+    "Settlement",
+    "Spool",
+    "SpoolMessage",
+    "new_queue_id",
+    "owner_alive",
+    "spool_from_config",
+    "utcnow",
+]
 
 HISTORY = 20  # attempts kept per recipient; `tries` still counts them all
 
@@ -374,9 +390,13 @@ class Spool:
                 yield qid, split_rcpt_key(bytes(key))[1], decode_rcpt(bytes(raw))
 
 
-def process_owner(token: str) -> str:
-    """A lease owner name for this process: "pid:token"."""
-    return f"{os.getpid()}:{token}"
+def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:
+    """The spool as `[queue]` and `[server] hostname` configure it (service and CLI)."""
+    return Spool(
+        env,
+        schedule_from_seconds(cfg.queue_schedule_seconds),
+        DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
+    )
 
 
 def owner_alive(owner: str) -> bool:
