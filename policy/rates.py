@@ -10,7 +10,10 @@ Counting rule (one recipient of one message counts once in `sent`):
   for a late success, `hard`/`block` for a late refusal; its soft failures
   were counted once already, at attempt 0;
 - a suppressed recipient (refused by bouncer before any network traffic)
-  adds 1 to `suppressed` only: nothing was sent.
+  adds 1 to `suppressed` only: nothing was sent;
+- a report that arrives later (an asynchronous DSN or an ARF complaint read
+  by the intake) adds only `hard` or `block`: the recipient was counted in
+  `sent` when the message went out.
 
 hard rate = hard / sent, soft rate = soft / sent (None when nothing was sent).
 """
@@ -26,6 +29,7 @@ from policy.verdict import BounceClass
 
 COUNTER_NAMES = ("sent", "delivered", "hard", "soft", "block", "suppressed")
 GroupBy = Literal["day", "domain", "total"]
+Phase = Literal["live", "retry", "report"]
 
 # Statuses (relay.events.Status values) are plain strings here: policy/ imports nothing from relay/.
 _SUPPRESSED = "suppressed"
@@ -65,9 +69,13 @@ class Counts:
         return not any(getattr(self, n) for n in COUNTER_NAMES)
 
 
-def increment(status: str, klass: BounceClass | None, attempt: int) -> Counts:
-    """What one recipient outcome adds to its day's and domain's counters (module docstring)."""
-    if status == _SUPPRESSED:
+def increment(status: str, klass: BounceClass | None, phase: Phase = "live") -> Counts:
+    """What one recipient outcome adds to its day's and domain's counters (module docstring).
+
+    `phase`: "live" (in-transaction, attempt 0), "retry" (from the queue) or
+    "report" (an asynchronous DSN or complaint).
+    """
+    if status == _SUPPRESSED and phase != "report":
         return Counts(suppressed=1)
     if klass is None:  # no verdict attached: the status word still says delivered or soft
         klass = (
@@ -79,10 +87,11 @@ def increment(status: str, klass: BounceClass | None, attempt: int) -> Counts:
         )
     delivered = 1 if klass is BounceClass.DELIVERED else 0
     counter = _CLASS_COUNTER.get(klass)
-    if attempt > 0:
-        if counter in ("hard", "block"):
-            return Counts(**{counter: 1})
-        return Counts(delivered=delivered)
+    late_refusal = {counter: 1} if counter in ("hard", "block") else {}
+    if phase == "report":
+        return Counts(**late_refusal)
+    if phase == "retry":
+        return Counts(delivered=delivered, **late_refusal)
     bump = {counter: 1} if counter else {}
     return Counts(sent=1, delivered=delivered, **bump)
 

@@ -2,7 +2,7 @@
 """Bounce-rate counters per UTC day and recipient domain, in the shared LMDB environment.
 
 Events are counted in memory on the loop and written in batches (one write
-transaction per `flush_interval`, run in an executor thread), so no event ever
+transaction per `flush_interval`, run on the service's writer thread), so no event ever
 waits for an fsync. A crash loses at most the last interval's counts, which
 is acceptable for statistics and never for mail. Several worker processes
 each add their own batch: the read-modify-write happens inside LMDB's
@@ -23,12 +23,20 @@ from typing import Any
 
 import lmdb
 
-from policy.rates import Counts, GroupBy, aggregate, day_of, domain_of, increment
+from policy.rates import Counts, GroupBy, Phase, aggregate, day_of, domain_of, increment
 from relay.events import Event, RecipientEvent
+from relay.logfmt import REPORT_STAGES
 
 log = logging.getLogger(__name__)
 
 STATS_DB = b"stats"
+
+
+def phase_of(event: RecipientEvent) -> Phase:
+    """live, retry (from the queue) or report (an asynchronous DSN/ARF read by the intake)."""
+    if event.stage.upper() in REPORT_STAGES:
+        return "report"
+    return "retry" if event.attempt > 0 else "live"
 
 
 def _key(day: date, domain: str) -> bytes:
@@ -49,12 +57,13 @@ class StatsCounters:
         self._db = env.open_db(STATS_DB, create=True)
         self._pending: dict[tuple[date, str], Counts] = {}
         self._task: asyncio.Task[None] | None = None
+        self._writer: Any = None  # the service's single LMDB writer thread (relay/writer.py)
 
     def __call__(self, event: Event) -> None:
         if not isinstance(event, RecipientEvent):
             return
         klass = event.verdict.klass if event.verdict else None
-        add = increment(str(event.status), klass, event.attempt)
+        add = increment(str(event.status), klass, phase_of(event))
         key = (day_of(event.when), domain_of(event.recipient))
         self._pending[key] = self._pending.get(key, Counts()) + add
 
@@ -81,7 +90,10 @@ class StatsCounters:
         if not batch:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.write, batch)
+            if self._writer is not None:
+                await self._writer.run(self.write, batch)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self.write, batch)
         except (lmdb.Error, OSError) as exc:
             log.error("stats counters not written, retrying next interval: %s", exc)
             for key, add in batch.items():  # keep them for the next attempt
@@ -93,6 +105,7 @@ class StatsCounters:
             await self.flush_async()
 
     async def start(self, service: Any) -> None:
+        self._writer = getattr(service, "writer", None)
         service.events.subscribe(self)
         self._task = asyncio.create_task(self._run(), name="stats-flush")
 

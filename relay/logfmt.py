@@ -49,6 +49,10 @@ _QUEUE_ID = re.compile(r"^\w+$")
 
 PROGRAM = "bouncer"
 
+# Stages of outcomes that arrive after the fact, read by the intake (relay/intake.py):
+# an asynchronous DSN or an ARF complaint. They log as bouncer/intake.
+REPORT_STAGES = frozenset({"DSN", "ARF"})
+
 
 def clean(text: str) -> str:
     """Replace control characters (CR, LF, TAB, ...) by one space."""
@@ -90,6 +94,8 @@ def program_of(event: Event) -> str:
         return "smtpd"
     if isinstance(event, MessageEvent):
         return "qmgr"
+    if event.stage.upper() in REPORT_STAGES:
+        return "intake"
     if event.status is Status.SUPPRESSED:
         return "smtpd"
     if event.status is Status.EXPIRED:
@@ -112,7 +118,7 @@ def _said(event: RecipientEvent) -> str:
 def _recipient_text(event: RecipientEvent) -> str:
     rcpt = clean(event.recipient)
     status = event.status
-    if status is Status.SUPPRESSED:
+    if status is Status.SUPPRESSED and event.stage.upper() not in REPORT_STAGES:
         # Postfix smtpd's RCPT reject form, which pflogsumm counts as "rejected".
         qid = event.queue_id if _QUEUE_ID.match(event.queue_id) else "NOQUEUE"
         who = clean(event.client or "unknown[unknown]")
@@ -134,6 +140,8 @@ def _recipient_text(event: RecipientEvent) -> str:
         return f"{head}status=deferred (queued for retry by bouncer: {said})"
     if status is Status.DEFERRED:
         return f"{head}status=deferred (returned to the client: {said})"
+    if status is Status.SUPPRESSED:  # a complaint: pflogsumm skips this status word
+        return f"{head}status=suppressed (complaint: {said})"
     return f"{head}status=expired, returned to sender ({said})"
 
 

@@ -191,3 +191,15 @@ def test_journal_stream_detection(tmp_path: Path) -> None:
         assert stderr_is_journal(fh, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
         assert not stderr_is_journal(fh, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
         assert not stderr_is_journal(fh, {})
+
+
+def test_intake_reports_log_as_intake_and_complaints_are_not_rejects() -> None:
+    dsn = RecipientEvent(**{**_bounce().__dict__, "stage": "DSN", "relay": "mx.example.com"})
+    line = postfix_lines(dsn, "h", 1)[0]
+    assert "bouncer/intake[1]: 3F2A1B9C: to=<bob@example.com>, relay=mx.example.com," in line
+    assert ", status=bounced (" in line
+    arf = RecipientEvent(
+        **{**_bounce().__dict__, "stage": "ARF", "status": Status.SUPPRESSED, "relay": "none"}
+    )
+    line = postfix_lines(arf, "h", 1)[0]
+    assert " reject: " not in line and ", status=suppressed (complaint: " in line

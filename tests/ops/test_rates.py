@@ -30,20 +30,24 @@ V = {
 
 
 def test_increment_counts_each_recipient_once_in_sent() -> None:
-    assert increment("sent", BounceClass.DELIVERED, 0) == Counts(sent=1, delivered=1)
-    assert increment("bounced", BounceClass.HARD, 0) == Counts(sent=1, hard=1)
-    assert increment("queued", BounceClass.SOFT, 0) == Counts(sent=1, soft=1)
-    assert increment("bounced", BounceClass.BLOCK, 0) == Counts(sent=1, block=1)
-    assert increment("bounced", BounceClass.UNDETERMINED, 0) == Counts(sent=1)
-    assert increment("suppressed", BounceClass.HARD, 0) == Counts(suppressed=1)
+    assert increment("sent", BounceClass.DELIVERED) == Counts(sent=1, delivered=1)
+    assert increment("bounced", BounceClass.HARD) == Counts(sent=1, hard=1)
+    assert increment("queued", BounceClass.SOFT) == Counts(sent=1, soft=1)
+    assert increment("bounced", BounceClass.BLOCK) == Counts(sent=1, block=1)
+    assert increment("bounced", BounceClass.UNDETERMINED) == Counts(sent=1)
+    assert increment("suppressed", BounceClass.HARD) == Counts(suppressed=1)
     # Retries: only late final results; the soft failure was counted at attempt 0.
-    assert increment("queued", BounceClass.SOFT, 3) == Counts()
-    assert increment("expired", BounceClass.SOFT, 9) == Counts()
-    assert increment("sent", BounceClass.DELIVERED, 2) == Counts(delivered=1)
-    assert increment("bounced", BounceClass.HARD, 2) == Counts(hard=1)
+    assert increment("queued", BounceClass.SOFT, "retry") == Counts()
+    assert increment("expired", BounceClass.SOFT, "retry") == Counts()
+    assert increment("sent", BounceClass.DELIVERED, "retry") == Counts(delivered=1)
+    assert increment("bounced", BounceClass.HARD, "retry") == Counts(hard=1)
+    # Asynchronous reports: the recipient was counted in sent when it went out.
+    assert increment("bounced", BounceClass.HARD, "report") == Counts(hard=1)
+    assert increment("sent", BounceClass.DELIVERED, "report") == Counts()
+    assert increment("suppressed", BounceClass.BLOCK, "report") == Counts(block=1)
     # Without a verdict the status word decides.
-    assert increment("deferred", None, 0) == Counts(sent=1, soft=1)
-    assert increment("sent", None, 0) == Counts(sent=1, delivered=1)
+    assert increment("deferred", None) == Counts(sent=1, soft=1)
+    assert increment("sent", None) == Counts(sent=1, delivered=1)
 
 
 def test_rates_and_aggregation() -> None:
@@ -73,7 +77,14 @@ def test_rates_and_aggregation() -> None:
         parse_since("lately", NOW)
 
 
-def _ev(rcpt: str, status: Status, klass: BounceClass, when: datetime, attempt: int = 0):
+def _ev(
+    rcpt: str,
+    status: Status,
+    klass: BounceClass,
+    when: datetime,
+    attempt: int = 0,
+    stage: str = "RCPT",
+) -> RecipientEvent:
     return RecipientEvent(
         queue_id="Q",
         recipient=rcpt,
@@ -82,6 +93,7 @@ def _ev(rcpt: str, status: Status, klass: BounceClass, when: datetime, attempt: 
         when=when,
         verdict=V[klass],
         attempt=attempt,
+        stage=stage,
     )
 
 
@@ -99,6 +111,9 @@ def _feed(path: Path) -> None:
     # A second batch adds to the stored numbers rather than replacing them.
     counters(_ev("old@mail.test", Status.BOUNCED, BounceClass.HARD, yesterday))
     counters(_ev("spam@mail.test", Status.BOUNCED, BounceClass.BLOCK, NOW))
+    # A retry that finally bounces, and an asynchronous DSN read by the intake.
+    counters(_ev("full@mail.test", Status.BOUNCED, BounceClass.HARD, NOW, attempt=4))
+    counters(_ev("u1@gmail.test", Status.BOUNCED, BounceClass.HARD, NOW, stage="DSN"))
     counters.flush()
     env.close()
 
@@ -109,8 +124,8 @@ def test_counters_persist_in_lmdb(tmp_path: Path) -> None:
     assert len(read_rows(env)) == 3
     by_domain = dict(read_stats(env, date(2026, 11, 22), "domain"))
     env.close()
-    assert by_domain["gmail.test"] == Counts(sent=9, delivered=8, hard=1)
-    assert by_domain["mail.test"] == Counts(sent=2, soft=1, block=1, suppressed=1)
+    assert by_domain["gmail.test"] == Counts(sent=9, delivered=8, hard=2)
+    assert by_domain["mail.test"] == Counts(sent=2, hard=1, soft=1, block=1, suppressed=1)
 
 
 def test_stats_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,11 +138,11 @@ def test_stats_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     doc = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in doc["rows"]] == ["2026-11-21", "2026-11-22"]
     today = doc["rows"][1]
-    assert (today["sent"], today["hard"], today["soft"], today["suppressed"]) == (11, 1, 1, 1)
-    assert today["hard_rate"] == pytest.approx(1 / 11)
+    assert (today["sent"], today["hard"], today["soft"], today["suppressed"]) == (11, 3, 1, 1)
+    assert today["hard_rate"] == pytest.approx(3 / 11)
     assert main(["stats", "--config", str(conf), "--since", since, "--by", "domain"]) == 0
     out = capsys.readouterr().out
-    assert "gmail.test" in out and "11.11%" in out  # 1 hard of 9 sent at gmail.test
+    assert "gmail.test" in out and "22.22%" in out  # 2 hard of 9 sent at gmail.test
     assert main(["stats", "--config", str(conf), "--since", "soon"]) == 2
 
 
