@@ -15,10 +15,11 @@ from policy import bounce_dsn, bounce_text
 from policy.bounce_autoreply import is_autoreply, looks_like_bounce
 from policy.bounce_mime import Message, Parts, addresses, header, load, split
 from policy.bounce_types import BounceReport, Finding, Kind
-from policy.classify import RuleSet, classify
+from policy.classify import classify
 from policy.reply import Reply, parse_reply
+from policy.rules import RuleSet
 
-__all__ = ["BounceReport", "Kind", "parse_bounce", "find", "report_for"]
+__all__ = ["BounceReport", "Kind", "find", "parse_bounce", "report_for", "returned_sender"]
 
 # Provider complaints that are not RFC 5965 reports: (From pattern, Subject pattern, type).
 COMPLAINT_FORMATS: tuple[tuple[str, str, str], ...] = (
@@ -68,6 +69,22 @@ def find(msg: Message) -> list[Finding]:
         who = addresses(header(msg, "From"))
         return [Finding(who[0] if who else "", Kind.AUTOREPLY, "rfc3834")]
     return []
+
+
+def returned_sender(data: bytes, ignore_domain: str = "") -> str:
+    """Who sent the message a bounce returns: its Return-Path, Sender or From ("" if none).
+
+    Addresses in `ignore_domain` (our own VERP domain) are skipped: they are
+    the return path bouncer wrote, not the person who should see the bounce.
+    """
+    original = split(load(data)).original
+    if original is None:
+        return ""
+    for name in ("Return-Path", "Sender", "From"):
+        for address in addresses(header(original, name)):
+            if not ignore_domain or not address.endswith("@" + ignore_domain.lower()):
+                return address
+    return ""
 
 
 def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
