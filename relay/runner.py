@@ -1,0 +1,299 @@
+# This module schedules retries: it leases due recipients from the spool, hands them to
+# the same delivery code as live traffic, and records what policy makes of each reply.
+# It decides nothing itself: classify() judges a reply, next_attempt() picks the time.
+"""The retry queue's scheduler, a service component (`async start(service)` / `stop()`).
+
+Each poll (every `[queue] poll_interval` seconds, or at once after `wake()`) it
+leases due recipients up to `[queue] max_concurrent` in flight, one delivery per
+message, so retries never take more than that share of remote sessions away from
+live mail. Spool and store writes go through the one writer thread of the process
+(`run_write`); the event loop only reads. On stop it finishes in-flight attempts
+within the drain time; attempts cut short stay leased and are due again at the
+next start (`Spool.recover`), so a stop can duplicate a delivery but never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from policy.reply import Reply
+from policy.retry import next_attempt
+from policy.verdict import BounceClass, Category, Verdict
+from relay.events import EventBus, MessageEvent, RecipientEvent, Status
+from relay.spool import (
+    Attempt,
+    Disposition,
+    Lease,
+    QueuedRecipient,
+    Settlement,
+    Spool,
+    owner_alive,
+    utcnow,
+)
+from relay.transaction import Outcome
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The deliver step: (sender, recipients, data, queue_id) -> one Outcome per recipient.
+Deliver = Callable[[str, Sequence[str], bytes, str], Awaitable[Mapping[str, Outcome]]]
+RunWrite = Callable[[Callable[[], Any]], Awaitable[Any]]
+INTERNAL = Reply(451, "4.3.0", "Internal error while retrying; will try again")
+EXPIRED_RULE = "queue-expired"
+
+
+class StoreWrites(Protocol):
+    """The store writes a retry outcome makes (policy.suppression.SuppressionStore)."""
+
+    def record_verdict(
+        self, address: str, verdict: Verdict, reply: Reply, now: datetime
+    ) -> None: ...
+    def record_success(self, address: str, now: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    schedule: tuple[timedelta, ...]
+    max_concurrent: int = 20
+    poll_interval: float = 1.0
+    lease: timedelta = timedelta(minutes=10)  # longer than any one delivery attempt
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class _Result:
+    rcpt: QueuedRecipient
+    outcome: Outcome
+    verdict: Verdict
+    settlement: Settlement
+    status: Status
+
+
+class RetryWorker:
+    """Lease → deliver → settle, with time as a parameter (`run_once(now)`)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        deliver: Deliver,
+        classify: Callable[[Reply], Verdict],
+        store: StoreWrites | None,
+        events: EventBus,
+        run_write: RunWrite,
+        settings: RunnerSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.spool, self.deliver, self.classify = spool, deliver, classify
+        self.store, self.events, self.run_write = store, events, run_write
+        self.settings, self.clock = settings, clock
+        self.owner = f"{os.getpid()}:{secrets.token_hex(4)}"
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def recover(self, now: datetime) -> int:
+        """Leases of dead processes (and of earlier runners in this one) are due now."""
+        mine = self.owner.split(":", 1)[0] + ":"
+
+        def alive(owner: str) -> bool:
+            return owner == self.owner or (not owner.startswith(mine) and owner_alive(owner))
+
+        n: int = await self.run_write(lambda: self.spool.recover(now, alive))
+        if n:
+            log.info("queue: %d recipient(s) in flight at the last stop are due again", n)
+        return n
+
+    async def run_once(self, now: datetime) -> int:
+        """Start attempts for due recipients (up to the free slots); returns how many."""
+        free = self.settings.max_concurrent - self.in_flight
+        due = self.spool.first_due()
+        if free <= 0 or due is None or due > now:
+            return 0
+        until = now + self.settings.lease
+        leases: list[Lease] = await self.run_write(
+            lambda: self.spool.lease_due(now, free, self.owner, until)
+        )
+        started = 0
+        for lease in leases:
+            n = len(lease.message.recipients)
+            self.in_flight += n
+            started += n
+            task = asyncio.create_task(self.attempt(lease))
+            self.tasks.add(task)
+            task.add_done_callback(self._done(n))
+        return started
+
+    def _done(self, n: int) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self.in_flight -= n
+            self.tasks.discard(task)
+
+        return done
+
+    async def attempt(self, lease: Lease) -> None:
+        """One delivery attempt for a leased message, then one settle transaction."""
+        msg = lease.message
+        rcpts = [r.recipient for r in msg.recipients]
+        try:
+            outcomes = await self.deliver(msg.sender, rcpts, lease.data, msg.queue_id)
+        except asyncio.CancelledError:
+            raise  # stopped: the lease stays and comes due again
+        except Exception:  # the one top-level catch: a bug must not kill the scheduler
+            log.exception("queue %s: delivery attempt failed", msg.queue_id)
+            outcomes = {}
+        now = self.clock()
+        results = [self._judge(r, outcomes.get(r.recipient), now) for r in msg.recipients]
+        dsn_id = await self.run_write(lambda: self._record(msg.queue_id, results, now))
+        for res in results:
+            self.events.emit(
+                RecipientEvent(
+                    queue_id=msg.queue_id,
+                    recipient=res.rcpt.recipient,
+                    status=res.status,
+                    reply=res.outcome.reply,
+                    when=now,
+                    relay=res.outcome.relay,
+                    stage=res.outcome.stage,
+                    delay=(now - msg.arrived).total_seconds(),
+                    verdict=res.verdict,
+                    attempt=res.rcpt.tries + (1 if msg.kind == "dsn" else 0),
+                    sender=msg.sender,
+                )
+            )
+        if dsn_id is not None:
+            size = len(self.spool.data(dsn_id) or b"")
+            self.events.emit(MessageEvent(dsn_id, "", size, 1, now, message_id=""))
+
+    def _judge(self, r: QueuedRecipient, out: Outcome | None, now: datetime) -> _Result:
+        out = out or Outcome(INTERNAL)
+        verdict = self.classify(out.reply)
+        attempt = Attempt(now, out.reply, out.relay, out.stage)
+        if out.reply.is_success:
+            s = Settlement(r.recipient, Disposition.DELIVERED, attempt)
+            return _Result(r, out, verdict, s, Status.SENT)
+        if out.reply.is_permanent:
+            s = Settlement(r.recipient, Disposition.FAILED, attempt)
+            return _Result(r, out, verdict, s, Status.BOUNCED)
+        first = r.first_failure or now
+        nxt = next_attempt(first, r.tries + 1, now, self.settings.schedule)
+        if nxt is None:
+            # SPEC §5: the soft streak rules see the expiry as a message-expired soft bounce.
+            expired = Verdict(BounceClass.SOFT, Category.MESSAGE_EXPIRED, EXPIRED_RULE)
+            s = Settlement(r.recipient, Disposition.EXPIRED, attempt)
+            return _Result(r, out, expired, s, Status.EXPIRED)
+        s = Settlement(r.recipient, Disposition.DEFERRED, attempt, next_at=nxt)
+        return _Result(r, out, verdict, s, Status.QUEUED)  # logged "deferred (queued for retry)"
+
+    def _record(self, queue_id: str, results: list[_Result], now: datetime) -> str | None:
+        """In the writer thread: settle the spool first (the durable part), then the store."""
+        dsn_id = self.spool.settle(queue_id, [r.settlement for r in results], now)
+        if self.store is not None:
+            for res in results:
+                try:
+                    if res.status is Status.SENT:
+                        self.store.record_success(res.rcpt.recipient, now)
+                    else:
+                        self.store.record_verdict(
+                            res.rcpt.recipient, res.verdict, res.outcome.reply, now
+                        )
+                except Exception:  # the queue outcome stands even when the store is full
+                    log.exception("queue %s: store write for %s failed", queue_id, res.rcpt)
+        return dsn_id
+
+    async def drain(self, within: float) -> None:
+        """Let in-flight attempts finish for up to `within` seconds, then cancel the rest."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=within)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning(
+                "queue: %d attempt(s) cut short by the stop; due again at start", len(pending)
+            )
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class QueueRunner:
+    """The service component: recover at start, poll and wake, drain at stop.
+
+    Runs in the primary worker only (relay.workers): one scheduler per machine.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
+        self.clock = clock
+        self.worker: RetryWorker | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._drain = 30.0
+
+    async def start(self, service: Any) -> None:
+        from policy.classify import classify
+        from relay.workers import is_primary
+
+        if service.spool is None or not is_primary():
+            return
+        cfg = service.config
+        self.clock = getattr(service, "clock", self.clock)
+        # A little under the service's own bound on stop(), so our drain ends first.
+        self._drain = cfg.delivery.drain_timeout * 0.9
+        # A lease must outlast one attempt: connects to every MX target plus the commands.
+        attempt = 4 * cfg.delivery.connect_timeout + 8 * cfg.delivery.command_timeout
+        settings = RunnerSettings(
+            schedule=service.spool.schedule,
+            max_concurrent=cfg.queue.max_concurrent,
+            poll_interval=cfg.queue.poll_interval,
+            lease=timedelta(seconds=max(600.0, attempt)),
+            drain_timeout=cfg.delivery.drain_timeout,
+        )
+        self.worker = RetryWorker(
+            service.spool,
+            service.delivery.deliver_message,
+            classify,
+            service.store,
+            service.events,
+            service.writer.run,
+            settings,
+            self.clock,
+        )
+        await self.worker.recover(self.clock())
+        self._task = asyncio.create_task(self._loop(), name="bouncer-queue-runner")
+
+    def wake(self) -> None:
+        """Look for due work now instead of at the next poll."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        assert self.worker is not None
+        while not self._stopping:
+            try:
+                await self.worker.run_once(self.clock())
+            except Exception:  # a full disk must not end retries for good: try next poll
+                log.exception("queue: scheduling failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.worker.settings.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def stop(self) -> None:
+        """Stop leasing, then let in-flight attempts finish within the drain time."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self.worker is not None:
+            await self.worker.drain(self._drain)
+
+
+def queue_runner(service: Any) -> QueueRunner | None:
+    """The factory relay.service's COMPONENTS names: a runner whenever there is a spool."""
+    return QueueRunner() if service.spool is not None else None

@@ -1,0 +1,212 @@
+"""The retry scheduler with time as a parameter: a real spool, store and classifier, and a
+scripted deliver step in place of the network (the e2e tests use the real delivery path)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy.classify import classify
+from policy.reply import Reply, parse_reply
+from policy.retry import DEFAULT_SCHEDULE
+from policy.suppression import SuppressionStore
+from policy.verdict import Category
+from relay.config import PolicyConfig, suppression_rules
+from relay.events import Event, EventBus, MessageEvent, RecipientEvent, Status
+from relay.runner import RetryWorker, RunnerSettings
+from relay.spool import DsnSettings, Spool, SpoolMessage
+from relay.state import open_state
+from relay.transaction import Outcome
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+DATA = b"From: a@a.example\r\nSubject: hello\r\n\r\nbody\r\n"
+SOFT = Reply(452, "4.2.2", "Mailbox full", "mx.b.example[127.0.0.1]")
+
+
+class Script:
+    """The deliver seam: replies per recipient, changeable between attempts; records calls."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, str] = {}
+        self.calls: list[tuple[str, tuple[str, ...], str]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(
+        self, sender: str, rcpts: Sequence[str], data: bytes, queue_id: str
+    ) -> Mapping[str, Outcome]:
+        self.calls.append((sender, tuple(rcpts), queue_id))
+        if self.gate is not None:
+            await self.gate.wait()
+        out = {}
+        for r in rcpts:
+            reply = parse_reply(self.replies.get(r, "250 2.0.0 Ok")).with_host("mx[127.0.0.1]")
+            out[r] = Outcome(reply, "mx[127.0.0.1]:25", "RCPT")
+        return out
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Any:
+    env = open_state(tmp_path, 1 << 24)
+    spool = Spool(env, DEFAULT_SCHEDULE, DsnSettings("relay.test"))
+    store = SuppressionStore(env, suppression_rules(PolicyConfig()))
+    events: list[Event] = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="writer")
+
+    async def run_write(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+    script = Script()
+    clock = {"now": T0}
+    worker = RetryWorker(
+        spool,
+        script,
+        classify,
+        store,
+        bus,
+        run_write,
+        RunnerSettings(DEFAULT_SCHEDULE, max_concurrent=3),
+        clock=lambda: clock["now"],
+    )
+    yield worker, spool, store, script, events, clock
+    executor.shutdown()
+
+
+async def _settle(worker: RetryWorker) -> None:
+    while worker.tasks:
+        await asyncio.gather(*worker.tasks)
+
+
+async def test_recovered_remote_delivers_once_and_clears_the_streak(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    assert await worker.run_once(T0 + timedelta(minutes=4)) == 0  # not due yet
+    script.replies["b@b.example"] = "451 4.3.2 try later"
+    clock["now"] = T0 + timedelta(minutes=5)
+    assert await worker.run_once(clock["now"]) == 1
+    await _settle(worker)
+    (r,) = spool.get("Q1").recipients
+    assert r.tries == 2 and r.next_at == T0 + timedelta(minutes=30)
+    [ev] = [e for e in events if isinstance(e, RecipientEvent)]
+    assert ev.status is Status.QUEUED and ev.attempt == 1 and ev.reply.code == 451  # 1st retry
+    # The remote recovers.
+    del script.replies["b@b.example"]
+    clock["now"] = T0 + timedelta(minutes=30)
+    await worker.run_once(clock["now"])
+    await _settle(worker)
+    assert spool.messages() == []
+    assert [c[1] for c in script.calls] == [("b@b.example",), ("b@b.example",)]
+    assert events[-1].status is Status.SENT  # type: ignore[union-attr]
+    assert await worker.run_once(T0 + timedelta(days=30)) == 0  # nothing left: exactly once
+
+
+async def test_expiry_sends_a_dsn_and_feeds_the_streak(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    script.replies["b@b.example"] = "452 4.2.2 Mailbox full"
+    for offset in DEFAULT_SCHEDULE:
+        clock["now"] = T0 + offset + timedelta(seconds=1)
+        assert await worker.run_once(clock["now"]) == 1
+        await _settle(worker)
+    statuses = [e.status for e in events if isinstance(e, RecipientEvent)]
+    assert statuses == [Status.QUEUED] * (len(DEFAULT_SCHEDULE) - 1) + [Status.EXPIRED]
+    assert events[-2].verdict.category is Category.MESSAGE_EXPIRED  # type: ignore[union-attr]
+    dsn_event = events[-1]
+    assert isinstance(dsn_event, MessageEvent) and dsn_event.sender == ""
+    (dsn,) = spool.messages()
+    assert dsn.kind == "dsn" and dsn.recipients[0].recipient == "a@a.example"
+    block = email.message_from_bytes(spool.data(dsn.queue_id)).get_payload()[1].get_payload()[1]
+    assert block["Status"] == "4.2.2" and block["Final-Recipient"] == "rfc822; b@b.example"
+    rec = store.get("b@b.example")
+    assert rec is not None and rec.category is Category.MESSAGE_EXPIRED
+    # The DSN itself is due now and goes out from the null sender.
+    await worker.run_once(clock["now"])
+    await _settle(worker)
+    assert script.calls[-1] == ("", ("a@a.example",), dsn.queue_id)
+    assert spool.messages() == []
+
+
+async def test_hard_failure_on_retry_bounces_with_dsn_and_suppresses(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    script.replies["b@b.example"] = "550 5.1.1 No such user"
+    clock["now"] = T0 + timedelta(minutes=5)
+    await worker.run_once(clock["now"])
+    await _settle(worker)
+    assert events[0].status is Status.BOUNCED  # type: ignore[union-attr]
+    assert store.check("b@b.example", clock["now"]) is not None
+    (dsn,) = spool.messages()
+    assert dsn.kind == "dsn" and dsn.origin == "Q1"
+
+
+async def test_concurrency_cap_and_no_double_lease(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+    for i in range(5):
+        spool.accept(
+            SpoolMessage(f"Q{i}", "a@a.example", DATA, T0, ((f"r{i}@b.example", SOFT),)), T0
+        )
+    script.gate = asyncio.Event()
+    now = T0 + timedelta(minutes=5)
+    assert await worker.run_once(now) == 3  # max_concurrent
+    assert await worker.run_once(now) == 0  # full, and the leased ones are not handed out again
+    await asyncio.sleep(0)
+    script.gate.set()
+    await _settle(worker)
+    assert worker.in_flight == 0
+    assert await worker.run_once(now) == 2
+    await _settle(worker)
+    assert spool.messages() == []
+    assert sorted(c[2] for c in script.calls) == [f"Q{i}" for i in range(5)]
+
+
+async def test_drain_cuts_attempts_short_and_recover_makes_them_due(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    script.gate = asyncio.Event()  # the remote hangs
+    now = T0 + timedelta(minutes=5)
+    await worker.run_once(now)
+    await asyncio.sleep(0)
+    await worker.drain(0.05)
+    assert worker.tasks == set()
+    (r,) = spool.get("Q1").recipients
+    assert r.leased_by == worker.owner  # still leased: not lost, not settled
+    # A new runner in this process (a restart) takes the old lease back at once.
+    script.gate = None
+    fresh = RetryWorker(
+        spool,
+        script,
+        classify,
+        store,
+        worker.events,
+        worker.run_write,
+        worker.settings,
+        clock=lambda: now,
+    )
+    assert await fresh.recover(now) == 1
+    assert await fresh.run_once(now) == 1
+    await _settle(fresh)
+    assert spool.messages() == []
+
+
+async def test_a_crashing_deliver_step_defers_instead_of_losing(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+
+    async def broken(*args: Any) -> Mapping[str, Outcome]:
+        raise RuntimeError("bug")
+
+    worker.deliver = broken
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    clock["now"] = T0 + timedelta(minutes=5)
+    await worker.run_once(clock["now"])
+    await _settle(worker)
+    (r,) = spool.get("Q1").recipients
+    assert r.last_reply is not None and r.last_reply.enhanced == "4.3.0"
+    assert r.next_at == T0 + timedelta(minutes=30)
