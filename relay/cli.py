@@ -17,7 +17,12 @@ from relay.config import Config, ConfigError, load_config
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
 # Modules that contribute subcommands, in the order `bouncer --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("relay.cli_passwd", "relay.cli_stats")
+COMMAND_MODULES: tuple[str, ...] = (
+    "relay.cli_serve",
+    "relay.cli_passwd",
+    "relay.cli_stats",
+    "relay.cli_suppression",
+)
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

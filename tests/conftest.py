@@ -42,3 +42,42 @@ async def dns_server() -> AsyncIterator[DNSServer]:
     """A running loopback DNS server with an empty zone (every name NXDOMAIN)."""
     async with DNSServer() as server:
         yield server
+
+
+@pytest.fixture
+async def relay_service(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Start a real bouncer Service on 127.0.0.1:0 with a config built from `overrides`.
+
+    `svc = await relay_service({"delivery": {"routes": {...}}})`; `svc.addresses[0]` is
+    where it listens. Defaults: state in tmp_path, small timeouts, hostname relay.test.
+    Stopped (drained) after the test.
+    """
+    from relay.config import config_from_dict
+    from relay.service import Service
+
+    started: list[Service] = []
+
+    async def start(overrides: dict[str, Any] | None = None) -> Service:
+        table: dict[str, Any] = {
+            "server": {"listen": ["127.0.0.1:0"], "hostname": "relay.test"},
+            "delivery": {
+                "helo": "relay.test",
+                "connect_timeout": 2,
+                "command_timeout": 5,
+                "drain_timeout": 2,
+            },
+            "dns": {"timeout": 1},
+            "store": {"path": str(tmp_path / f"state{len(started)}")},
+        }
+        for section, values in (overrides or {}).items():
+            table.setdefault(section, {}).update(values)
+        svc = Service(config_from_dict(table))
+        await svc.startup()
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        await svc.shutdown()

@@ -1,0 +1,342 @@
+# The client-facing SMTP server: aiosmtpd's protocol on bouncer's own loop. It turns SMTP
+# commands into pipeline calls and pipeline Replies into reply lines; it decides nothing
+# beyond protocol hygiene (relay check, syntax, limits, bare CR/LF) and owns no policy.
+"""Inbound SMTP: aiosmtpd handler hooks, the server subclass and the listener factory.
+
+aiosmtpd pitfalls handled here: it advertises neither PIPELINING nor
+ENHANCEDSTATUSCODES (added in handle_EHLO); SMTPUTF8 is off by default on `SMTP`
+(enabled explicitly); a client that disconnects while a slow hook (our RCPT waits
+for the remote) runs cancels that hook (remote transactions are aborted then, and on
+connection_lost); it does not refuse bare CR / bare LF in DATA (we do: 550 5.5.2,
+SMTP smuggling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from policy.address import is_valid_address, normalize_address
+from policy.reply import Reply
+from relay.auth import ehlo_without_empty_auth
+from relay.config import IPNetwork
+from relay.events import ConnectEvent
+from relay.pipeline import ClientTransaction, Pipeline, utcnow
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 §2.3.8: lines end in CRLF only; a lone CR or LF is how SMTP smuggling starts.
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
+
+
+def reply_line(reply: Reply) -> str:
+    """A Reply as one SMTP reply line (never multi-line, never over-long)."""
+    text = " ".join(reply.text.split())[:MAX_REPLY_TEXT]
+    parts = [str(reply.code), reply.enhanced or "", text]
+    return " ".join(p for p in parts if p)
+
+
+class InboundHandler:
+    """aiosmtpd hooks for one client connection; holds that client's transaction."""
+
+    def __init__(self, server: InboundServer) -> None:
+        self.server = server
+        self.pipeline = server.pipeline
+        self.txn: ClientTransaction | None = None
+        self.client = "unknown[unknown]"
+        self.ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    # --- connection -------------------------------------------------------------------
+
+    def connected(self, peer: Any) -> None:
+        if isinstance(peer, tuple) and peer:
+            try:
+                self.ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
+            except ValueError:
+                self.ip = None
+            self.client = f"unknown[{peer[0]}]"
+        self.server.events_emit(ConnectEvent(self.client, utcnow()))
+
+    def hang_up(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def disconnected(self) -> None:
+        self._abort_later()
+        self.server.events_emit(ConnectEvent(self.client, utcnow(), disconnect=True))
+
+    def _abort_later(self) -> None:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            self.server.track(asyncio.get_running_loop().create_task(self.pipeline.abort(txn)))
+
+    async def _abort(self) -> None:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            await self.pipeline.abort(txn)
+
+    def may_relay(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        if self.ip is None:
+            return False
+        return any(self.ip in net for net in self.server.networks if net.version == self.ip.version)
+
+    # --- hooks --------------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        await self._abort()  # RFC 5321 §4.1.4: EHLO resets the transaction
+        session.host_name = hostname
+        lines = ehlo_without_empty_auth(responses)
+        return [*lines[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", lines[-1]]
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        await self._abort()
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self.may_relay(session):
+            return "554 5.7.1 Relay access denied"
+        sender = "" if address == "<>" else address
+        if sender and not is_valid_address(sender):
+            return "501 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.txn = ClientTransaction(sender, tuple(options), self.client)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self.may_relay(session):
+            return "554 5.7.1 Relay access denied"
+        txn = self.txn
+        if txn is None:
+            return "503 5.5.1 Error: need MAIL command"
+        if len(txn.recipients) >= self.server.max_recipients:
+            return "452 4.5.3 Error: too many recipients"
+        if not is_valid_address(address):
+            return "501 5.1.3 Bad recipient address syntax"
+        try:
+            reply = await self.pipeline.rcpt(txn, address, normalize_address(address))
+        except asyncio.CancelledError:
+            # The client vanished while we waited for the remote: leave nothing open there.
+            self._abort_later()
+            raise
+        except Exception:  # the one catch-all of a transaction: 451 and keep serving
+            log.exception("%s: RCPT %s failed", txn.queue_id, address)
+            return "451 4.3.0 Error: internal problem, try again later"
+        if len(txn.recipients) > len(envelope.rcpt_tos):
+            envelope.rcpt_tos.append(address)
+        return reply_line(reply)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        txn = self.txn
+        if txn is None or not txn.recipients:
+            return "554 5.5.1 Error: no valid recipients"
+        try:
+            return await self._data(server, session, envelope, txn)
+        finally:
+            if self.txn is txn:
+                self.txn = None  # the transaction ends with DATA whatever the outcome
+
+    async def _data(
+        self, server: SMTP, session: Session, envelope: Envelope, txn: ClientTransaction
+    ) -> str:
+        content = envelope.original_content or b""
+        if _BARE.search(content):
+            await self.pipeline.abort(txn)
+            log.warning("%s: bare CR or LF in DATA from %s; refused", txn.queue_id, self.client)
+            return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
+        header = received_header(
+            helo=session.host_name or "unknown",
+            client_ip=str(self.ip) if self.ip else "unknown",
+            hostname=server.hostname,
+            queue_id=txn.queue_id,
+            protocol=_protocol(session, envelope),
+            recipients=[r.address for r in txn.recipients],
+            when=txn.arrived,
+        )
+        try:
+            reply = await self.pipeline.data(txn, header + content)
+        except asyncio.CancelledError:
+            self._abort_later()
+            raise
+        except Exception:
+            log.exception("%s: DATA failed", txn.queue_id)
+            await self.pipeline.abort(txn)
+            return "451 4.3.0 Error: internal problem, try again later"
+        return reply_line(reply)
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self._abort()
+        return "250 2.0.0 Ok"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self._abort()
+        return "221 2.0.0 Bye"
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
+        return "250 2.0.0 Ok"
+
+    async def handle_VRFY(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
+        return "252 2.0.0 Cannot VRFY; send mail and see"  # RFC 5321 §3.5.3
+
+
+def _protocol(session: Session, envelope: Envelope) -> str:
+    """RFC 3848 / RFC 6531 §4.3 WITH keywords."""
+    base = "ESMTP" if session.extended_smtp else "SMTP"
+    if envelope.smtp_utf8:
+        base = "UTF8SMTP"
+    return base + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    queue_id: str,
+    protocol: str,
+    recipients: Sequence[str],
+    when: datetime,
+) -> bytes:
+    """RFC 5321 §4.4 trace line; "for" only with a single recipient (privacy, as Postfix)."""
+    helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255] or "unknown"
+    lines = [
+        f"Received: from {helo} (unknown [{client_ip}])",
+        f"\tby {hostname} (bouncer) with {protocol} id {queue_id}",
+    ]
+    stamp = format_datetime(when)
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>; {stamp}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{stamp}")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+class InboundSMTP(SMTP):
+    """aiosmtpd's protocol with a connection-lost hook for remote cleanup."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first and self.session is not None:
+            self.event_handler.transport = transport
+            self.event_handler.connected(self.session.peer)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.event_handler.disconnected()
+        self.event_handler.server.active -= 1
+        self.event_handler.server.handlers.discard(self.event_handler)
+
+
+class _Busy(asyncio.Protocol):
+    """Over max_clients: say so (RFC 5321 §3.8, 421) and hang up."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"421 4.3.2 Too many connections, try again later\r\n")
+        transport.close()
+
+
+class InboundServer:
+    """Makes one protocol per client connection; counts them; tracks cleanup tasks."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        hostname: str,
+        networks: Sequence[IPNetwork],
+        max_message_size: int,
+        max_recipients: int,
+        max_clients: int,
+        idle_timeout: float,
+        security: dict[str, Any] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.hostname = hostname
+        self.networks = tuple(networks)
+        self.max_message_size = max_message_size
+        self.max_recipients = max_recipients
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.security = security or {
+            "auth_require_tls": True,
+            "auth_exclude_mechanism": ["PLAIN", "LOGIN"],
+        }
+        self.active = 0
+        self.handlers: set[InboundHandler] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def events_emit(self, event: Any) -> None:
+        self.pipeline.events.emit(event)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def protocol(self) -> asyncio.BaseProtocol:
+        if self.active >= self.max_clients:
+            return _Busy()
+        self.active += 1
+        handler = InboundHandler(self)
+        self.handlers.add(handler)
+        return InboundSMTP(
+            handler,
+            hostname=self.hostname,
+            ident="bouncer",
+            data_size_limit=self.max_message_size,
+            enable_SMTPUTF8=True,
+            timeout=self.idle_timeout,
+            loop=asyncio.get_running_loop(),
+            **self.security,
+        )
+
+    async def listen(self, host: str, port: int) -> asyncio.base_events.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.protocol, host, port)
+
+    async def drain(self, drain_seconds: float) -> None:
+        """Shutdown: let open client transactions finish (up to `drain_seconds`), then close
+        every client connection and wait for the remote clean-ups that triggers."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + drain_seconds
+        # Polling here is only during shutdown, bounded by the drain time; an Event per
+        # transaction end would cost every live transaction for this one moment.
+        while any(h.txn is not None for h in self.handlers) and loop.time() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for handler in list(self.handlers):
+            handler.hang_up()
+        await asyncio.sleep(0)  # let connection_lost run and schedule the aborts
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=max(0.5, end - loop.time()))

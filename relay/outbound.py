@@ -1,0 +1,247 @@
+# This module speaks SMTP to remotes and decides nothing. Every aiosmtplib, TLS, socket or
+# timeout exception becomes a Reply right here (a synthetic 4.4.x naming the host), so
+# callers only ever see Replies: the one exception boundary of the outbound side.
+"""Remote SMTP sessions over aiosmtplib: open over ordered targets, then per-command steps.
+
+`open_session(route, settings)` tries the route's targets in order, once each: TCP
+connect, greeting, EHLO (HELO fallback), STARTTLS per `[delivery] starttls`. A
+connection failure or a non-2xx greeting moves on to the next target (RFC 5321
+§5.1). STARTTLS levels: "opportunistic" tries it without certificate checks (MX
+certificates rarely match; Postfix's "may") and reconnects in clear text when the
+handshake fails; "required" refuses a target without TLS with `451 4.7.4` (Postfix's
+"encrypt": soft, so the message is retried, not lost); "off" never tries.
+
+aiosmtplib raises on every non-2xx reply and pipelines nothing; we send MAIL/RCPT
+through `execute_command` and read each reply ourselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from policy.reply import Reply, split_enhanced
+from relay.transaction import Route, Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    helo: str
+    connect_timeout: float
+    command_timeout: float
+    starttls: str  # "opportunistic" | "required" | "off"
+
+
+def _tls_context() -> ssl.SSLContext:
+    # Opportunistic MX TLS: encrypt, but do not authenticate (RFC 7435; Postfix "may"/"encrypt").
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+_TLS = _tls_context()
+
+
+def _reply(code: int, message: str, host: str) -> Reply:
+    enhanced, text = split_enhanced(message.replace("\r", ""))
+    return Reply(code, enhanced, text, host)
+
+
+def _synthetic(enhanced: str, text: str, host: str | None = None) -> Reply:
+    # Synthetic replies say who could not be reached, but no remote said them: host stays None.
+    return Reply(451, enhanced, text, host)
+
+
+class SessionError(Exception):
+    """Carries the Reply a failed session step turned into (internal to this module)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.line())
+        self.reply = reply
+
+
+class RemoteSession:
+    """One connected, greeted remote session. Each step returns a Reply; none raises."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, target: Target, key: str, tls: bool) -> None:
+        self.smtp = smtp
+        self.target = target
+        self.key = key  # the route key the pool files it under
+        self.tls = tls
+        self.transactions = 0  # how many MAIL transactions it has carried
+        self.broken = False  # a step failed at the connection level: never reuse
+
+    @property
+    def alive(self) -> bool:
+        return not self.broken and self.smtp.is_connected
+
+    def supports(self, extension: str) -> bool:
+        return self.smtp.supports_extension(extension)
+
+    async def _command(self, stage: str, *args: bytes) -> Reply:
+        try:
+            response = await self.smtp.execute_command(*args)
+        except aiosmtplib.SMTPTimeoutError:
+            self.broken = True
+            return _synthetic(
+                "4.4.2", f"conversation with {self.target.host} timed out while sending {stage}"
+            )
+        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            self.broken = True
+            return _synthetic(
+                "4.4.2", f"lost connection with {self.target.host} while sending {stage}: {exc}"
+            )
+        if response.code == 421:
+            self.broken = True  # RFC 5321 §3.8: the remote is closing the channel
+        return _reply(response.code, response.message, self.target.host)
+
+    async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
+        self.transactions += 1
+        return await self._command("MAIL FROM", b"MAIL", _path(b"FROM:", sender), *_opts(options))
+
+    async def rcpt(self, recipient: str) -> Reply:
+        return await self._command("RCPT TO", b"RCPT", _path(b"TO:", recipient))
+
+    async def data(self, content: bytes) -> Reply:
+        try:
+            response = await self.smtp.data(content)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:
+                self.broken = True
+            return _reply(exc.code, exc.message, self.target.host)
+        except aiosmtplib.SMTPTimeoutError:
+            self.broken = True
+            return _synthetic(
+                "4.4.2", f"conversation with {self.target.host} timed out while sending message"
+            )
+        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            self.broken = True
+            return _synthetic(
+                "4.4.2", f"lost connection with {self.target.host} while sending message: {exc}"
+            )
+        return _reply(response.code, response.message, self.target.host)
+
+    async def rset(self) -> bool:
+        """RSET for reuse; False (and the session is broken) if the remote did not say 250."""
+        if not self.alive:
+            return False
+        reply = await self._command("RSET", b"RSET")
+        if reply.code != 250:
+            self.broken = True
+        return not self.broken
+
+    async def noop(self) -> bool:
+        reply = await self._command("NOOP", b"NOOP")
+        return reply.code == 250 and not self.broken
+
+    async def quit(self) -> None:
+        """QUIT politely (bounded by the command timeout), then close regardless."""
+        try:
+            if self.smtp.is_connected:
+                await self.smtp.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.broken = True
+        self.smtp.close()
+
+
+def _path(keyword: bytes, address: str) -> bytes:
+    # Our own <...> quoting: aiosmtplib's parseaddr-based quoting mangles quoted local parts.
+    return keyword + b"<" + address.encode("utf-8") + b">"
+
+
+def _opts(options: Sequence[str]) -> list[bytes]:
+    return [o.encode("ascii") for o in options]
+
+
+async def _connect(target: Target, settings: OutboundSettings) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(
+        hostname=target.ip,
+        port=target.port,
+        local_hostname=settings.helo,
+        timeout=settings.command_timeout,
+        start_tls=False,  # STARTTLS is ours to decide (aiosmtplib would validate certificates)
+        validate_certs=False,
+    )
+    await smtp.connect(timeout=settings.connect_timeout)
+    await _hello(smtp, settings)
+    return smtp
+
+
+async def _hello(smtp: aiosmtplib.SMTP, settings: OutboundSettings) -> None:
+    try:
+        await smtp.ehlo(hostname=settings.helo)
+    except aiosmtplib.SMTPHeloError:
+        if not smtp.is_connected:
+            raise
+        await smtp.helo(hostname=settings.helo)  # RFC 5321 §3.2: fall back for old servers
+
+
+async def _open_target(target: Target, key: str, settings: OutboundSettings) -> RemoteSession:
+    """Connect to one target and apply the STARTTLS level; raises SessionError."""
+    host = target.host
+    try:
+        smtp = await _connect(target, settings)
+    except aiosmtplib.SMTPConnectResponseError as exc:
+        raise SessionError(_reply(exc.code, exc.message, host)) from exc  # a 4xx/5xx greeting
+    except aiosmtplib.SMTPResponseException as exc:
+        raise SessionError(_reply(exc.code, exc.message, host)) from exc  # EHLO and HELO refused
+    except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:
+        raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: timed out")) from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: {exc}")) from exc
+    if settings.starttls == "off":
+        return RemoteSession(smtp, target, key, tls=False)
+    if not smtp.supports_extension("starttls"):
+        if settings.starttls == "required":
+            smtp.close()
+            raise SessionError(
+                _synthetic("4.7.4", f"TLS is required, but was not offered by host {host}")
+            )
+        return RemoteSession(smtp, target, key, tls=False)
+    try:
+        await smtp.starttls(tls_context=_TLS, server_hostname=target.name)
+        await _hello(smtp, settings)
+        return RemoteSession(smtp, target, key, tls=True)
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+        smtp.close()
+        if settings.starttls == "required":
+            raise SessionError(
+                _synthetic("4.7.5", f"Cannot start TLS with {host}: handshake failed: {exc}")
+            ) from exc
+        log.info("STARTTLS with %s failed (%s); retrying in clear text", host, exc)
+    # Opportunistic: a fresh plain connection (the old one is unusable after a failed handshake).
+    plain = OutboundSettings(
+        settings.helo, settings.connect_timeout, settings.command_timeout, "off"
+    )
+    return await _open_target(target, key, plain)
+
+
+async def open_session(route: Route, settings: OutboundSettings) -> RemoteSession | Reply:
+    """Try the route's targets in order, once each; the first greeted session wins.
+
+    When none works the last failure is returned (a remote's greeting/EHLO reply, or a
+    synthetic 4.4.x for connection failures and timeouts).
+    """
+    last = _synthetic("4.4.4", f"no targets for {route.key}")
+    for target in route.targets:
+        try:
+            return await _open_target(target, route.key, settings)
+        except SessionError as exc:
+            log.info("%s: %s", target.relay, exc.reply.line())
+            last = exc.reply
+        except asyncio.CancelledError:
+            raise
+    return last

@@ -1,0 +1,227 @@
+# The flow of one client transaction, top to bottom: suppression check -> route -> remote
+# MAIL/RCPT -> reply mapping (policy) -> store -> at DATA: remotes, spool, events.
+# Policy decides (policy/client_reply.py, classify); this module sequences and records.
+"""The in-transaction relay pipeline (SPEC §2), independent of the SMTP server library."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from policy.address import domain_of
+from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
+from policy.reply import Reply
+from relay.delivery import Delivery, RemoteTransaction
+from relay.events import EventBus, MessageEvent, RecipientEvent, Status
+from relay.spool_codec import SpoolMessage
+from relay.transaction import Classifier, Outcome, SpoolSink, Store, new_queue_id
+from relay.writer import Writer
+
+log = logging.getLogger(__name__)
+
+TEMP_STORE = Reply(451, "4.3.0", "Temporary local problem (state store); try again later")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Recipient:
+    address: str  # as the client spelled it (what the remote is given)
+    key: str  # normalised (what the store files it under)
+    remote: RemoteTransaction | None  # the remote that accepted it at RCPT
+    soft: Reply | None = None  # accepted for the retry queue with this soft reply
+    relay: str = "none"
+
+
+@dataclass
+class ClientTransaction:
+    """One MAIL..DATA exchange of a client, with the remote transactions it opened."""
+
+    sender: str  # "" for the null reverse-path
+    options: tuple[str, ...]
+    client: str  # "name[ip]"
+    queue_id: str = field(default_factory=new_queue_id)
+    arrived: datetime = field(default_factory=utcnow)
+    started: float = field(default_factory=time.monotonic)
+    remotes: dict[tuple[str, str], RemoteTransaction] = field(default_factory=dict)
+    recipients: list[Recipient] = field(default_factory=list)
+
+    def delay(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+@dataclass
+class Pipeline:
+    delivery: Delivery
+    classify: Classifier
+    writer: Writer
+    events: EventBus
+    store: Store | None = None
+    spool: SpoolSink | None = None
+    soft_bounce: str = "queue"
+    clock: Callable[[], datetime] = utcnow
+
+    async def rcpt(self, txn: ClientTransaction, address: str, key: str) -> Reply:
+        """Ask the store, then the remote; answer per SPEC §2. `key` is the normalised address."""
+        now = self.clock()
+        if self.store is not None:
+            refusal = self.store.check(key, now)
+            if refusal is not None:
+                try:
+                    await self.writer.run(self.store.record_refusal, refusal, now)
+                except Exception:
+                    log.exception("store: cannot record refusal of %s", key)
+                    return TEMP_STORE
+                self._event(txn, key, Status.SUPPRESSED, Outcome(refusal.reply), now)
+                return refusal.reply
+        outcome, remote = await self._ask_remote(txn, address, key)
+        decision = rcpt_decision(outcome.reply, self.soft_bounce, self.spool is not None)
+        if not outcome.reply.is_success and self.store is not None:
+            try:
+                verdict = self.classify(outcome.reply)
+                await self.writer.run(self.store.record_verdict, key, verdict, outcome.reply, now)
+            except Exception:
+                log.exception("store: cannot record verdict for %s", key)
+                return TEMP_STORE
+        if decision.accepted:
+            txn.recipients.append(
+                Recipient(
+                    address,
+                    key,
+                    None if decision.queued else remote,
+                    outcome.reply if decision.queued else None,
+                    outcome.relay,
+                )
+            )
+        elif outcome.reply.is_permanent:
+            self._event(txn, key, Status.BOUNCED, outcome, now)
+        else:
+            self._event(txn, key, Status.DEFERRED, outcome, now)
+        return decision.reply
+
+    async def _ask_remote(
+        self, txn: ClientTransaction, address: str, key: str
+    ) -> tuple[Outcome, RemoteTransaction | None]:
+        route = await self.delivery.route(domain_of(key))
+        if isinstance(route, Reply):
+            return Outcome(route, "none", "connect"), None
+        remote_sender = self.delivery.remote_sender(txn.sender, key, txn.queue_id)
+        remote = txn.remotes.get((route.key, remote_sender))
+        if remote is None:
+            remote = await self.delivery.open_transaction(route, remote_sender, txn.options)
+            txn.remotes[(route.key, remote_sender)] = remote
+        return await remote.rcpt(address), remote
+
+    async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
+        """Send `message` (Received: header included) to every remote with accepted recipients."""
+        sending = [rt for rt in txn.remotes.values() if rt.accepted and not rt.done]
+        for rt in txn.remotes.values():
+            if rt not in sending:
+                await rt.abort()
+        outcomes = await asyncio.gather(*(rt.data(message) for rt in sending))
+        by_address: dict[str, Outcome] = {}
+        results = []
+        for rt, outcome in zip(sending, outcomes, strict=True):
+            results.append(SessionResult(tuple(rt.accepted), outcome.reply))
+            for address in rt.accepted:
+                by_address[address] = outcome
+        queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
+        plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
+        now = self.clock()
+        reply = plan.reply
+        if plan.needs_spool and self.spool is not None:
+            try:
+                await self.writer.run(
+                    self.spool.accept, self._spool_message(txn, message, plan), now
+                )
+            except Exception:
+                log.exception("%s: spool refused the message; answering 451", txn.queue_id)
+                reply = Reply(451, "4.3.0", "Temporary local problem (queue); try again later")
+        if reply.is_success:
+            self.events.emit(
+                MessageEvent(
+                    txn.queue_id, txn.sender, len(message), len(txn.recipients), now, txn.client
+                )
+            )
+        await self._record(txn, by_address, reply, now)
+        return reply
+
+    async def _record(
+        self, txn: ClientTransaction, by_address: dict[str, Outcome], reply: Reply, now: datetime
+    ) -> None:
+        """Events and store records for every recipient once DATA is answered."""
+        for r in txn.recipients:
+            outcome = by_address.get(r.address)
+            if outcome is None:  # queued at RCPT
+                assert r.soft is not None
+                soft = Outcome(r.soft, r.relay, "RCPT")
+                status = Status.QUEUED if reply.is_success else Status.DEFERRED
+                self._event(txn, r.key, status, soft, now)
+                continue
+            if outcome.reply.is_success:
+                self._event(txn, r.key, Status.SENT, outcome, now)
+                if self.store is not None:
+                    try:
+                        await self.writer.run(self.store.record_success, r.key, now)
+                    except Exception:  # delivered already: a lost record must not fail the mail
+                        log.exception("store: cannot record success of %s", r.key)
+                continue
+            if outcome.reply.is_permanent:
+                status = Status.BOUNCED
+            else:
+                status = Status.QUEUED if reply.is_success else Status.DEFERRED
+            self._event(txn, r.key, status, outcome, now)
+            if self.store is not None:
+                try:
+                    verdict = self.classify(outcome.reply)
+                    await self.writer.run(
+                        self.store.record_verdict, r.key, verdict, outcome.reply, now
+                    )
+                except Exception:
+                    log.exception("store: cannot record verdict for %s", r.key)
+
+    def _spool_message(
+        self, txn: ClientTransaction, message: bytes, plan: DataPlan
+    ) -> SpoolMessage:
+        return SpoolMessage(
+            queue_id=txn.queue_id,
+            sender=txn.sender,
+            data=message,
+            arrived=txn.arrived,
+            deferred=plan.deferred,
+            failed=plan.failed,
+        )
+
+    async def abort(self, txn: ClientTransaction) -> None:
+        """The client reset, quit or vanished: no remote transaction stays open."""
+        for rt in txn.remotes.values():
+            try:
+                await rt.abort()
+            except Exception:
+                log.exception("abort of remote transaction to %s failed", rt.route.key)
+
+    def _event(
+        self, txn: ClientTransaction, key: str, status: Status, outcome: Outcome, now: datetime
+    ) -> None:
+        verdict = None if outcome.reply.is_success else self.classify(outcome.reply)
+        self.events.emit(
+            RecipientEvent(
+                queue_id=txn.queue_id,
+                recipient=key,
+                status=status,
+                reply=outcome.reply,
+                when=now,
+                relay=outcome.relay,
+                stage=outcome.stage,
+                delay=txn.delay(),
+                verdict=verdict,
+                sender=txn.sender,
+                client=txn.client,
+            )
+        )

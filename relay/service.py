@@ -1,0 +1,211 @@
+# Lifecycle lives here and only here: open the state, build the relay, listen, start the
+# components others contribute, wait for a signal, drain, close. Startup failure -> exit 3.
+"""The bouncer service: `startup()`, `serve()`, `shutdown()` (interfaces.md §6).
+
+Components: objects with `async start(service)` and `async stop()`, started after
+the listeners in registration order and stopped in reverse. Contribute one by
+adding "module:factory" to COMPONENTS; `factory(service)` returns the component, or
+None when its config leaves it off. Or call `service.add(component)` before startup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import lmdb
+
+from policy.classify import classify
+from policy.suppression import StoreError, SuppressionStore
+from relay.auth import AuthConfigError, smtp_security_kwargs
+from relay.config import Config, parse_hostport, suppression_rules
+from relay.delivery import Delivery
+from relay.events import EventBus
+from relay.inbound import InboundServer
+from relay.mx import MXResolver, build_resolver
+from relay.outbound import OutboundSettings, open_session
+from relay.pipeline import Pipeline, utcnow
+from relay.pool import SessionPool
+from relay.spool import DsnSettings, Spool
+from relay.state import StateError, open_state
+from relay.transaction import Route
+from relay.workers import listen_reuse_port
+from relay.writer import Writer
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_STARTUP = 0, 3
+
+# Contributed components, "module:factory", started in this order (see module docstring).
+COMPONENTS: tuple[str, ...] = ("relay.runner:queue_runner",)
+
+
+class Component(Protocol):
+    async def start(self, service: Service) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class StartupError(Exception):
+    """The service cannot start (state directory, TLS files, listen address): exit 3."""
+
+
+class Service:
+    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.clock = clock
+        self.events = EventBus()
+        self.writer = Writer()
+        self.env: lmdb.Environment | None = None
+        self.store: SuppressionStore | None = None
+        self.spool: Spool | None = None
+        self.delivery: Delivery | None = None
+        self.pipeline: Pipeline | None = None
+        self.inbound: InboundServer | None = None
+        self.servers: list[asyncio.base_events.Server] = []
+        self.components: list[Any] = []
+        self._started: list[Any] = []
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    def add(self, component: Any) -> None:
+        """Register a component (before startup)."""
+        self.components.append(component)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the listeners actually listen (port 0 in tests becomes the real port)."""
+        return [s.sockets[0].getsockname()[:2] for s in self.servers if s.sockets]
+
+    async def startup(self) -> None:
+        cfg = self.config
+        try:
+            self.env = open_state(cfg.store.path, cfg.store.map_size)
+            self.store = SuppressionStore(self.env, suppression_rules(cfg.policy))
+            self.spool = Spool(
+                self.env,
+                tuple(timedelta(seconds=s) for s in cfg.queue_schedule_seconds),
+                DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
+            )
+            security = smtp_security_kwargs(
+                cfg.server.tls_cert, cfg.server.tls_key, cfg.server.users_file
+            )
+        except (StateError, StoreError, AuthConfigError, ValueError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.delivery = build_delivery(cfg)
+        self.pipeline = Pipeline(
+            self.delivery,
+            classify,
+            self.writer,
+            self.events,
+            store=self.store,
+            spool=self.spool,
+            soft_bounce=cfg.policy.soft_bounce,
+            clock=self.clock,
+        )
+        s = cfg.server
+        self.inbound = InboundServer(
+            self.pipeline,
+            hostname=s.hostname,
+            networks=cfg.allowed_networks,
+            max_message_size=s.max_message_size,
+            max_recipients=s.max_recipients,
+            max_clients=s.max_clients,
+            idle_timeout=s.idle_timeout,
+            security=security,
+        )
+        loop = asyncio.get_running_loop()
+        for listen in s.listen:
+            host, port = parse_hostport(listen, 25)
+            try:
+                server = await loop.create_server(
+                    self.inbound.protocol,
+                    host,
+                    port,
+                    reuse_port=listen_reuse_port(s.workers) or None,
+                )
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {listen}: {exc}") from exc
+            self.servers.append(server)
+        for spec in COMPONENTS:
+            module, _, factory = spec.partition(":")
+            component = getattr(importlib.import_module(module), factory)(self)
+            if component is not None:
+                self.components.append(component)
+        for component in self.components:
+            await component.start(self)
+            self._started.append(component)
+        log.info("bouncer listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+
+    def request_stop(self) -> None:
+        """First SIGTERM/SIGINT: drain and exit. A second one: exit now."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting without draining")
+            os._exit(1)
+        self._stop.set()
+
+    async def serve(self) -> None:
+        """Run until request_stop()."""
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Stop listening, let in-flight transactions finish (drain timeout), close everything."""
+        drain = self.config.delivery.drain_timeout
+        for server in self.servers:
+            server.close()
+        if self.inbound is not None:
+            await self.inbound.drain(drain)
+        for component in reversed(self._started):
+            try:
+                await asyncio.wait_for(component.stop(), drain)
+            except Exception:
+                log.exception("stopping %r failed", component)
+        self._started.clear()
+        if self.delivery is not None:
+            await self.delivery.pool.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    async def run(self) -> int:
+        """startup → serve → shutdown, with signal handlers; the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.startup()
+        except StartupError as exc:
+            log.error("startup failed: %s", exc)
+            await self.shutdown()
+            return EXIT_STARTUP
+        await self.serve()
+        log.info("stopping: draining in-flight transactions")
+        await self.shutdown()
+        return EXIT_OK
+
+
+def build_delivery(cfg: Config) -> Delivery:
+    """The resolver, route table, session pool and remote sender (VERP plugs in here)."""
+    d = cfg.delivery
+    settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls)
+    resolver = MXResolver(
+        build_resolver(cfg.dns.nameservers, cfg.dns.timeout), routes=d.routes, port=d.port
+    )
+
+    async def opener(route: Route) -> Any:
+        return await open_session(route, settings)
+
+    pool = SessionPool(
+        opener,
+        max_per_destination=d.max_sessions_per_destination,
+        idle_timeout=d.session_idle_timeout,
+        wait_timeout=d.connect_timeout,
+    )
+    return Delivery(resolver, pool)
