@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "relay.cli_passwd",
     "relay.cli_stats",
     "relay.cli_suppression",
+    "relay.cli_queue",
 )
 
 
