@@ -1,0 +1,158 @@
+# Golden rows for the bounce parser: one crafted email per format, each with the recipient,
+# kind, source, status and class it must yield (flufl.bounce style: a format = a row).
+from __future__ import annotations
+
+import pytest
+
+from policy.bounce_parse import parse_bounce, returned_sender
+from policy.bounce_types import Kind
+from policy.verdict import BounceClass
+from tests.intake import samples
+
+H, S, B, D = BounceClass.HARD, BounceClass.SOFT, BounceClass.BLOCK, BounceClass.DELIVERED
+
+ROWS = [
+    # id, email, recipient, kind, source, status, class
+    ("rfc3464-hard", samples.rfc3464(), "gone@dest.example", Kind.DSN, "rfc3464", "5.1.1", H),
+    (
+        "rfc3464-vague-status",
+        samples.rfc3464(status="5.0.0", diagnostic="smtp; 550 5.1.1 No such user"),
+        "gone@dest.example",
+        Kind.DSN,
+        "rfc3464",
+        "5.1.1",
+        H,
+    ),
+    (
+        "rfc3464-delayed",
+        samples.rfc3464(
+            action="delayed", status="4.2.2", diagnostic="smtp; 452 4.2.2 Mailbox full"
+        ),
+        "gone@dest.example",
+        Kind.DSN,
+        "rfc3464",
+        "4.2.2",
+        S,
+    ),
+    (
+        "rfc3464-delivered",
+        samples.rfc3464(action="delivered", status="2.0.0", diagnostic="smtp; 250 2.0.0 Ok"),
+        "gone@dest.example",
+        Kind.DSN,
+        "rfc3464",
+        "2.0.0",
+        D,
+    ),
+    ("qmail", samples.QMAIL, "nobody@dest.example", Kind.DSN, "qmail", "5.1.1", H),
+    ("exim", samples.EXIM, "full@dest.example", Kind.DSN, "exim", "5.2.2", None),
+    (
+        "postfix-text",
+        samples.POSTFIX_TEXT,
+        "spam-trap@dest.example",
+        Kind.DSN,
+        "postfix",
+        "5.7.1",
+        B,
+    ),
+    ("exchange-2003", samples.EXCHANGE_2003, "left@dest.example", Kind.DSN, "exchange", "", None),
+    ("gmail", samples.GMAIL, "typo@dest.example", Kind.DSN, "gmail", "5.1.1", H),
+    ("amazon-ses", samples.SES_JSON, "dead@dest.example", Kind.DSN, "amazon-ses", "5.1.1", H),
+]
+
+
+@pytest.mark.parametrize(
+    "data,recipient,kind,source,status,klass", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS]
+)
+def test_format(
+    data: bytes,
+    recipient: str,
+    kind: Kind,
+    source: str,
+    status: str,
+    klass: BounceClass | None,
+) -> None:
+    reports = parse_bounce(data)
+    assert [r.recipient for r in reports] == [recipient]
+    (report,) = reports
+    assert report.kind is kind
+    assert report.source == source
+    assert report.status == status
+    assert report.verdict is not None
+    if klass is not None:
+        assert report.verdict.klass is klass, report
+
+
+def test_exim_quota_is_soft_or_hard_never_block() -> None:
+    # 5.2.2 is quota-issues (SPEC §3): soft, whatever the first digit says of permanence.
+    (report,) = parse_bounce(samples.EXIM)
+    assert report.verdict is not None and report.verdict.category.value == "quota-issues"
+
+
+@pytest.mark.parametrize("variant", ["crlf", "cr"])
+@pytest.mark.parametrize("name", ["QMAIL", "EXIM", "GMAIL"])
+def test_line_endings_do_not_matter(name: str, variant: str) -> None:
+    lf: bytes = getattr(samples, name)
+    other = lf.replace(b"\n", b"\r\n" if variant == "crlf" else b"\r")
+    assert parse_bounce(other) == parse_bounce(lf)
+    assert parse_bounce(other)[0].recipient
+
+
+def test_rfc3464_crlf_multipart() -> None:
+    data = samples.rfc3464().replace(b"\n", b"\r\n")
+    (report,) = parse_bounce(data)
+    assert (report.recipient, report.status) == ("gone@dest.example", "5.1.1")
+
+
+def test_arf_is_a_complaint_not_a_bounce() -> None:
+    (report,) = parse_bounce(samples.arf(feedback_type="opt-out"))
+    assert report.kind is Kind.ARF
+    assert report.recipient == "angry@dest.example"
+    assert report.feedback_type == "opt-out"
+    assert report.verdict is None
+
+
+def test_arf_several_original_rcpt_to() -> None:
+    data = samples.arf().replace(
+        b"Original-Rcpt-To: <angry@dest.example>",
+        b"Original-Rcpt-To: <a@dest.example>\nOriginal-Rcpt-To: <b@dest.example>",
+    )
+    assert [r.recipient for r in parse_bounce(data)] == ["a@dest.example", "b@dest.example"]
+
+
+def test_arf_without_rcpt_field_uses_returned_message() -> None:
+    data = samples.arf().replace(b"Original-Rcpt-To: <angry@dest.example>\n", b"")
+    (report,) = parse_bounce(data)
+    assert report.recipient == "angry@dest.example"
+
+
+def test_autoreply_is_never_a_bounce() -> None:
+    (report,) = parse_bounce(samples.AUTOREPLY)
+    assert report.kind is Kind.AUTOREPLY
+    assert report.recipient == "holiday@dest.example"
+    assert report.verdict is None
+
+
+def test_bounce_with_autoreply_header_is_still_a_bounce() -> None:
+    # Exim writes Auto-Submitted: auto-replied on its bounces (see samples.EXIM).
+    (report,) = parse_bounce(samples.EXIM)
+    assert report.kind is Kind.DSN
+
+
+def test_ordinary_mail_yields_nothing() -> None:
+    assert parse_bounce(samples.PLAIN_MAIL) == []
+
+
+def test_junk_never_raises() -> None:
+    for junk in (b"", b"\x00\xff" * 50, b"Content-Type: multipart/report\n\n--x", b"From:\n\n"):
+        assert isinstance(parse_bounce(junk), list)
+
+
+def test_help_desk_address_is_not_a_recipient() -> None:
+    (report,) = parse_bounce(samples.POSTFIX_TEXT)
+    assert report.recipient != "postmaster@mail.dest.example"
+
+
+def test_sender_of_returned_message() -> None:
+    assert returned_sender(samples.rfc3464()) == "app@sender.example"
+    assert returned_sender(samples.rfc3464(), ignore_domain="sender.example") == ""
+    assert returned_sender(samples.AUTOREPLY) == ""
