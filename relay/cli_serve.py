@@ -20,13 +20,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=_serve)
 
 
-def serve_one(cfg: Config) -> int:
+def serve_one(cfg: Config, config_path: str | None = None) -> int:
     """Run one service process to completion on uvloop; returns its exit code."""
     import uvloop
 
     from relay.service import Service
 
-    return int(uvloop.run(Service(cfg).run()))
+    return int(uvloop.run(Service(cfg, config_path=config_path).run()))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,4 +40,4 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     from relay.workers import run_workers
 
-    return run_workers(cfg.server.workers, lambda index: serve_one(cfg))
+    return run_workers(cfg.server.workers, lambda index: serve_one(cfg, args.config))

@@ -48,14 +48,16 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between pings (half of $WATCHDOG_USEC), or None when no watchdog is set.
 
-    $WATCHDOG_PID, when set, must be our pid (sd_watchdog_enabled(3)).
+    $WATCHDOG_PID, when set, must be our pid (sd_watchdog_enabled(3)), or our parent's:
+    with `[server] workers`, worker 0 pings for the supervising main process
+    (the unit sets NotifyAccess=all for that).
     """
     env = env if env is not None else os.environ
     usec = env.get("WATCHDOG_USEC", "")
     pid = env.get("WATCHDOG_PID", "")
     if not usec.isdigit() or int(usec) == 0:
         return None
-    if pid and pid != str(os.getpid()):
+    if pid and pid not in (str(os.getpid()), str(os.getppid())):
         return None
     return int(usec) / 1_000_000 / 2
 
@@ -92,7 +94,12 @@ class Notifier:
 
     async def _watchdog(self, interval: float) -> None:
         while True:
-            if self.healthy is None or self.healthy():
+            try:
+                ok = self.healthy is None or self.healthy()
+            except Exception as exc:  # e.g. StoreError: unhealthy, not a dead watchdog task
+                log.warning("health check raised: %s", exc)
+                ok = False
+            if ok:
                 self.send("WATCHDOG=1")
             else:
                 log.warning("health check failed: withholding the systemd watchdog ping")

@@ -43,7 +43,15 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_STARTUP = 0, 3
 
 # Contributed components, "module:factory", started in this order (see module docstring).
-COMPONENTS: tuple[str, ...] = ("relay.runner:queue_runner",)
+COMPONENTS: tuple[str, ...] = (
+    "relay.ops:log_writer",  # first, so it sees the other components' events
+    "relay.ops:counters",
+    "relay.runner:queue_runner",
+    "relay.ops:metrics",
+    "relay.ops:api",
+    "relay.ops:reloader",  # SIGHUP re-reads config_path (relay/reload.py)
+    "relay.ops:notifier",  # last: READY=1 once everything runs
+)
 
 
 class Component(Protocol):
@@ -56,8 +64,14 @@ class StartupError(Exception):
 
 
 class Service:
-    def __init__(self, config: Config, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], datetime] = utcnow,
+        config_path: str | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP (relay/reload.py)
         self.clock = clock
         self.events = EventBus()
         self.writer = Writer()

@@ -1,0 +1,246 @@
+# The HTTP API for applications: strings in and out at this edge; the store decides.
+"""aiohttp API on `[api] listen` (loopback by default), bearer `[api] token`.
+
+It calls the same `SuppressionStore` admin methods as `bouncer suppression`
+(one implementation: get, scan, add, remove, activity, import/export) and the
+same `relay.counters.read_stats` as `bouncer stats`; record JSON is
+`policy.records.as_dict`, the CLI's `--format json` shape. Writes run on the
+service's single writer thread, reads on the loop. The clock is read here.
+
+    GET    /suppressions[?state=suppressed|permanent|blocked|active|all&category=..&format=json|csv]
+    GET    /suppressions/{address or domain}
+    PUT    /suppressions/{address or domain}   {"category": "bad-mailbox", "until": "2027-01-30",
+                                                "why": "..."}   (until and why optional)
+    DELETE /suppressions/{address or domain}[?force=1&why=..]   (or the same keys as JSON)
+    POST   /suppressions/import                CSV body (our export, or address[,category[,until]])
+    POST   /activity                            {"address": ".."}   (open, click, reply...)
+    GET    /stats[?since=7d&by=day|domain|total]
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from aiohttp import web
+
+from policy.address import AddressError
+from policy.escalation import ForceRequired, NotSuppressed, RuleError
+from policy.rates import GroupBy, parse_since
+from policy.records import State, as_dict
+from policy.suppression import NotFound, StoreError, SuppressionStore
+from policy.suppression_csv import parse_when, write_csv
+from policy.verdict import Category
+from relay.counters import read_stats, stats_document
+from relay.httpserve import serve_app
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 64 * 1024 * 1024  # an import of a few hundred thousand addresses
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, ensure_ascii=False) + "\n",
+        status=status,
+        content_type="application/json",
+    )
+
+
+class Api:
+    """The API application and its Service component."""
+
+    def __init__(
+        self,
+        token: str,
+        listen: str = "",
+        store: SuppressionStore | None = None,
+        env: Any = None,
+        write: Callable[..., Awaitable[Any]] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not token:
+            raise ValueError("the API needs a token")
+        self.token = token
+        self.listen = listen
+        self.store = store
+        self.env = env
+        self._write = write
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a store write on the service's writer thread (or inline without a service)."""
+        if self._write is not None:
+            return await self._write(fn, *args)
+        return fn(*args)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            return web.Response(
+                status=401,
+                text="bearer token required\n",
+                headers={"WWW-Authenticate": 'Bearer realm="bouncer"'},
+            )
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _json({"error": str(exc)}, exc.status)
+        except NotFound as exc:
+            return _json({"error": str(exc)}, 404)
+        except ForceRequired as exc:
+            return _json({"error": str(exc), "force_required": True}, 409)
+        except (NotSuppressed, RuleError) as exc:
+            return _json({"error": str(exc)}, 409)
+        except (AddressError, ValueError) as exc:
+            return _json({"error": str(exc)}, 400)
+        except StoreError as exc:
+            log.error("api: store: %s", exc)
+            return _json({"error": f"store unavailable: {exc}"}, 503)
+
+    def _store(self) -> SuppressionStore:
+        if self.store is None:
+            raise ApiError(503, "no suppression store")
+        return self.store
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ApiError(400, "body must be a JSON object")
+        return data
+
+    # -- suppressions ---------------------------------------------------------------------
+
+    async def list_suppressions(self, request: web.Request) -> web.StreamResponse:
+        store = self._store()
+        state = request.query.get("state")
+        states = None if state is None else list(State) if state == "all" else [State(state)]
+        category = Category(request.query["category"]) if "category" in request.query else None
+        records = store.scan(self.clock(), states, category)
+        if request.query.get("format") == "csv":
+            out = io.StringIO()
+            write_csv(records, out)
+            return web.Response(text=out.getvalue(), content_type="text/csv")
+        return _json([as_dict(r) for r in records])
+
+    async def get_suppression(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        rec = self._store().get(key, self.clock())
+        if rec is None:
+            raise NotFound(f"no suppression record for {key}")
+        return _json(as_dict(rec))
+
+    async def put_suppression(self, request: web.Request) -> web.StreamResponse:
+        store = self._store()
+        body = await self._body(request)
+        category = Category(body.get("category", Category.BAD_MAILBOX.value))
+        until = parse_when(str(body["until"])) if body.get("until") else None
+        why = str(body.get("why", body.get("reason", "added through the API")))
+        rec = await self.write(
+            store.add, request.match_info["key"], category, self.clock(), until, why
+        )
+        return _json(as_dict(rec))
+
+    async def delete_suppression(self, request: web.Request) -> web.StreamResponse:
+        store = self._store()
+        body = await self._body(request)
+        force_raw = str(body.get("force", request.query.get("force", ""))).lower()
+        force = force_raw in ("1", "true", "yes")
+        why = str(body.get("why", request.query.get("why", "")))
+        if force and not why.strip():
+            raise ApiError(400, "force needs a reason in 'why' (kept in the history)")
+        rec = await self.write(_remove, store, request.match_info["key"], self.clock(), force, why)
+        return _json(as_dict(rec))
+
+    async def import_suppressions(self, request: web.Request) -> web.StreamResponse:
+        store = self._store()
+        text = await request.text()
+        why = request.query.get("why", "import through the API")
+        result = await self.write(
+            store.import_csv, io.StringIO(text, newline=""), self.clock(), why
+        )
+        return _json(
+            {"added": result.added, "skipped": result.skipped, "problems": list(result.problems)}
+        )
+
+    async def activity(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        address = body.get("address")
+        if not isinstance(address, str) or not address:
+            raise ApiError(400, "'address' is required")
+        rec = await self.write(self._store().activity, address, self.clock())
+        return _json({"address": address, "record": as_dict(rec) if rec else None})
+
+    # -- stats ----------------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        if self.env is None:
+            raise ApiError(503, "no state")
+        by = request.query.get("by", "day")
+        if by not in ("day", "domain", "total"):
+            raise ApiError(400, "by must be day, domain or total")
+        since = parse_since(request.query.get("since", "7d"), self.clock())
+        rows = read_stats(self.env, since, cast(GroupBy, by))
+        return _json(stats_document(rows, cast(GroupBy, by), since))
+
+    # -- server ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        r = app.router
+        r.add_get("/suppressions", self.list_suppressions)
+        r.add_post("/suppressions/import", self.import_suppressions)
+        r.add_get("/suppressions/{key}", self.get_suppression)
+        r.add_put("/suppressions/{key}", self.put_suppression)
+        r.add_delete("/suppressions/{key}", self.delete_suppression)
+        r.add_post("/activity", self.activity)
+        r.add_get("/stats", self.stats)
+        return app
+
+    async def serve(self, listen: str) -> int:
+        self._runner, self.port = await serve_app(self.app(), listen, 8025)
+        return self.port
+
+    async def start(self, service: Any) -> None:
+        self.store = service.store
+        self.env = service.env
+        self._write = service.writer.run
+        self.clock = service.clock
+        if self.listen:
+            port = await self.serve(self.listen)
+            log.info("HTTP API on %s (port %d)", self.listen, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _remove(store: SuppressionStore, key: str, now: datetime, force: bool, why: str) -> Any:
+    return store.remove(key, now, force=force, why=why)
