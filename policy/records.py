@@ -193,3 +193,44 @@ def peek(raw: bytes) -> tuple[int, float, float, bytes]:
     _version, code, since, until, rlen = HEADER.unpack_from(raw)
     start = HEADER.size
     return code, since, until, raw[start : start + rlen]
+
+
+def as_dict(rec: SuppressionRecord) -> dict[str, Any]:
+    """The record as JSON-ready values, one shape for `bouncer suppression --format json` and
+    the HTTP API: times ISO 8601 UTC, enums as their strings."""
+
+    def t(when: datetime | None) -> str | None:
+        return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    lr = rec.last_reply
+    return {
+        "address": rec.key,
+        "scope": rec.scope.value,
+        "state": rec.state.value,
+        "class": rec.klass.value if rec.klass else None,
+        "category": rec.category.value if rec.category else None,
+        "cause": rec.cause.value if rec.cause else None,
+        "reason": rec.reason,
+        "since": t(rec.since),
+        "until": t(rec.until),
+        "last_reply": None if lr is None else {"line": lr.line(), "host": lr.host},
+        "counts": {
+            "hard": rec.hard,
+            "synthesized": rec.synthesized,
+            "soft": rec.soft,
+            "other": rec.other,
+            "strikes": rec.strikes,
+        },
+        "streak": None
+        if rec.streak is None
+        else {
+            "category": rec.streak.category.value,
+            "first": t(rec.streak.first),
+            "last": t(rec.streak.last),
+            "attempts": rec.streak.attempts,
+        },
+        "soft_level": rec.soft_level,
+        "first_seen": t(rec.first_seen),
+        "last_seen": t(rec.last_seen),
+        "history": [{"when": t(e.when), "kind": e.kind, "detail": e.detail} for e in rec.history],
+    }

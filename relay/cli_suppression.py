@@ -1,0 +1,245 @@
+# `bouncer suppression ...`: the operator's edge of the store. Strings in, strings out.
+"""The suppression list from the command line.
+
+Every subcommand opens the same LMDB state directory as the server (LMDB is
+safe for several processes: the CLI works while `bouncer serve` runs) and
+calls the store's admin methods, the same ones the HTTP API uses. Only here,
+at the edge, is the clock read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import TextIO
+
+from policy.address import AddressError
+from policy.escalation import RuleError
+from policy.records import State, SuppressionRecord, as_dict
+from policy.suppression import NotFound, StoreError, SuppressionStore
+from policy.suppression_csv import iso, parse_when, write_csv
+from policy.verdict import Category
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay.config import suppression_rules
+from relay.state import StateError, open_state
+
+STATES = [s.value for s in State] + ["all"]
+
+
+def _when(text: str) -> datetime:
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use 2027-01-30)") from exc
+
+
+def open_store(args: argparse.Namespace) -> SuppressionStore:
+    """The store in the configured state directory (created if missing)."""
+    cfg = config_or_exit(args)
+    env = open_state(cfg.store.path, cfg.store.map_size)
+    return SuppressionStore(env, suppression_rules(cfg.policy))
+
+
+def _states(text: str | None) -> list[State] | None:
+    if text is None:
+        return None  # the refusing ones
+    return list(State) if text == "all" else [State(text)]
+
+
+def _table(records: Iterable[SuppressionRecord], out: TextIO) -> int:
+    rows = [("ADDRESS", "STATE", "CATEGORY", "SINCE", "UNTIL", "HB/SYN/SB", "REASON")]
+    for r in records:
+        category = r.cause or r.category
+        rows.append(
+            (
+                r.key if r.scope.value == "address" else f"@{r.key}",
+                r.state.value,
+                category.value if category else "",
+                iso(r.since)[:10],
+                iso(r.until)[:10],
+                f"{r.hard}/{r.synthesized}/{r.soft}",
+                r.reason[:60],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
+        print("  ".join(cells).rstrip(), file=out)
+    return len(rows) - 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    category = Category(args.category) if args.category else None
+    records = store.scan(datetime.now(UTC), _states(args.state), category)
+    if args.format == "csv":
+        write_csv(records, sys.stdout)
+    elif args.format == "json":
+        for r in records:  # JSON lines: a list of a million records streams
+            print(json.dumps(as_dict(r), ensure_ascii=False))
+    else:
+        _table(records, sys.stdout)
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rec = store.get(args.address, datetime.now(UTC))
+    if rec is None:
+        print(f"bouncer: no suppression record for {args.address}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.format == "json":
+        print(json.dumps(as_dict(rec), ensure_ascii=False, indent=2))
+        return EXIT_OK
+    d = as_dict(rec)
+    for key in ("address", "scope", "state", "class", "category", "reason", "since", "until"):
+        print(f"{key + ':':12} {d[key] if d[key] is not None else '-'}")
+    c = d["counts"]
+    print(
+        f"{'counts:':12} hard {c['hard']}, synthesized {c['synthesized']}, soft {c['soft']}, "
+        f"other {c['other']}, strikes {c['strikes']}, soft level {d['soft_level']}"
+    )
+    if d["streak"]:
+        s = d["streak"]
+        print(f"{'streak:':12} {s['category']} x{s['attempts']} from {s['first']} to {s['last']}")
+    if d["last_reply"]:
+        print(f"{'last reply:':12} {d['last_reply']['line']}")
+    print(f"{'seen:':12} {d['first_seen']} .. {d['last_seen']}")
+    print("history:")
+    for e in d["history"]:
+        print(f"  {e['when']}  {e['kind']:12} {e['detail']}")
+    return EXIT_OK
+
+
+def _add(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rec = store.add(args.address, Category(args.category), datetime.now(UTC), args.until, args.why)
+    if rec.until:
+        print(f"{rec.key}: {rec.state.value} until {iso(rec.until)} ({rec.reason})")
+    else:
+        print(f"{rec.key}: {rec.state.value} ({rec.reason})")
+    return EXIT_OK
+
+
+def _remove(args: argparse.Namespace) -> int:
+    if args.force and not args.why.strip():
+        print("bouncer: --force needs --why REASON (kept in the history)", file=sys.stderr)
+        return EXIT_USAGE
+    store = open_store(args)
+    rec = store.remove(args.address, datetime.now(UTC), force=args.force, why=args.why)
+    print(f"{rec.key}: {rec.history[-1].detail}; now {rec.state.value}")
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    try:
+        fh = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        print(f"bouncer: {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    with fh:
+        result = store.import_csv(fh, datetime.now(UTC), why=args.why)
+    for problem in result.problems:
+        print(f"bouncer: {args.file}: {problem}", file=sys.stderr)
+    print(f"imported {result.added}, skipped {result.skipped}")
+    return EXIT_OK if result.added or not result.skipped else EXIT_FAILED
+
+
+def _export(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    n = store.export_csv(sys.stdout, datetime.now(UTC), _states(args.state))
+    print(f"exported {n}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _activity(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rec = store.activity(args.address, datetime.now(UTC))
+    if rec is None:
+        print(f"{args.address}: no record; nothing to reset")
+    else:
+        print(f"{rec.key}: activity recorded; now {rec.state.value}")
+    return EXIT_OK
+
+
+def _count(args: argparse.Namespace) -> int:
+    counts = open_store(args).count(datetime.now(UTC))
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return EXIT_OK
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn the store's exceptions into a message and an exit code, at this one boundary."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (NotFound, RuleError) as exc:
+            print(f"bouncer: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except AddressError as exc:
+            print(f"bouncer: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except (StoreError, StateError) as exc:
+            print(f"bouncer: store: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "suppression", help="list, show, add, remove, import and export suppressed addresses"
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    categories = [c.value for c in Category if c is not Category.DELIVERED]
+
+    p = sub.add_parser("list", help="suppressed addresses (default: those refusing now)")
+    p.add_argument("--state", choices=STATES, help="only this state ('all' includes active)")
+    p.add_argument("--category", choices=categories)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(handler=_guarded(_list))
+
+    p = sub.add_parser("show", help="one record with its history")
+    p.add_argument("address", metavar="ADDRESS", help="an address, or a bare domain")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(handler=_guarded(_show))
+
+    p = sub.add_parser("add", help="suppress an address or domain by hand")
+    p.add_argument("address", metavar="ADDRESS", help="an address, or a bare domain")
+    p.add_argument("--category", choices=categories, required=True)
+    p.add_argument("--until", type=_when, metavar="DATE", help="end date; default permanent")
+    p.add_argument("--why", default="", help="reason, quoted in the refusal and the history")
+    p.set_defaults(handler=_guarded(_add))
+
+    p = sub.add_parser("remove", help="lift a suppression (permanent/blocked: --force --why)")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--force", action="store_true", help="lift a permanent or blocked record")
+    p.add_argument("--why", default="", help="reason, kept in the history")
+    p.set_defaults(handler=_guarded(_remove))
+
+    p = sub.add_parser("import", help="add every row of a CSV (export format or one per line)")
+    p.add_argument("file", metavar="FILE", help="CSV file, '-' for stdin")
+    p.add_argument("--why", default="import", help="reason for rows without one")
+    p.set_defaults(handler=_guarded(_import))
+
+    p = sub.add_parser("export", help="CSV of the suppressed addresses, for list cleaning")
+    p.add_argument("--state", choices=STATES, help="only this state ('all' includes active)")
+    p.set_defaults(handler=_guarded(_export))
+
+    p = sub.add_parser("activity", help="the recipient opened, clicked or replied: reset")
+    p.add_argument("address", metavar="ADDRESS")
+    p.set_defaults(handler=_guarded(_activity))
+
+    p = sub.add_parser("count", help="records per state")
+    p.set_defaults(handler=_guarded(_count))
+
+    for action in sub.choices.values():
+        add_config_option(action)
