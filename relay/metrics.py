@@ -52,7 +52,7 @@ GAUGES = (
 )
 
 
-@dataclass
+@dataclass(eq=False)  # registries keep collectors in a dict: hash by identity
 class _ProbeCollector:
     """A prometheus-client collector that reads each probe at scrape time."""
 
@@ -111,14 +111,19 @@ class Metrics:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RecipientEvent):
             verdict = event.verdict
-            self.recipients.labels(
-                str(event.status),
-                str(verdict.klass) if verdict else "",
-                str(verdict.category) if verdict else "",
-            ).inc()
+            if verdict is not None:
+                klass, category = str(verdict.klass), str(verdict.category)
+            elif event.reply.is_success:
+                klass = category = "delivered"
+            else:
+                klass = category = ""
+            self.recipients.labels(str(event.status), klass, category).inc()
             if event.relay != "none" and event.reply.host:
-                # Postfix's delays c + d: connection setup and transmission, i.e. the remote.
-                self.reply_latency.labels(event.stage).observe(event.delays[2] + event.delays[3])
+                # Postfix's delays c + d (connection setup and transmission) when the relay
+                # measured them; else the event's delay since the transaction began, which
+                # for an in-transaction RCPT or DATA is the wait for the remote.
+                remote = event.delays[2] + event.delays[3]
+                self.reply_latency.labels(event.stage).observe(remote or event.delay)
         elif isinstance(event, MessageEvent):
             self.messages.inc()
         elif isinstance(event, ConnectEvent) and not event.disconnect:
