@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category
 
 H, S, B, U, D = (
@@ -224,6 +225,56 @@ def diagnostics(path: Path) -> list[Diagnostic]:
             if isinstance(payload, bytes):
                 found.extend(_from_text(payload.decode("utf-8", "replace")))
     return found
+
+
+def reply_of(diag: Diagnostic) -> Reply:
+    """The Diagnostic-Code as a Reply: parsed when its type is smtp (or absent), else text
+    only (code 0), so an x-unix exit status "255" is not mistaken for a 2xx reply."""
+    if diag.kind in ("smtp", ""):
+        return parse_reply(diag.text)
+    return Reply(0, None, diag.text)
+
+
+_IN_REPLY = re.compile(r"[^<>]{0,200}?\(in reply to (end of DATA|DATA|RCPT TO|MAIL FROM) command\)")
+
+
+def stage_of(path: Path, diag: Diagnostic) -> str | None:
+    """The SMTP command the diagnostic answered, when the bounce's text says so.
+
+    Postfix writes "said: 550 ... (in reply to end of DATA command)". Sendmail's
+    transcript shows ">>> DATA" and then every pending reply; with pipelining the RCPT
+    replies come first, so a "<<<" line answers DATA only when it is the last "<<<"
+    line after ">>> DATA". Returns "DATA", "RCPT", "MAIL" or None (not stated).
+    """
+    snippet = " ".join(diag.text.split())[:24].lower()
+    if len(snippet) < 8:
+        return None
+    raw = path.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    flat = " ".join(raw.split())
+    low = flat.lower()
+    start = 0
+    while (i := low.find(snippet, start)) >= 0:
+        start = i + 1
+        m = _IN_REPLY.match(flat, i)
+        if m is not None:
+            return {"DATA": "DATA", "TO": "RCPT", "FROM": "MAIL"}[m.group(1).split()[-1]]
+    lines = raw.split("\n")
+    for n, line in enumerate(lines):
+        if line.startswith("<<< ") and " ".join(line[4:].split()).lower().startswith(snippet):
+            command = next(
+                (
+                    lines[k][4:].split()[0].upper()
+                    for k in range(n - 1, -1, -1)
+                    if lines[k].startswith(">>> ") and lines[k][4:].split()
+                ),
+                None,
+            )
+            later = any(ln.startswith("<<< ") for ln in lines[n + 1 : n + 20])
+            if command == "DATA" and not later:
+                return "DATA"
+            if command in ("RCPT", "MAIL") and not later:
+                return command
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,138 @@
+# Rule: this module decides what a reply means (SPEC §3); it performs no I/O, reads no
+# clock, and knows no provider: every phrasing lives in rules.toml.
+"""classify(reply) -> Verdict(class, category, rule).
+
+Order of evidence, most trusted first:
+
+1. A 2xx is delivered.
+2. A specific enhanced status code (RFC 3463) decides, unless a `beats_code` text
+   rule matches (providers that send 5.1.1 for a rate limit or a blocklist).
+3. Otherwise (no code, x.0.0, a subject wildcard, codes providers misuse such as 5.7.1)
+   the first text rule that matches decides; the code is the fallback.
+4. Nothing matched: undetermined/other for a 5xx, soft/other for a 4xx.
+
+The class follows from the category (policy.rules.CLASS_OF), and then the first digit
+of the reply code wins over everything: a 4xx is always soft, never hard (SPEC §3).
+
+When the outer reply has no code or a generic one, the text is searched for a reply
+quoted inside it: Postfix "host X said: 550 5.1.1 ...", Exim "SMTP error from remote
+mail server after RCPT TO:<a@b>: 550 ...", Amazon SES "550-'5.2.2 ...'".
+"""
+
+from __future__ import annotations
+
+import re
+
+from policy.reply import Reply
+from policy.rules import CLASS_OF, RuleSet, default_rules
+from policy.verdict import BounceClass, Category, Verdict
+
+# A reply quoted in text: a 4xx/5xx code at the start or after a separator, then a space
+# or "-" and either an enhanced code or a word (so "port 465" or "[416]" don't count).
+_QUOTED_REPLY = re.compile(
+    r"(?:^|(?<=[\s:<'\"(>]))([45][0-5]\d)[ -]'?"
+    r"(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z]))"
+)
+# A bare enhanced code in text: "RCPT TO not accepted: 5.7.1 This system ...".
+_QUOTED_ENHANCED = re.compile(r"(?<![\w.])#?([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
+
+DELIVERED = Verdict(BounceClass.DELIVERED, Category.DELIVERED, "smtp-2xx")
+_FALLBACK_PERMANENT = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "fallback-5xx")
+_FALLBACK_TRANSIENT = Verdict(BounceClass.SOFT, Category.OTHER, "fallback-4xx")
+_FALLBACK_TEXT = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "fallback-text")
+
+
+def classify(reply: Reply, rules: RuleSet | None = None) -> Verdict:
+    """Classify one SMTP reply (or a bare diagnostic text with code 0). Pure."""
+    code = reply.code
+    text = reply.text.lower()
+    if 200 <= code < 300:
+        # 220/221 greet or close; they answer no mail command. A diagnostic that starts
+        # with a greeting ("220-laposte 421 4.2.1 Service refuse") carries its real
+        # reply inside, so only a 220/221 with a quoted 4xx/5xx is read further.
+        if code not in (220, 221) or _QUOTED_REPLY.search(text) is None:
+            return DELIVERED
+        code = 0
+    rs = rules if rules is not None else default_rules()
+    enhanced = reply.enhanced
+    if enhanced and code and enhanced in text:
+        # Multi-line replies flattened into one line keep each line's "550-5.7.1 "
+        # prefix in mid-sentence; drop them so patterns see the words side by side.
+        text = text.replace(f"{code}-{enhanced} ", "").replace(f"{code} {enhanced} ", "")
+    code_rule = rs.code_rule(enhanced)
+
+    if code == 0 or code_rule is None or code_rule.refine:
+        # The outer reply says little: look for a reply quoted inside the text.
+        inner_code, inner_enhanced = _quoted(text)
+        if code == 0:
+            code = inner_code
+        if inner_enhanced and (code == 0 or inner_enhanced[0] == str(code)[0]):
+            inner_rule = rs.code_rule(inner_enhanced)
+            if inner_rule is not None and (code_rule is None or not inner_rule.refine):
+                code_rule, enhanced = inner_rule, inner_enhanced
+
+    if code_rule is not None and not code_rule.refine:
+        override = rs.first_overriding(text)
+        if override is not None:
+            category, rule_id = override.category, override.id
+        else:
+            category, rule_id = code_rule.category, code_rule.id
+    else:
+        text_rule = rs.first_text(text)
+        if text_rule is not None:
+            category, rule_id = text_rule.category, text_rule.id
+        elif code_rule is not None:
+            category, rule_id = code_rule.category, code_rule.id
+        else:
+            return _fallback(code, enhanced)
+
+    klass = CLASS_OF[category]
+    if _transient(code, enhanced) and klass is not BounceClass.SOFT:
+        klass = BounceClass.SOFT  # SPEC §3: the first digit wins; 4xx is never hard
+    return Verdict(klass, category, rule_id)
+
+
+def classify_at(reply: Reply, stage: str, rules: RuleSet | None = None) -> Verdict:
+    """classify(), knowing the SMTP command the reply answered ("RCPT", "DATA", ...).
+
+    A "user unknown" after DATA comes from a remote that accepted the same recipient at
+    RCPT: the mailbox exists and a filter refused the message (Japanese carriers answer
+    "550 Unknown user" to mail the recipient filtered; Sisimai calls it `filtered`).
+    DATA's one reply also covers every recipient of the transaction. So a hard verdict
+    at DATA becomes block/content-related: never a reason to suppress anyone.
+    """
+    verdict = classify(reply, rules)
+    if stage.upper() in ("DATA", ".", "END OF DATA") and verdict.klass is BounceClass.HARD:
+        return Verdict(BounceClass.BLOCK, Category.CONTENT_RELATED, f"{verdict.rule}@data")
+    return verdict
+
+
+def _quoted(text: str) -> tuple[int, str | None]:
+    """The first reply code (4xx/5xx) and enhanced code quoted inside `text`."""
+    m = _QUOTED_REPLY.search(text)
+    if m is not None:
+        code = int(m.group(1))
+        if m.group(2):
+            return code, f"{m.group(2)}.{m.group(3)}.{m.group(4)}"
+        e = _QUOTED_ENHANCED.search(text, m.end())
+        if e is not None and e.group(1) == m.group(1)[0]:
+            return code, f"{e.group(1)}.{e.group(2)}.{e.group(3)}"
+        return code, None
+    e = _QUOTED_ENHANCED.search(text)
+    if e is not None and e.group(1) != "2":
+        return 0, f"{e.group(1)}.{e.group(2)}.{e.group(3)}"
+    return 0, None
+
+
+def _transient(code: int, enhanced: str | None) -> bool:
+    if code:
+        return 400 <= code < 500
+    return enhanced is not None and enhanced.startswith("4")
+
+
+def _fallback(code: int, enhanced: str | None) -> Verdict:
+    if _transient(code, enhanced):
+        return _FALLBACK_TRANSIENT
+    if code:
+        return _FALLBACK_PERMANENT
+    return _FALLBACK_TEXT
