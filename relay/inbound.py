@@ -30,12 +30,15 @@ from relay.auth import ehlo_without_empty_auth
 from relay.config import IPNetwork
 from relay.events import ConnectEvent
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
+from relay.stock_replies import enhance
 
 log = logging.getLogger(__name__)
 
 # RFC 5321 §2.3.8: lines end in CRLF only; a lone CR or LF is how SMTP smuggling starts.
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
+# RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL (Postfix's wording and code).
+NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 
 
 def reply_line(reply: Reply) -> str:
@@ -122,6 +125,8 @@ class InboundHandler:
         sender = "" if address == "<>" else address
         if sender and not is_valid_address(sender):
             return "501 5.1.7 Bad sender address syntax"
+        if not (sender.isascii() or envelope.smtp_utf8):
+            return NEEDS_SMTPUTF8
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         self.txn = ClientTransaction(sender, tuple(options), self.client)
@@ -139,6 +144,8 @@ class InboundHandler:
             return "452 4.5.3 Error: too many recipients"
         if not is_valid_address(address):
             return "501 5.1.3 Bad recipient address syntax"
+        if not (address.isascii() or envelope.smtp_utf8):
+            return NEEDS_SMTPUTF8
         try:
             reply = await self.pipeline.rcpt(txn, address, normalize_address(address))
         except asyncio.CancelledError:
@@ -244,6 +251,10 @@ def received_header(
 
 class InboundSMTP(SMTP):
     """aiosmtpd's protocol with a connection-lost hook for remote cleanup."""
+
+    async def push(self, status: Any) -> None:
+        # aiosmtpd's stock replies lack the RFC 3463 code we advertise (relay/stock_replies).
+        await super().push(enhance(status) if isinstance(status, str) else status)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None

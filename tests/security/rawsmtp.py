@@ -1,0 +1,68 @@
+# A byte-exact SMTP client for hostile-input tests: it sends exactly the bytes a test gives
+# (bare LF, bare CR, over-long lines), which smtplib and aiosmtplib would "fix" for us.
+# Every read is bounded, so a server that hangs fails the test instead of hanging it.
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+READ_TIMEOUT = 15.0
+
+
+@dataclass
+class RawReply:
+    code: int
+    lines: list[str]
+
+    @property
+    def text(self) -> str:
+        """The last line's text after the code (e.g. "5.5.2 Error: ..."), as tests quote it."""
+        return self.lines[-1][4:]
+
+    def __str__(self) -> str:
+        return " | ".join(self.lines)
+
+
+class RawClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int, ehlo: bool = True) -> RawClient:
+        reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer)
+        greeting = await client.reply()
+        assert greeting.code == 220, str(greeting)
+        if ehlo:
+            assert (await client.cmd(b"EHLO client.test")).code == 250
+        return client
+
+    async def reply(self, limit: float = READ_TIMEOUT) -> RawReply:
+        lines: list[str] = []
+        while True:
+            raw = await asyncio.wait_for(self.reader.readline(), limit)
+            if not raw:
+                raise ConnectionResetError(f"server closed the connection after {lines}")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(line)
+            if line[3:4] != "-":
+                return RawReply(int(line[:3]), lines)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def cmd(self, line: bytes, limit: float = READ_TIMEOUT) -> RawReply:
+        self.writer.write(line + b"\r\n")
+        return await self.reply(limit)
+
+    async def closed(self, limit: float = READ_TIMEOUT) -> bytes:
+        """Everything the server still sends until it closes the connection."""
+        return await asyncio.wait_for(self.reader.read(), limit)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
