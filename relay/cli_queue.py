@@ -88,6 +88,7 @@ def _message_json(m: QueuedMessage) -> dict[str, Any]:
         "size": m.size,
         "kind": m.kind,
         "origin": m.origin or None,
+        "options": list(m.options),
         "recipients": [_rcpt_json(r) for r in m.recipients],
     }
 

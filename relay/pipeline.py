@@ -196,6 +196,7 @@ class Pipeline:
             arrived=txn.arrived,
             deferred=plan.deferred,
             failed=plan.failed,
+            options=txn.options,
         )
 
     async def abort(self, txn: ClientTransaction) -> None:

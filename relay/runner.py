@@ -42,8 +42,11 @@ from relay.transaction import Outcome
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The deliver step: (sender, recipients, data, queue_id) -> one Outcome per recipient.
-Deliver = Callable[[str, Sequence[str], bytes, str], Awaitable[Mapping[str, Outcome]]]
+# The deliver step (Delivery.deliver_message): (sender, recipients, data, queue_id,
+# MAIL options) -> one Outcome per recipient.
+Deliver = Callable[
+    [str, Sequence[str], bytes, str, Sequence[str]], Awaitable[Mapping[str, Outcome]]
+]
 RunWrite = Callable[[Callable[[], Any]], Awaitable[Any]]
 INTERNAL = Reply(451, "4.3.0", "Internal error while retrying; will try again")
 EXPIRED_RULE = "queue-expired"
@@ -141,7 +144,7 @@ class RetryWorker:
         msg = lease.message
         rcpts = [r.recipient for r in msg.recipients]
         try:
-            outcomes = await self.deliver(msg.sender, rcpts, lease.data, msg.queue_id)
+            outcomes = await self.deliver(msg.sender, rcpts, lease.data, msg.queue_id, msg.options)
         except asyncio.CancelledError:
             raise  # stopped: the lease stays and comes due again
         except Exception:  # the one top-level catch: a bug must not kill the scheduler

@@ -120,7 +120,9 @@ class Spool:
 
         def work(txn: lmdb.Transaction) -> None:
             if msg.deferred:
-                self._put_message(txn, msg.queue_id, msg.sender, msg.data, msg.arrived)
+                self._put_message(
+                    txn, msg.queue_id, msg.sender, msg.data, msg.arrived, options=msg.options
+                )
                 for rcpt, reply in msg.deferred:
                     nxt = next_attempt(now, 1, now, self.schedule) or now
                     self._put_rcpt(txn, msg.queue_id, rcpt, nxt, now, 1, [Attempt(now, reply)])
@@ -320,8 +322,15 @@ class Spool:
         arrived: datetime,
         kind: str = "mail",
         origin: str = "",
+        options: tuple[str, ...] = (),
     ) -> None:
-        env = {"sender": sender, "arrived": to_us(arrived), "kind": kind, "origin": origin}
+        env: dict[str, Any] = {
+            "sender": sender,
+            "arrived": to_us(arrived),
+            "kind": kind,
+            "origin": origin,
+            "options": list(options),
+        }
         txn.put(qid.encode(), encode_message(env, data), db=self._msgs)
 
     def _put_rcpt(

@@ -81,6 +81,7 @@ class SpoolMessage:
     arrived: datetime
     deferred: tuple[tuple[str, Reply], ...] = ()  # soft-failed: retry on the schedule
     failed: tuple[tuple[str, Reply], ...] = ()  # hard-failed in a mixed outcome: DSN now
+    options: tuple[str, ...] = ()  # the client's MAIL parameters (BODY=8BITMIME, SMTPUTF8)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class QueuedMessage:
     kind: str  # "mail", or "dsn" for a notification bouncer made itself
     origin: str  # for a DSN: the queue id of the message it reports on
     recipients: tuple[QueuedRecipient, ...]
+    options: tuple[str, ...] = ()  # MAIL parameters to pass on again on each retry
 
 
 @dataclass(frozen=True)
@@ -182,5 +184,12 @@ def message_from_json(
     qid: str, env: dict[str, Any], rcpts: tuple[QueuedRecipient, ...]
 ) -> QueuedMessage:
     return QueuedMessage(
-        qid, env["sender"], from_us(env["arrived"]), env["size"], env["kind"], env["origin"], rcpts
+        qid,
+        env["sender"],
+        from_us(env["arrived"]),
+        env["size"],
+        env["kind"],
+        env["origin"],
+        rcpts,
+        tuple(env.get("options", ())),
     )

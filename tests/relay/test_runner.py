@@ -4,6 +4,7 @@ scripted deliver step in place of the network (the e2e tests use the real delive
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,12 +37,19 @@ class Script:
     def __init__(self) -> None:
         self.replies: dict[str, str] = {}
         self.calls: list[tuple[str, tuple[str, ...], str]] = []
+        self.options: list[tuple[str, ...]] = []
         self.gate: asyncio.Event | None = None
 
     async def __call__(
-        self, sender: str, rcpts: Sequence[str], data: bytes, queue_id: str
+        self,
+        sender: str,
+        rcpts: Sequence[str],
+        data: bytes,
+        queue_id: str,
+        options: Sequence[str] = (),
     ) -> Mapping[str, Outcome]:
         self.calls.append((sender, tuple(rcpts), queue_id))
+        self.options.append(tuple(options))
         if self.gate is not None:
             await self.gate.wait()
         out = {}
@@ -87,7 +95,8 @@ async def _settle(worker: RetryWorker) -> None:
 
 async def test_recovered_remote_delivers_once_and_clears_the_streak(parts: Any) -> None:
     worker, spool, store, script, events, clock = parts
-    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    msg = SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),))
+    spool.accept(dataclasses.replace(msg, options=("BODY=8BITMIME",)), T0)
     assert await worker.run_once(T0 + timedelta(minutes=4)) == 0  # not due yet
     script.replies["b@b.example"] = "451 4.3.2 try later"
     clock["now"] = T0 + timedelta(minutes=5)
@@ -104,6 +113,7 @@ async def test_recovered_remote_delivers_once_and_clears_the_streak(parts: Any) 
     await _settle(worker)
     assert spool.messages() == []
     assert [c[1] for c in script.calls] == [("b@b.example",), ("b@b.example",)]
+    assert script.options == [("BODY=8BITMIME",)] * 2  # the client's MAIL parameters, kept
     assert events[-1].status is Status.SENT  # type: ignore[union-attr]
     assert await worker.run_once(T0 + timedelta(days=30)) == 0  # nothing left: exactly once
 
