@@ -89,6 +89,11 @@ class RemoteSession:
     async def _command(self, stage: str, *args: bytes) -> Reply:
         try:
             response = await self.smtp.execute_command(*args)
+        except asyncio.CancelledError:
+            # Cancelled mid-command (our client vanished): the remote's reply is still on its
+            # way and would be read as the answer to our next command. Never reuse this one.
+            self.broken = True
+            raise
         except aiosmtplib.SMTPTimeoutError:
             self.broken = True
             return _synthetic(
@@ -113,6 +118,9 @@ class RemoteSession:
     async def data(self, content: bytes) -> Reply:
         try:
             response = await self.smtp.data(content)
+        except asyncio.CancelledError:
+            self.broken = True  # same as in _command: the stream is out of step now
+            raise
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:
                 self.broken = True
