@@ -51,11 +51,14 @@ def apply_config(service: Any, new: Config) -> list[str]:
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper(), logging.INFO))
         changed.append("log")
     delivery = dataclasses.replace(old.delivery, routes=dict(new.delivery.routes))
+    # Compare everything else, with the routes (applied above) taken as unchanged.
+    rest = dataclasses.replace(
+        new, delivery=dataclasses.replace(new.delivery, routes=old.delivery.routes)
+    )
     needs_restart = [
         f.name
         for f in dataclasses.fields(Config)
-        if f.name not in RELOADABLE
-        and getattr(dataclasses.replace(new, delivery=delivery), f.name) != getattr(old, f.name)
+        if f.name not in RELOADABLE and getattr(rest, f.name) != getattr(old, f.name)
     ]
     if needs_restart:
         log.warning("reload: changes to [%s] need a restart", "], [".join(needs_restart))
