@@ -261,3 +261,51 @@ async def test_hanging_greeting_and_silent_dns_do_not_hang_the_client(
     code, text = out["rcpt"]["y@slow.test"]
     assert code == 451 and text.startswith(b"4.4.3")
     assert elapsed < 4, elapsed  # 0.5 s connect + 0.5 s DNS, with slack for a busy machine
+
+
+async def test_events_one_per_recipient_outcome(fake_mx: FakeMX, relay_service: Any) -> None:
+    from relay.events import MessageEvent, RecipientEvent, Status
+
+    fake_mx.rcpt_replies["dead@example.test"] = "550 5.1.1 No such user"
+    svc = await relay_service(routes(example_test=fake_mx))
+    seen: list[Any] = []
+    svc.events.subscribe(seen.append)
+    out = await converse(svc, send("a@sender.test", ["dead@example.test", "ok@example.test"]))
+    queue_id = out["data"][1].decode().rsplit(" ", 1)[1]
+    rcpt_events = {e.recipient: e for e in seen if isinstance(e, RecipientEvent)}
+    assert set(rcpt_events) == {"dead@example.test", "ok@example.test"}
+    dead, ok = rcpt_events["dead@example.test"], rcpt_events["ok@example.test"]
+    assert (dead.status, dead.stage, dead.reply.enhanced) == (Status.BOUNCED, "RCPT", "5.1.1")
+    assert dead.verdict is not None and dead.verdict.klass == "hard"
+    assert (ok.status, ok.stage, ok.queue_id) == (Status.SENT, "DATA", queue_id)
+    assert ok.relay == f"127.0.0.1[127.0.0.1]:{fake_mx.port}"
+    (msg,) = [e for e in seen if isinstance(e, MessageEvent)]
+    assert (msg.queue_id, msg.sender, msg.nrcpt) == (queue_id, "a@sender.test", 1)
+
+
+class _BrokenStore:
+    """A store whose disk is full: reads work, every write fails (as LMDB's MapFullError)."""
+
+    def check(self, address: str, now: Any) -> None:
+        return None
+
+    def _fail(self, *args: Any) -> None:
+        from policy.suppression import StoreError
+
+        raise StoreError("map full")
+
+    record_refusal = record_verdict = record_success = _fail
+
+
+async def test_store_write_failure_is_451_and_the_server_keeps_serving(
+    fake_mx: FakeMX, relay_service: Any
+) -> None:
+    fake_mx.rcpt_replies["dead@example.test"] = "550 5.1.1 No such user"
+    svc = await relay_service(routes(example_test=fake_mx))
+    svc.pipeline.store = _BrokenStore()
+    out = await converse(svc, send("a@sender.test", ["dead@example.test", "ok@example.test"]))
+    code, text = out["rcpt"]["dead@example.test"]
+    assert code == 451 and text.startswith(b"4.3.0")
+    assert out["data"][0] == 250  # the success record fails too, but the mail was delivered
+    again = await converse(svc, send("a@sender.test", ["ok@example.test"]))
+    assert again["data"][0] == 250
