@@ -36,21 +36,32 @@ def _after_type(value: str) -> str:
     return value.strip()
 
 
-def delivery_status(text: str, source: str = "rfc3464") -> list[Finding]:
-    """Every recipient block in a delivery-status body (or text using its field names)."""
-    per_message: dict[str, str] = {}
-    blocks: list[dict[str, str]] = []
-    current: dict[str, str] | None = None
-    for name, value in _fields(text):
+def _recipient_blocks(fields: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Split one blank-line-separated block at each repeated recipient field.
+
+    Fields before the first recipient field belong to it: some MTAs write
+    Diagnostic-Code and Status before Final-Recipient (Facebook).
+    """
+    if not any(name in _RECIPIENT_FIELDS for name, _ in fields):
+        return []
+    blocks: list[dict[str, str]] = [{}]
+    seen_recipient = False
+    for name, value in fields:
+        current = blocks[-1]
         if name in _RECIPIENT_FIELDS:
-            if current is None or name in current:
+            if name in current and seen_recipient:
                 current = {}
                 blocks.append(current)
-            current.setdefault(name, value)
-        elif current is None:
-            per_message.setdefault(name, value)
-        else:
-            current.setdefault(name, value)
+            seen_recipient = True
+        current.setdefault(name, value)
+    return blocks
+
+
+def delivery_status(text: str, source: str = "rfc3464") -> list[Finding]:
+    """Every recipient block in a delivery-status body (or text using its field names)."""
+    blocks: list[dict[str, str]] = []
+    for paragraph in re.split(r"\n[ \t]*\n", text):
+        blocks.extend(_recipient_blocks(list(_fields(paragraph))))
     found = []
     for block in blocks:
         original = first_address(_after_type(block.get("original-recipient", "")))

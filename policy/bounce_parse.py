@@ -11,6 +11,9 @@ auto-reply headers too). The intake and `bouncer parse` both call
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 from policy import bounce_dsn, bounce_text
 from policy.bounce_autoreply import is_autoreply, looks_like_bounce
 from policy.bounce_mime import Message, Parts, addresses, header, load, split
@@ -18,6 +21,7 @@ from policy.bounce_types import BounceReport, Finding, Kind
 from policy.classify import classify
 from policy.reply import Reply, parse_reply
 from policy.rules import RuleSet
+from policy.verdict import BounceClass, Category, Verdict
 
 __all__ = ["BounceReport", "Kind", "find", "parse_bounce", "report_for", "returned_sender"]
 
@@ -92,7 +96,7 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
     reply = _reply(finding)
     verdict = None
     if finding.kind in (Kind.DSN, Kind.UNKNOWN):
-        verdict = classify(reply, rules)
+        verdict = _unverified_user_unknown(classify(reply, rules), reply, finding)
     return BounceReport(
         recipient=finding.recipient,
         kind=finding.kind,
@@ -103,7 +107,34 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
         remote_mta=finding.remote_mta,
         feedback_type=finding.feedback_type,
         verdict=verdict,
+        stage=finding.stage,
     )
+
+
+# A late "user unknown" needs proof before it may suppress an address. Recipient filters
+# (notably Japanese mobile carriers) and content filters answer "user unknown" after DATA
+# for mailboxes that exist (Sisimai's "filtered"); and a late bounce is never the only
+# chance to learn the truth: the next message to the address gets the remote's verdict at
+# RCPT, in-transaction. Proof is an RFC 3463 x.1.x code, a refusal at RCPT, or a format
+# in which the mailbox server itself reports its own directory look-up.
+UNVERIFIED_USER_UNKNOWN = Verdict(
+    BounceClass.BLOCK, Category.CONTENT_RELATED, "late-user-unknown-without-proof"
+)
+DIRECTORY_FORMATS = frozenset({"exchange", "notes", "domino", "imail"})
+_SUBJECT_1 = re.compile(r"(?<![\d.])[45]\.1\.\d{1,3}(?![\d.]*\d)")
+
+
+def _unverified_user_unknown(verdict: Verdict, reply: Reply, finding: Finding) -> Verdict:
+    if verdict.klass is not BounceClass.HARD or verdict.category is not Category.BAD_MAILBOX:
+        return verdict
+    proof = (
+        (reply.enhanced or "")[1:3] == ".1"
+        and (reply.enhanced or "")[3:4] == "."
+        or _SUBJECT_1.search(reply.text) is not None
+        or finding.stage in ("RCPT", "MAIL")
+        or finding.source in DIRECTORY_FORMATS
+    )
+    return verdict if proof else UNVERIFIED_USER_UNKNOWN
 
 
 def _reply(finding: Finding) -> Reply:
@@ -137,8 +168,6 @@ def _vaguer(status: str, enhanced: str) -> bool:
 
 def _with_text_diagnostics(found: list[Finding], msg: Message, parts: Parts) -> list[Finding]:
     """Fill an empty Diagnostic-Code from the human-readable notice about the same recipient."""
-    if all(f.diagnostic for f in found):
-        return found
     notice = bounce_text.notice_only(parts.notice)
     hits = {h.recipient: h for h in bounce_text.scan(notice, set(), [])}
     out = []
@@ -147,7 +176,9 @@ def _with_text_diagnostics(found: list[Finding], msg: Message, parts: Parts) -> 
         if not f.diagnostic and hit is None and len(found) == 1 and len(hits) == 1:
             hit = next(iter(hits.values()))
         if not f.diagnostic and hit is not None:
-            f = Finding(**{**f.__dict__, "diagnostic": hit.diagnostic})
+            f = replace(f, diagnostic=hit.diagnostic)
+        if hit is not None and not f.stage:
+            f = replace(f, stage=hit.stage or bounce_text.stage_of(f.diagnostic))
         out.append(f)
     return out
 
@@ -160,6 +191,7 @@ def _from_hit(hit: bounce_text.TextHit, source: str) -> Finding:
         status=hit.status,
         diagnostic=hit.diagnostic,
         action="failed" if hit.code >= 500 or hit.status.startswith("5") else "",
+        stage=hit.stage,
     )
 
 

@@ -31,7 +31,7 @@ ORIGINAL_MARKERS: tuple[str, ...] = (
     r"^Content-Type: message/rfc822",  # a MIME part written into a text body
     r"^Return-Path: <",  # the returned headers themselves, when no marker precedes them
 )
-_ORIGINAL = re.compile("|".join(f"(?:{m})" for m in ORIGINAL_MARKERS), re.IGNORECASE)
+_ORIGINAL = re.compile("|".join(f"(?:{m})" for m in ORIGINAL_MARKERS), re.IGNORECASE | re.MULTILINE)
 
 # Format signatures: the first row whose pattern occurs in the notice names the source.
 FORMATS: tuple[tuple[str, str], ...] = (
@@ -41,6 +41,7 @@ FORMATS: tuple[tuple[str, str], ...] = (
     ("sendmail", r"following addresses had (?:permanent fatal|transient non-fatal) errors"),
     ("sendmail", r"Transcript of session follows"),
     ("exchange", r"did not reach the following recipient|MSEXCH:|Delivery has failed to these"),
+    ("domino", r"not listed in Domino Directory|Lotus Domino"),
     ("notes", r"^-+ Failure Reasons"),
     ("gmail", r"Delivery to the following recipient|Google tried to deliver your message"),
     ("yahoo", r"Sorry, we were unable to deliver your message"),
@@ -68,6 +69,15 @@ _ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
 _CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
 MAX_SEGMENT_LINES = 15
 
+# Which SMTP command the remote refused, as notices word it (first match wins).
+STAGES: tuple[tuple[str, str], ...] = (
+    # Postfix, Exim, Sendmail transcript, qmail/DragonFly, X3 "SMTP:RCPT", Yahoo "[RCPT_TO]"
+    ("RCPT", r"in reply to RCPT|after RCPT|>>> RCPT|RCPT[ _]TO|RCPT command|our RCPT|SMTP:RCPT"),
+    ("DATA", r"end of data|in reply to DATA|>>> DATA|SMTP command DATA|after DATA|final DATA"),
+    ("MAIL", r"in reply to MAIL|after MAIL FROM|>>> MAIL"),
+)
+_STAGES = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in STAGES)
+
 
 @dataclass(frozen=True)
 class TextHit:
@@ -75,6 +85,15 @@ class TextHit:
     diagnostic: str
     code: int
     status: str
+    stage: str = ""
+
+
+def stage_of(text: str) -> str:
+    """ "RCPT", "DATA", "MAIL" when `text` says which command was refused, else ""."""
+    for name, pattern in _STAGES:
+        if pattern.search(text):
+            return name
+    return ""
 
 
 def notice_only(text: str) -> str:
@@ -126,7 +145,7 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
                 continue
             first_line.setdefault(addr, i)
     if failed:
-        chosen = [a for a in failed if a not in exclude]
+        chosen = list(failed)  # the MTA says so explicitly: no exclusions apply
     else:
         chosen = [a for a in first_line if a in leading] or list(first_line)
     starts = sorted((first_line.get(a, len(lines)), a) for a in chosen)
@@ -143,12 +162,22 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
         diagnostic = "\n".join(s.strip() for s in segment if s.strip())
         code, status = reply_parts(diagnostic)
         if not code and not status and len(starts) == 1:
-            # One recipient: the reason may be written before the address (X1, KDDI).
+            # One recipient: the reason may be written before the address (X1, KDDI, Notes).
             code, status = reply_parts(notice)
-            if code or status:
-                diagnostic = _reply_line(notice) + "\n" + diagnostic
-        hits.append(TextHit(addr, diagnostic, code, status))
+            before = _paragraph_before(lines, start)
+            diagnostic = "\n".join(x for x in (_reply_line(notice), before, diagnostic) if x)
+        hits.append(TextHit(addr, diagnostic, code, status, stage_of(diagnostic)))
     return hits
+
+
+def _paragraph_before(lines: list[str], start: int, limit: int = 3) -> str:
+    """Up to `limit` non-blank lines right above line `start`, in the same paragraph."""
+    out: list[str] = []
+    for line in reversed(lines[max(0, start - limit) : start]):
+        if not line.strip():
+            break
+        out.insert(0, line.strip())
+    return "\n".join(out)
 
 
 def _reply_line(text: str) -> str:

@@ -29,6 +29,7 @@ class Finding:
     action: str = ""  # RFC 3464 §2.3.3: failed, delayed, delivered, relayed, expanded
     remote_mta: str = ""
     feedback_type: str = ""  # RFC 5965 §3.1: abuse, fraud, opt-out, ...
+    stage: str = ""  # the SMTP command the remote refused, when the notice says: RCPT, DATA
 
 
 @dataclass(frozen=True)
@@ -47,3 +48,4 @@ class BounceReport:
     remote_mta: str
     feedback_type: str
     verdict: Verdict | None
+    stage: str = ""
