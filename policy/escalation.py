@@ -10,9 +10,9 @@ suppression whose `until` has passed is simply not refusing any more
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from policy.records import (
     CODE_ACTIVE,
@@ -90,26 +90,29 @@ def effective_state(rec: SuppressionRecord, now: datetime) -> State:
     return rec.state
 
 
+_WHAT = {
+    State.SUPPRESSED: "suppressed",
+    State.PERMANENT: "suppressed permanently",
+    State.BLOCKED: "blocked",
+}
+
+
 def refusal_text(
     address: str, scope: Scope, state: State, since_ts: float, until_ts: float, reason: str
 ) -> str:
     """The text of the synthesized 550, e.g. "<bob@example.com>: suppressed since 2026-11-01
     (bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30"."""
-    what = {
-        State.SUPPRESSED: "suppressed",
-        State.PERMANENT: "suppressed permanently",
-        State.BLOCKED: "blocked",
-    }.get(state, "suppressed")
+    what = _WHAT.get(state, "suppressed")
     if scope is Scope.DOMAIN:
         what = f"domain {address[address.rfind('@') + 1 :]} {what}"
-    text = f"<{address}>: {what}"
-    if not math.isnan(since_ts):
-        text += f" since {_day(since_ts)}"
+    parts = ["<", address, ">: ", what]
+    if since_ts == since_ts:  # not NaN
+        parts += (" since ", _day(int(since_ts // 86400)))
     if reason:
-        text += f" ({reason})"
-    if state is State.SUPPRESSED and not math.isnan(until_ts):
-        text += f"; until {_day(until_ts)}"
-    return text
+        parts += (" (", reason, ")")
+    if state is State.SUPPRESSED and until_ts == until_ts:
+        parts += ("; until ", _day(int(until_ts // 86400)))
+    return "".join(parts)
 
 
 def refusal_reply(
@@ -120,8 +123,10 @@ def refusal_reply(
     return Reply(550, enhanced, refusal_text(address, scope, state, since_ts, until_ts, reason))
 
 
-def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+@lru_cache(maxsize=4096)
+def _day(epoch_day: int) -> str:
+    # Cached per day: formatting dates is most of a refusal's cost on the RCPT hot path.
+    return datetime.fromtimestamp(epoch_day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def effective(rec: SuppressionRecord, rules: SuppressionRules, now: datetime) -> SuppressionRecord:

@@ -11,7 +11,6 @@ one implementation of get/list/add/remove/import/export/count.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,18 @@ from policy.address import (
 )
 from policy.address import normalize_domain as _normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
-from policy.records import CODE_STATE, Scope, State, SuppressionRecord, decode, encode, peek
+from policy.records import (
+    CODE_ACTIVE,
+    CODE_STATE,
+    CODE_SUPPRESSED,
+    HEADER,
+    Scope,
+    State,
+    SuppressionRecord,
+    decode,
+    encode,
+    peek,
+)
 from policy.reply import Reply
 from policy.suppression_csv import ImportProblem, ImportRow, read_csv, write_csv
 from policy.verdict import BounceClass, Category, Verdict
@@ -50,7 +60,7 @@ ADDRESS_DB = b"suppression"
 DOMAIN_DB = b"suppression_domains"
 _SCAN_BATCH = 1000  # records per read txn when scanning, so a long export never pins old pages
 _IMPORT_BATCH = 1000  # rows per write txn on import
-_UNTIL = struct.Struct("<d")  # records.HEADER is <BBddH: `until` sits at bytes 10..18
+_HEAD_SIZE = HEADER.size
 
 
 class StoreError(Exception):
@@ -61,7 +71,7 @@ class NotFound(LookupError):
     """No record for this address or domain."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """Why bouncer refuses a recipient itself, and the synthesized reply to send."""
 
@@ -98,7 +108,11 @@ class SuppressionStore:
     # ---- hot path ---------------------------------------------------------------------------
 
     def check(self, address: str, now: datetime) -> Refusal | None:
-        """Refuse `address` (or its domain) if suppressed at `now`; read-only, one read txn."""
+        """Refuse `address` (or its domain) if suppressed at `now`; read-only, one read txn.
+
+        The relay calls this at every RCPT, on the event loop: it reads only the
+        records' fixed headers, and decodes the reason only when it refuses.
+        """
         try:
             addr = normalize_address(address)
         except AddressError:
@@ -106,20 +120,20 @@ class SuppressionStore:
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
         now_ts = now.timestamp()
-        at = addr.rfind("@")
+        scope = Scope.DOMAIN
         try:
             with self._env.begin(buffers=False) as txn:
-                raw = txn.get(addr[at + 1 :].encode(), db=self._dom)
-                scope = Scope.DOMAIN
-                if raw is None or not esc.refuses(raw[1], _until(raw), now_ts):
-                    raw = txn.get(addr.encode(), db=self._addr)
+                raw = txn.get(addr[addr.rfind("@") + 1 :].encode(), db=self._dom)
+                hit = None if raw is None else _refusing(raw, now_ts)
+                if hit is None:
                     scope = Scope.ADDRESS
-                    if raw is None or not esc.refuses(raw[1], _until(raw), now_ts):
-                        return None
+                    raw = txn.get(addr.encode(), db=self._addr)
+                    hit = None if raw is None else _refusing(raw, now_ts)
         except lmdb.Error as exc:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
-        code, since, until, reason_b = peek(raw)
-        reason = reason_b.decode("utf-8")
+        if hit is None:
+            return None
+        code, since, until, reason = hit
         reply = esc.refusal_reply(addr, scope, CODE_STATE[code], since, until, reason)
         return Refusal(addr, scope.value, reply, reason)
 
@@ -404,5 +418,9 @@ def _decode(key: str, raw: bytes) -> SuppressionRecord:
         raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
 
 
-def _until(raw: bytes) -> float:
-    return float(_UNTIL.unpack_from(raw, 10)[0])
+def _refusing(raw: bytes, now_ts: float) -> tuple[int, float, float, str] | None:
+    """(state code, since, until, reason) if this record refuses at `now_ts`, from its header."""
+    _version, code, since, until, rlen = HEADER.unpack_from(raw)
+    if code == CODE_ACTIVE or (code == CODE_SUPPRESSED and until <= now_ts):
+        return None  # expiry is evaluated here, at look-up: re-admission needs no write
+    return code, since, until, raw[_HEAD_SIZE : _HEAD_SIZE + rlen].decode("utf-8")
