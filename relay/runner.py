@@ -18,7 +18,8 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -37,6 +38,7 @@ from relay.spool import (
     owner_alive,
     utcnow,
 )
+from relay.state import StateError
 from relay.transaction import Outcome
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,9 @@ class StoreWrites(Protocol):
 class RunnerSettings:
     schedule: tuple[timedelta, ...]
     max_concurrent: int = 20
+    # Retries in flight to one recipient domain at once: a share of the per-destination
+    # session cap, so a backlog for one busy remote leaves sessions for live mail to it.
+    per_domain: int = 5
     poll_interval: float = 1.0
     lease: timedelta = timedelta(minutes=10)  # longer than any one delivery attempt
     drain_timeout: float = 30.0
@@ -99,6 +104,7 @@ class RetryWorker:
         self.owner = f"{os.getpid()}:{secrets.token_hex(4)}"
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self._domains: dict[str, tuple[asyncio.Semaphore, int]] = {}  # (slots, users)
 
     async def recover(self, now: datetime) -> int:
         """Leases of dead processes (and of earlier runners in this one) are due now."""
@@ -144,7 +150,13 @@ class RetryWorker:
         msg = lease.message
         rcpts = [r.recipient for r in msg.recipients]
         try:
-            outcomes = await self.deliver(msg.sender, rcpts, lease.data, msg.queue_id, msg.options)
+            async with AsyncExitStack() as stack:
+                # Sorted, so two messages needing the same domains never wait on each other.
+                for domain in sorted({r.rpartition("@")[2].lower() for r in rcpts}):
+                    await stack.enter_async_context(self._domain_slot(domain))
+                outcomes = await self.deliver(
+                    msg.sender, rcpts, lease.data, msg.queue_id, msg.options
+                )
         except asyncio.CancelledError:
             raise  # stopped: the lease stays and comes due again
         except Exception:  # the one top-level catch: a bug must not kill the scheduler
@@ -152,7 +164,13 @@ class RetryWorker:
             outcomes = {}
         now = self.clock()
         results = [self._judge(r, outcomes.get(r.recipient), now) for r in msg.recipients]
-        dsn_id = await self.run_write(lambda: self._record(msg.queue_id, results, now))
+        try:
+            dsn_id = await self.run_write(lambda: self._record(msg.queue_id, results, now))
+        except StateError:
+            # Not recorded: the lease stays, so it is tried again when the lease ends (a
+            # delivered recipient may then get a duplicate; nothing is lost).
+            log.exception("queue %s: cannot record the attempt", msg.queue_id)
+            return
         for res in results:
             self.events.emit(
                 RecipientEvent(
@@ -172,6 +190,21 @@ class RetryWorker:
         if dsn_id is not None:
             size = len(self.spool.data(dsn_id) or b"")
             self.events.emit(MessageEvent(dsn_id, "", size, 1, now, message_id=""))
+
+    @asynccontextmanager
+    async def _domain_slot(self, domain: str) -> AsyncIterator[None]:
+        """One of `per_domain` slots; the semaphore goes when its last user does."""
+        sem, users = self._domains.get(domain, (asyncio.Semaphore(self.settings.per_domain), 0))
+        self._domains[domain] = (sem, users + 1)
+        try:
+            async with sem:
+                yield
+        finally:
+            sem, users = self._domains[domain]
+            if users == 1:
+                del self._domains[domain]
+            else:
+                self._domains[domain] = (sem, users - 1)
 
     def _judge(self, r: QueuedRecipient, out: Outcome | None, now: datetime) -> _Result:
         out = out or Outcome(INTERNAL)
@@ -252,6 +285,7 @@ class QueueRunner:
         settings = RunnerSettings(
             schedule=service.spool.schedule,
             max_concurrent=cfg.queue.max_concurrent,
+            per_domain=max(1, cfg.delivery.max_sessions_per_destination // 2),
             poll_interval=cfg.queue.poll_interval,
             lease=timedelta(seconds=max(600.0, attempt)),
             drain_timeout=cfg.delivery.drain_timeout,

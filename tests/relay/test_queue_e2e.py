@@ -220,7 +220,7 @@ async def test_expiry_sends_a_dsn_to_the_senders_domain(
 ) -> None:
     async with FakeMX() as mx, FakeMX() as sender_mx:
         mx.rcpt_replies["bob@b.example"] = "452 4.2.2 Mailbox full"
-        server = Server(tmp_path, {"b.example": mx.port, "a.example": sender_mx.port}, ["1s", "2s"])
+        server = Server(tmp_path, {"b.example": mx.port, "a.example": sender_mx.port}, ["1s", "3s"])
         servers.append(await server.start())
         code, _ = await _send(server.port, ["bob@b.example"])
         assert code == 250

@@ -220,3 +220,21 @@ async def test_a_crashing_deliver_step_defers_instead_of_losing(parts: Any) -> N
     (r,) = spool.get("Q1").recipients
     assert r.last_reply is not None and r.last_reply.enhanced == "4.3.0"
     assert r.next_at == T0 + timedelta(minutes=30)
+
+
+async def test_per_domain_share_leaves_sessions_for_live_mail(parts: Any) -> None:
+    worker, spool, store, script, events, clock = parts
+    worker.settings = dataclasses.replace(worker.settings, per_domain=1)
+    rcpts = ["r0@busy.example", "r1@busy.example", "r2@other.example"]
+    for i, r in enumerate(rcpts):
+        spool.accept(SpoolMessage(f"Q{i}", "a@a.example", DATA, T0, ((r, SOFT),)), T0)
+    script.gate = asyncio.Event()
+    assert await worker.run_once(T0 + timedelta(minutes=5)) == 3  # all leased...
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # ...but only one delivery to busy.example runs at a time; other.example is not held up.
+    assert sorted(c[1][0] for c in script.calls) == ["r0@busy.example", "r2@other.example"]
+    script.gate.set()
+    await _settle(worker)
+    assert len(script.calls) == 3 and spool.messages() == []
+    assert worker._domains == {}  # no per-domain state left behind
