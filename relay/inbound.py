@@ -18,8 +18,6 @@ import ipaddress
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime
-from email.utils import format_datetime
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -30,6 +28,7 @@ from relay.auth import ehlo_without_empty_auth
 from relay.config import IPNetwork
 from relay.events import ConnectEvent
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
+from relay.received import protocol_keyword, received_header
 from relay.stock_replies import enhance
 
 log = logging.getLogger(__name__)
@@ -182,7 +181,7 @@ class InboundHandler:
             client_ip=str(self.ip) if self.ip else "unknown",
             hostname=server.hostname,
             queue_id=txn.queue_id,
-            protocol=_protocol(session, envelope),
+            protocol=protocol_keyword(session, envelope),
             recipients=[r.address for r in txn.recipients],
             when=txn.arrived,
         )
@@ -214,39 +213,6 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, arg: str
     ) -> str:
         return "252 2.0.0 Cannot VRFY; send mail and see"  # RFC 5321 §3.5.3
-
-
-def _protocol(session: Session, envelope: Envelope) -> str:
-    """RFC 3848 / RFC 6531 §4.3 WITH keywords."""
-    base = "ESMTP" if session.extended_smtp else "SMTP"
-    if envelope.smtp_utf8:
-        base = "UTF8SMTP"
-    return base + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
-
-
-def received_header(
-    *,
-    helo: str,
-    client_ip: str,
-    hostname: str,
-    queue_id: str,
-    protocol: str,
-    recipients: Sequence[str],
-    when: datetime,
-) -> bytes:
-    """RFC 5321 §4.4 trace line; "for" only with a single recipient (privacy, as Postfix)."""
-    helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255] or "unknown"
-    lines = [
-        f"Received: from {helo} (unknown [{client_ip}])",
-        f"\tby {hostname} (bouncer) with {protocol} id {queue_id}",
-    ]
-    stamp = format_datetime(when)
-    if len(recipients) == 1:
-        lines.append(f"\tfor <{recipients[0]}>; {stamp}")
-    else:
-        lines[-1] += ";"
-        lines.append(f"\t{stamp}")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\n"
 
 
 class InboundSMTP(SMTP):

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from policy.address import domain_of
 from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
@@ -28,6 +29,15 @@ TEMP_STORE = Reply(451, "4.3.0", "Temporary local problem (state store); try aga
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _write_all(writes: list[tuple[str, Callable[[], None]]]) -> None:
+    """Writer thread: run each store write; one failing does not stop the others."""
+    for key, write in writes:
+        try:
+            write()
+        except Exception:
+            log.exception("store: cannot record the outcome for %s", key)
 
 
 @dataclass
@@ -155,7 +165,12 @@ class Pipeline:
     async def _record(
         self, txn: ClientTransaction, by_address: dict[str, Outcome], reply: Reply, now: datetime
     ) -> None:
-        """Events and store records for every recipient once DATA is answered."""
+        """Events and store records for every recipient once DATA is answered.
+
+        The store writes of one message go to the writer thread as one batch (one hop, not
+        one per recipient); the mail is already answered for, so a failed write is logged only.
+        """
+        writes: list[tuple[str, Callable[[], None]]] = []
         for r in txn.recipients:
             outcome = by_address.get(r.address)
             if outcome is None:  # queued at RCPT
@@ -167,10 +182,7 @@ class Pipeline:
             if outcome.reply.is_success:
                 self._event(txn, r.key, Status.SENT, outcome, now)
                 if self.store is not None:
-                    try:
-                        await self.writer.run(self.store.record_success, r.key, now)
-                    except Exception:  # delivered already: a lost record must not fail the mail
-                        log.exception("store: cannot record success of %s", r.key)
+                    writes.append((r.key, partial(self.store.record_success, r.key, now)))
                 continue
             if outcome.reply.is_permanent:
                 status = Status.BOUNCED
@@ -178,13 +190,11 @@ class Pipeline:
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
             self._event(txn, r.key, status, outcome, now)
             if self.store is not None:
-                try:
-                    verdict = self.classify(outcome.reply)
-                    await self.writer.run(
-                        self.store.record_verdict, r.key, verdict, outcome.reply, now
-                    )
-                except Exception:
-                    log.exception("store: cannot record verdict for %s", r.key)
+                verdict = self.classify(outcome.reply)
+                record = partial(self.store.record_verdict, r.key, verdict, outcome.reply, now)
+                writes.append((r.key, record))
+        if writes:
+            await self.writer.run(_write_all, writes)
 
     def _spool_message(
         self, txn: ClientTransaction, message: bytes, plan: DataPlan
