@@ -119,6 +119,9 @@ class InboundHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        # A transaction aiosmtpd ended without our DATA hook (552 too much data, 500 line too
+        # long) is still ours to close: its remote sessions must not stay lent out.
+        await self._abort()
         if not self.may_relay(session):
             return "554 5.7.1 Relay access denied"
         sender = "" if address == "<>" else address

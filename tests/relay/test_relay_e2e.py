@@ -309,3 +309,26 @@ async def test_store_write_failure_is_451_and_the_server_keeps_serving(
     assert out["data"][0] == 250  # the success record fails too, but the mail was delivered
     again = await converse(svc, send("a@sender.test", ["ok@example.test"]))
     assert again["data"][0] == 250
+
+
+async def test_size_limit_enforced_and_remote_transaction_released(
+    fake_mx: FakeMX, relay_service: Any
+) -> None:
+    overrides = routes(example_test=fake_mx)
+    overrides["server"] = {"max_message_size": 1000}
+    svc = await relay_service(overrides)
+
+    def script(c: smtplib.SMTP) -> tuple[Any, Any, Any]:
+        c.ehlo()
+        declared = c.mail("a@sender.test", ["SIZE=5000"])  # too big by its own account
+        c.mail("a@sender.test")
+        c.rcpt("b@example.test")
+        too_big = c.data(b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 20)
+        c.mail("a@sender.test")
+        c.rcpt("c@example.test")
+        return declared, too_big, c.data(MSG)
+
+    declared, too_big, ok = await converse(svc, script)
+    assert declared[0] == 552 and too_big[0] == 552 and ok[0] == 250
+    assert fake_mx.messages[0].rcpt_tos == ("c@example.test",)
+    assert "RSET" in fake_mx.commands and fake_mx.connections == 1
