@@ -42,6 +42,7 @@ from relay.spool_codec import (
     Settlement,
     SpoolMessage,
     attempt_json,
+    decode_envelope,
     decode_message,
     decode_rcpt,
     due_key,
@@ -279,15 +280,18 @@ class Spool:
             return from_us(struct.unpack(">Q", bytes(cur.key())[:8])[0])
 
     def get(self, queue_id: str) -> QueuedMessage | None:
-        with self.env.begin() as txn:
-            raw = txn.get(queue_id.encode(), db=self._msgs)
-            if raw is None:
-                return None
-            env, _ = decode_message(raw)
-            rcpts = tuple(
-                recipient_from_json(q, s) for q, _, s in self._iter_rcpts(txn, [queue_id])
-            )
-            return message_from_json(queue_id, env, rcpts)
+        """Envelope and recipients; the message bytes are not read (see `data`)."""
+        # buffers=True: values are views into the map, so a 30 MB message is not copied.
+        with self.env.begin(buffers=True) as txn:
+            return self._get(txn, queue_id)
+
+    def _get(self, txn: lmdb.Transaction, queue_id: str) -> QueuedMessage | None:
+        raw = txn.get(queue_id.encode(), db=self._msgs)
+        if raw is None:
+            return None
+        env = decode_envelope(raw)
+        rcpts = tuple(recipient_from_json(q, s) for q, _, s in self._iter_rcpts(txn, [queue_id]))
+        return message_from_json(queue_id, env, rcpts)
 
     def data(self, queue_id: str) -> bytes | None:
         with self.env.begin() as txn:
@@ -295,9 +299,10 @@ class Spool:
             return None if raw is None else decode_message(raw)[1]
 
     def messages(self) -> list[QueuedMessage]:
-        with self.env.begin() as txn:
+        """Every queued message, in queue id order, from one consistent snapshot."""
+        with self.env.begin(buffers=True) as txn:
             ids = [bytes(k).decode() for k in txn.cursor(db=self._msgs).iternext(values=False)]
-        return [m for m in (self.get(q) for q in ids) if m is not None]
+            return [m for m in (self._get(txn, q) for q in ids) if m is not None]
 
     def count(self) -> tuple[int, int]:
         """(messages, recipients) in the queue."""

@@ -61,6 +61,13 @@ def decode_message(raw: bytes | memoryview) -> tuple[dict[str, Any], bytes]:
     return envelope, raw[_HEAD.size + n :]
 
 
+def decode_envelope(raw: bytes | memoryview) -> dict[str, Any]:
+    """Only the envelope: reads the JSON head without touching the message bytes."""
+    (n,) = _HEAD.unpack_from(raw)
+    envelope: dict[str, Any] = json.loads(bytes(raw[_HEAD.size : _HEAD.size + n]))
+    return envelope
+
+
 def encode_rcpt(state: dict[str, Any]) -> bytes:
     return json.dumps(state, separators=(",", ":")).encode()
 
