@@ -258,6 +258,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             parse_duration(step)
         except ValueError as exc:
             problems.append(f"queue.schedule[{i}]: {exc}")
+    if not cfg.queue.schedule:
+        # SPEC §5: soft failures are retried; an empty schedule would expire them at once.
+        problems.append('queue.schedule: needs at least one offset (e.g. ["5m"])')
     positive = {
         "server.max_message_size": cfg.server.max_message_size,
         "server.max_recipients": cfg.server.max_recipients,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policy.retry import DEFAULT_SCHEDULE, expires_at, next_attempt, schedule_from_seconds
-from relay.config import Config
+from relay.config import Config, ConfigError, config_from_dict
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -95,3 +95,9 @@ def test_next_is_always_in_the_future_and_within_the_schedule(attempts: int, ela
     else:
         assert now < nxt <= T0 + DEFAULT_SCHEDULE[-1]
         assert nxt - T0 in DEFAULT_SCHEDULE
+
+
+def test_config_refuses_an_empty_schedule() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"queue": {"schedule": []}})
+    assert err.value.problems == ['queue.schedule: needs at least one offset (e.g. ["5m"])']
