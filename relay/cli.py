@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "relay.cli_stats",
     "relay.cli_suppression",
     "relay.cli_queue",
+    "relay.cli_parse",
 )
 
 

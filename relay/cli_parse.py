@@ -37,13 +37,22 @@ def report_dict(path: str, report: BounceReport) -> dict[str, Any]:
         "source": report.source,
         "action": report.action,
         "status": report.status,
-        "reply": report.reply.line() if report.reply.code or report.reply.text else "",
+        "reply": _reply_text(report),
         "remote_mta": report.remote_mta,
         "feedback_type": report.feedback_type,
         "class": verdict.klass.value if verdict else "",
         "category": verdict.category.value if verdict else "",
         "rule": verdict.rule if verdict else "",
     }
+
+
+def _reply_text(report: BounceReport) -> str:
+    """The reply as logs quote it; a text-only diagnostic (code 0) without the "0"."""
+    reply = report.reply
+    if not reply.code and not reply.text:
+        return ""
+    line = reply.line()
+    return line[2:] if line.startswith("0 ") else line
 
 
 def _line(row: dict[str, Any]) -> str:

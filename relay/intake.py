@@ -31,7 +31,7 @@ from policy.bounce_types import BounceReport
 from policy.reply import Reply
 from policy.suppression import StoreError, SuppressionStore
 from policy.verdict import BounceClass
-from policy.verp import VerpKey, decode
+from policy.verp import VerpKey, decode, remote_sender
 from relay.config import Config, parse_hostport
 from relay.events import EventBus, RecipientEvent, Status
 
@@ -64,6 +64,7 @@ class IntakeHandler:
         feedback_addresses: tuple[str, ...],
         write: Write = _in_default_executor,
         forwarder: Forwarder | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.events = events
@@ -71,6 +72,7 @@ class IntakeHandler:
         self.feedback = frozenset(_normal(a) for a in feedback_addresses)
         self.write = write
         self.forwarder = forwarder
+        self.clock = clock
         self.tasks: set[asyncio.Task[None]] = set()
 
     def target(self, address: str) -> Target | None:
@@ -110,7 +112,7 @@ class IntakeHandler:
 
     async def receive(self, data: bytes, rcpts: list[str], now: datetime | None = None) -> int:
         """Parse `data` once and apply the plan for each RCPT; returns the store writes done."""
-        when = now or datetime.now(UTC)
+        when = now or self.clock()
         reports: list[BounceReport] = await _in_default_executor(parse_bounce, data)
         changed = 0
         for rcpt in rcpts:
@@ -198,6 +200,26 @@ def verp_key(config: Config) -> VerpKey | None:
     return VerpKey.from_settings(v.prefix, v.bounce_domain, v.secret)
 
 
+def intake_component(service: Any) -> Intake | None:
+    """relay.service COMPONENTS factory: the listener when `[intake] listen` is set.
+
+    Worker 0 only (relay.workers): one listener per machine, not one per worker.
+    """
+    from relay.workers import is_primary
+
+    if not service.config.intake.listen or not is_primary():
+        return None
+    return Intake()
+
+
+def verp_sender(config: Config) -> Callable[[str, str, str], str] | None:
+    """The `remote_sender` for relay.delivery.Delivery when `[verp] enabled`, else None."""
+    key = verp_key(config)
+    if not config.verp.enabled or key is None:
+        return None
+    return functools.partial(remote_sender, key)
+
+
 class Intake:
     """The service component (interfaces.md §6): `await start(service)`, `await stop()`."""
 
@@ -219,6 +241,7 @@ class Intake:
             config.intake.feedback_addresses,
             write=write,
             forwarder=forwarder,
+            clock=getattr(service, "clock", lambda: datetime.now(UTC)),
         )
         host, port = parse_hostport(config.intake.listen, 25)
         loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from relay.config import Config, parse_hostport, suppression_rules
 from relay.delivery import Delivery
 from relay.events import EventBus
 from relay.inbound import InboundServer
+from relay.intake import verp_sender
 from relay.mx import MXResolver, build_resolver
 from relay.outbound import OutboundSettings, open_session
 from relay.pipeline import Pipeline, utcnow
@@ -49,6 +50,7 @@ COMPONENTS: tuple[str, ...] = (
     "relay.runner:queue_runner",
     "relay.ops:metrics",
     "relay.ops:api",
+    "relay.intake:intake_component",  # [intake] listen: late DSNs and ARF reports (issue 7)
     "relay.ops:reloader",  # SIGHUP re-reads config_path (relay/reload.py)
     "relay.ops:notifier",  # last: READY=1 once everything runs
 )
@@ -222,4 +224,5 @@ def build_delivery(cfg: Config) -> Delivery:
         idle_timeout=d.session_idle_timeout,
         wait_timeout=d.connect_timeout,
     )
-    return Delivery(resolver, pool)
+    sender = verp_sender(cfg)  # [verp] enabled: signed per-recipient return paths (issue 7)
+    return Delivery(resolver, pool) if sender is None else Delivery(resolver, pool, sender)
