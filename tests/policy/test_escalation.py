@@ -341,3 +341,63 @@ def test_normalize_address(raw: str, key: str) -> None:
 )
 def test_is_valid_address(address: str, ok: bool) -> None:
     assert is_valid_address(address) is ok
+
+
+# ---- properties over random event sequences ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["hard", "soft", "soft2", "block", "other", "synth", "success", "complaint"]
+        ),
+        st.floats(min_value=0, max_value=40),  # days since the previous event
+    ),
+    max_size=40,
+)
+
+
+def _play(events: list[tuple[str, float]]) -> tuple[SuppressionRecord | None, datetime]:
+    rec: SuppressionRecord | None = None
+    now = T0
+    for kind, gap in events:
+        now += days(gap)
+        if kind == "hard":
+            rec = hard(rec, now)
+        elif kind in ("soft", "soft2"):
+            rec = soft(rec, now, QUOTA if kind == "soft" else NOANSWER)
+        elif kind == "block":
+            rec = esc.apply_verdict(rec, ADDR, Scope.ADDRESS, SPAM, R554, RULES, now)
+        elif kind == "other":
+            rec = esc.apply_verdict(rec, ADDR, Scope.ADDRESS, OTHER, R554, RULES, now)
+        elif (
+            kind == "synth"
+            and rec is not None
+            and esc.effective_state(rec, now) is not State.ACTIVE
+        ):
+            rec = esc.apply_synthesized(rec, RULES, now)
+        elif kind == "success":
+            rec = esc.apply_alive(rec, "success", RULES, now) or rec
+        elif kind == "complaint":
+            rec = esc.apply_complaint(rec, ADDR, "arf", RULES, now)
+    return rec, now
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS)
+def test_invariants_hold_for_any_event_sequence(events: list[tuple[str, float]]) -> None:
+    rec, now = _play(events)
+    if rec is None:
+        return
+    # until is set exactly for temporary suppressions; since for every refusing state.
+    assert (rec.until is not None) == (rec.state is State.SUPPRESSED)
+    assert (rec.since is not None) == (rec.state is not State.ACTIVE)
+    assert len(rec.history) <= RULES.history_size
+    assert decode(encode(rec)) == rec
+    kinds = {k for k, _ in events}
+    if not kinds & {"hard", "soft", "soft2", "complaint"}:
+        assert rec.state is State.ACTIVE  # block/undetermined/success alone never suppress
+    if rec.state is State.BLOCKED:
+        assert "complaint" in kinds
