@@ -233,7 +233,12 @@ class Api:
         self._write = service.writer.run
         self.clock = service.clock
         if self.listen:
-            port = await self.serve(self.listen)
+            try:
+                port = await self.serve(self.listen)
+            except OSError as exc:
+                from relay.service import StartupError  # exit 3, like the SMTP listener
+
+                raise StartupError(f"cannot listen on [api] {self.listen}: {exc}") from exc
             log.info("HTTP API on %s (port %d)", self.listen, port)
 
     async def stop(self) -> None:

@@ -174,7 +174,12 @@ class Metrics:
         service.events.subscribe(self)
         wire_service(self, service)
         if self.listen:
-            port = await self.serve(self.listen)
+            try:
+                port = await self.serve(self.listen)
+            except OSError as exc:
+                from relay.service import StartupError  # exit 3, like the SMTP listener
+
+                raise StartupError(f"cannot listen on [metrics] {self.listen}: {exc}") from exc
             log.info("metrics and /healthz on %s (port %d)", self.listen, port)
 
     async def stop(self) -> None:

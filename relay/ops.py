@@ -15,8 +15,12 @@ from relay.workers import is_primary
 
 def log_writer(service: Any) -> Any:
     from relay.logsink import LogWriter
+    from relay.service import StartupError
 
-    return LogWriter(service.config.log)
+    try:
+        return LogWriter(service.config.log)
+    except OSError as exc:  # exit 3: a log file we cannot open is a config problem
+        raise StartupError(f"[log] file {service.config.log.file}: {exc}") from exc
 
 
 def counters(service: Any) -> Any:

@@ -186,3 +186,27 @@ async def test_api_end_to_end(running: tuple[Service, FakeMX]) -> None:
         assert row["hard_rate"] == 0.5
         async with http.get(f"{base}/stats?by=week", headers=auth) as resp:
             assert resp.status == 400
+
+
+async def test_a_metrics_port_in_use_is_a_startup_error(tmp_path: Any) -> None:
+    import socket
+
+    from relay.config import config_from_dict
+    from relay.service import StartupError
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    cfg = config_from_dict(
+        {
+            "server": {"listen": ["127.0.0.1:0"]},
+            "store": {"path": str(tmp_path / "state")},
+            "metrics": {"listen": f"127.0.0.1:{port}"},
+        }
+    )
+    svc = Service(cfg)
+    try:
+        with pytest.raises(StartupError, match=r"\[metrics\]"):
+            await svc.startup()
+    finally:
+        await svc.shutdown()
+        taken.close()
