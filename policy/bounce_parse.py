@@ -68,7 +68,12 @@ def find(msg: Message) -> list[Finding]:
         if texts:
             return texts
         if bounce and not is_autoreply(msg):
-            return [Finding("", Kind.UNKNOWN, source, diagnostic=notice.strip()[:500])]
+            # The notice names nobody: the returned message says whom it was for (Verizon).
+            diagnostic = " ".join(notice.split())[:500]
+            who = _returned_recipients(parts)
+            if len(who) == 1:
+                return [Finding(who[0], Kind.DSN, source, diagnostic=diagnostic)]
+            return [Finding("", Kind.UNKNOWN, source, diagnostic=diagnostic)]
     if is_autoreply(msg):
         who = addresses(header(msg, "From"))
         return [Finding(who[0] if who else "", Kind.AUTOREPLY, "rfc3834")]
@@ -115,7 +120,7 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
 # (notably Japanese mobile carriers) and content filters answer "user unknown" after DATA
 # for mailboxes that exist (Sisimai's "filtered"); and a late bounce is never the only
 # chance to learn the truth: the next message to the address gets the remote's verdict at
-# RCPT, in-transaction. Proof is an RFC 3463 x.1.x code, a refusal at RCPT, or a format
+# RCPT, in-transaction. Proof is an RFC 3463 x.1.x or x.2.1 code, a refusal at RCPT, or a format
 # in which the mailbox server itself reports its own directory look-up.
 UNVERIFIED_USER_UNKNOWN = Verdict(
     BounceClass.BLOCK, Category.CONTENT_RELATED, "late-user-unknown-without-proof"
@@ -127,9 +132,11 @@ _SUBJECT_1 = re.compile(r"(?<![\d.])[45]\.1\.\d{1,3}(?![\d.]*\d)")
 def _unverified_user_unknown(verdict: Verdict, reply: Reply, finding: Finding) -> Verdict:
     if verdict.klass is not BounceClass.HARD or verdict.category is not Category.BAD_MAILBOX:
         return verdict
+    enhanced = reply.enhanced or ""
     proof = (
-        (reply.enhanced or "")[1:3] == ".1"
-        and (reply.enhanced or "")[3:4] == "."
+        enhanced[1:3] == ".1"  # RFC 3463 x.1.x: addressing status, the address itself
+        and enhanced[3:4] == "."
+        or enhanced[1:] == ".2.1"  # x.2.1: the mailbox is disabled
         or _SUBJECT_1.search(reply.text) is not None
         or finding.stage in ("RCPT", "MAIL")
         or finding.source in DIRECTORY_FORMATS
@@ -213,6 +220,14 @@ def _excluded(msg: Message, parts: Parts) -> set[str]:
         for name in ("From", "Sender", "Reply-To", "Return-Path"):
             out.update(addresses(header(parts.original, name)))
     return out
+
+
+def _returned_recipients(parts: Parts) -> list[str]:
+    """To/Cc of the returned message: its own part, or its headers quoted after the notice."""
+    if parts.original is not None:
+        return bounce_dsn.original_recipients(parts.original)
+    rest = bounce_text.returned_text(parts.notice)
+    return bounce_dsn.original_recipients(load(rest.encode())) if rest else []
 
 
 def _failed(msg: Message) -> list[str]:

@@ -27,6 +27,7 @@ ORIGINAL_MARKERS: tuple[str, ...] = (
     r"^-+ ?The header of the original message",  # Yahoo, KDDI
     r"^-+ ?Undelivered message headers follow",  # Postfix (no MIME)
     r"^-+ ?Original mail as follows",  # X4
+    r"^Original Message:\s*$",  # Verizon
     r"^\s*--- Mensaje original",  # Spanish webmails
     r"^Content-Type: message/rfc822",  # a MIME part written into a text body
     r"^Return-Path: <",  # the returned headers themselves, when no marker precedes them
@@ -103,6 +104,16 @@ def notice_only(text: str) -> str:
     if m and m.start() > 0:
         return text[: m.start()]
     return text
+
+
+def returned_text(text: str) -> str:
+    """What follows the returned-message marker (the quoted original), "" when no marker."""
+    text = _QUOTE.sub("", text)
+    m = _ORIGINAL.search(text)
+    if not m or m.start() == 0:
+        return ""
+    end = text.find("\n", m.start())
+    return text[end + 1 :] if end >= 0 else ""
 
 
 def format_name(notice: str) -> str:

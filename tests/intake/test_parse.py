@@ -156,3 +156,67 @@ def test_sender_of_returned_message() -> None:
     assert returned_sender(samples.rfc3464()) == "app@sender.example"
     assert returned_sender(samples.rfc3464(), ignore_domain="sender.example") == ""
     assert returned_sender(samples.AUTOREPLY) == ""
+
+
+def test_late_user_unknown_without_proof_never_suppresses() -> None:
+    # "User unknown" after DATA with a vague status: a recipient filter (Sisimai "filtered").
+    data = samples.rfc3464(
+        status="5.0.0", diagnostic="smtp; 550 5.0.0 <gone@dest.example>: User unknown"
+    )
+    data = data.replace(
+        b"<gone@dest.example>\n", b"<gone@dest.example>: (in reply to end of DATA command)\n"
+    )
+    (report,) = parse_bounce(data)
+    assert report.verdict is not None
+    assert report.verdict.klass is BounceClass.BLOCK
+    assert report.verdict.rule == "late-user-unknown-without-proof"
+
+
+def test_user_unknown_refused_at_rcpt_is_hard() -> None:
+    data = samples.rfc3464(
+        status="5.0.0", diagnostic="smtp; 550 5.0.0 <gone@dest.example>: User unknown"
+    )
+    data = data.replace(
+        b"<gone@dest.example>\n", b"<gone@dest.example>: (in reply to RCPT TO command)\n"
+    )
+    (report,) = parse_bounce(data)
+    assert report.stage == "RCPT"
+    assert report.verdict is not None and report.verdict.klass is BounceClass.HARD
+
+
+def test_dsn_fields_before_final_recipient() -> None:
+    # Facebook writes Diagnostic-Code and Status before Final-Recipient in one block.
+    data = (
+        samples.rfc3464()
+        .replace(
+            b"Final-Recipient: RFC822; gone@dest.example\nAction: failed\nStatus: 5.1.1\n",
+            b"Status: 5.1.1\nAction: failed\n",
+        )
+        .replace(
+            b"Diagnostic-Code: smtp;",
+            b"Final-Recipient: rfc822; gone@dest.example\nDiagnostic-Code: smtp;",
+        )
+    )
+    (report,) = parse_bounce(data)
+    assert (report.recipient, report.status, report.action) == (
+        "gone@dest.example",
+        "5.1.1",
+        "failed",
+    )
+
+
+def test_recipient_from_returned_message_when_notice_names_nobody() -> None:
+    data = b"""From: post_master@mms.dest.example
+To: app@sender.example
+Subject: Undeliverable
+
+Message could not be delivered to mobile.
+Error: No valid recipients for this MM
+
+Original Message:
+From: App <app@sender.example>
+To: 5550100@mms.dest.example
+Subject: hi
+"""
+    (report,) = parse_bounce(data)
+    assert report.recipient == "5550100@mms.dest.example"
