@@ -134,8 +134,13 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, deadline: floa
         await asyncio.sleep(0.1)
 
 
-async def _send(port: int, rcpts: list[str], data: bytes = MESSAGE) -> tuple[int, str]:
-    """Submit like a client would; returns the reply to DATA."""
+async def _send(
+    port: int,
+    rcpts: list[str],
+    data: bytes = MESSAGE,
+    after_data: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[int, str]:
+    """Submit like a client would; returns the reply to DATA (`after_data` runs at once)."""
     smtp = aiosmtplib.SMTP(
         hostname="127.0.0.1", port=port, timeout=30, start_tls=False, local_hostname="client.test"
     )
@@ -147,11 +152,13 @@ async def _send(port: int, rcpts: list[str], data: bytes = MESSAGE) -> tuple[int
             code, text = await smtp.rcpt(r)
             assert code == 250, f"RCPT {r}: {code} {text}"
         reply = await smtp.data(data)
+        if after_data is not None:
+            await after_data()
         return reply.code, reply.message
     finally:
         try:
             await smtp.quit()
-        except aiosmtplib.SMTPException:
+        except (aiosmtplib.SMTPException, OSError):
             pass
 
 
@@ -199,9 +206,14 @@ async def test_kill_9_after_the_250_then_restart_delivers(
         mx.rcpt_replies["bob@b.example"] = "452 4.2.2 Mailbox full"
         server = await Server(tmp_path, {"b.example": mx.port}, ["2s", "1h"]).start()
         servers.append(server)
-        code, _ = await _send(server.port, ["bob@b.example"])
+        killed: list[int] = []
+
+        async def kill() -> None:  # the moment the 250 arrives, before QUIT
+            killed.append(await server.stop(signal.SIGKILL))
+
+        code, _ = await _send(server.port, ["bob@b.example"], after_data=kill)
         assert code == 250
-        assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert killed == [-signal.SIGKILL]
         (entry,) = await server.queue()  # on disk, with the server dead
         assert entry["recipients"][0]["recipient"] == "bob@b.example"
         mx.rcpt_replies.clear()
