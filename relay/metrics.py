@@ -120,10 +120,12 @@ class Metrics:
             self.recipients.labels(str(event.status), klass, category).inc()
             if event.relay != "none" and event.reply.host:
                 # Postfix's delays c + d (connection setup and transmission) when the relay
-                # measured them; else the event's delay since the transaction began, which
-                # for an in-transaction RCPT or DATA is the wait for the remote.
+                # measured them; else, for a live attempt, the event's delay since the
+                # client's transaction began, which in-transaction is the wait for the
+                # remote. A retry's delay counts from arrival (hours): not a latency.
                 remote = event.delays[2] + event.delays[3]
-                self.reply_latency.labels(event.stage).observe(remote or event.delay)
+                if remote > 0 or event.attempt == 0:
+                    self.reply_latency.labels(event.stage).observe(remote or event.delay)
         elif isinstance(event, MessageEvent):
             self.messages.inc()
         elif isinstance(event, ConnectEvent) and not event.disconnect:
