@@ -332,3 +332,45 @@ async def test_size_limit_enforced_and_remote_transaction_released(
     assert declared[0] == 552 and too_big[0] == 552 and ok[0] == 250
     assert fake_mx.messages[0].rcpt_tos == ("c@example.test",)
     assert "RSET" in fake_mx.commands and fake_mx.connections == 1
+
+
+async def test_dns_verdicts_reach_the_client_and_bad_domains_are_remembered(
+    dns_server: DNSServer, fake_mx: FakeMX, relay_service: Any
+) -> None:
+    dns_server.null_mx("nomail.test")
+    dns_server.nxdomain("gone.test")
+    dns_server.mx("ok.test", (10, "mx.ok.test"))
+    dns_server.a("mx.ok.test", "127.0.0.1")
+    svc = await relay_service(
+        {"dns": {"nameservers": [dns_server.nameserver]}, "delivery": {"port": fake_mx.port}}
+    )
+    rcpts = ["a@nomail.test", "b@gone.test", "c@ok.test"]
+    out = await converse(svc, send("s@sender.test", rcpts))
+    assert out["rcpt"]["a@nomail.test"][0] == 556
+    assert out["rcpt"]["a@nomail.test"][1].startswith(b"5.1.10")
+    assert out["rcpt"]["b@gone.test"][0] == 550
+    assert out["rcpt"]["b@gone.test"][1].startswith(b"5.1.2")
+    assert out["data"][0] == 250 and fake_mx.messages[0].rcpt_tos == ("c@ok.test",)
+    # The non-existent domain is now suppressed as a domain: another address there is
+    # refused from the store (5.1.2) without asking DNS again.
+    asked = len(dns_server.queries)
+    again = await converse(svc, send("s@sender.test", ["other@gone.test"]))
+    code, text = again["rcpt"]["other@gone.test"]
+    assert code == 550 and text.startswith(b"5.1.2")
+    assert len(dns_server.queries) == asked
+
+
+async def test_remote_that_stalls_after_greeting_times_out_softly(
+    fake_mx: FakeMX, relay_service: Any
+) -> None:
+    fake_mx.rcpt_delay = 3
+    overrides = routes(example_test=fake_mx)
+    overrides["delivery"].update(command_timeout=0.5)
+    overrides["policy"] = {"soft_bounce": "pass"}
+    svc = await relay_service(overrides)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    out = await converse(svc, send("a@sender.test", ["b@example.test"]))
+    code, text = out["rcpt"]["b@example.test"]
+    assert code == 451 and text.startswith(b"4.4.2") and b"timed out" in text
+    assert loop.time() - started < 2.5
