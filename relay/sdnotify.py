@@ -82,7 +82,8 @@ class Notifier:
         return notify(state, self.env)
 
     def ready(self) -> None:
-        self.send(f"READY=1\nSTATUS=serving\nMAINPID={os.getpid()}")
+        # No MAINPID=: with [server] workers the sender is worker 0, not the main process.
+        self.send("READY=1\nSTATUS=serving")
 
     def reloading(self) -> None:
         # systemd ≥ 253 (Type=notify-reload) wants MONOTONIC_USEC with RELOADING=1.
