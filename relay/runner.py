@@ -149,6 +149,10 @@ class RetryWorker:
         """One delivery attempt for a leased message, then one settle transaction."""
         msg = lease.message
         rcpts = [r.recipient for r in msg.recipients]
+        if msg.kind == "dsn" and all(r.tries == 0 for r in msg.recipients):
+            # A DSN bouncer made (at DATA or at expiry) enters the mail log on its first
+            # try, as Postfix's qmgr logs `from=<>` for a bounce it is about to send.
+            self.events.emit(MessageEvent(msg.queue_id, "", msg.size, len(rcpts), self.clock()))
         try:
             async with AsyncExitStack() as stack:
                 # Sorted, so two messages needing the same domains never wait on each other.
@@ -188,8 +192,7 @@ class RetryWorker:
                 )
             )
         if dsn_id is not None:
-            size = len(self.spool.data(dsn_id) or b"")
-            self.events.emit(MessageEvent(dsn_id, "", size, 1, now, message_id=""))
+            log.info("queue %s: sender non-delivery notification: %s", msg.queue_id, dsn_id)
 
     @asynccontextmanager
     async def _domain_slot(self, domain: str) -> AsyncIterator[None]:

@@ -128,9 +128,7 @@ async def test_expiry_sends_a_dsn_and_feeds_the_streak(parts: Any) -> None:
         await _settle(worker)
     statuses = [e.status for e in events if isinstance(e, RecipientEvent)]
     assert statuses == [Status.QUEUED] * (len(DEFAULT_SCHEDULE) - 1) + [Status.EXPIRED]
-    assert events[-2].verdict.category is Category.MESSAGE_EXPIRED  # type: ignore[union-attr]
-    dsn_event = events[-1]
-    assert isinstance(dsn_event, MessageEvent) and dsn_event.sender == ""
+    assert events[-1].verdict.category is Category.MESSAGE_EXPIRED  # type: ignore[union-attr]
     (dsn,) = spool.messages()
     assert dsn.kind == "dsn" and dsn.recipients[0].recipient == "a@a.example"
     block = email.message_from_bytes(spool.data(dsn.queue_id)).get_payload()[1].get_payload()[1]
@@ -141,6 +139,10 @@ async def test_expiry_sends_a_dsn_and_feeds_the_streak(parts: Any) -> None:
     await worker.run_once(clock["now"])
     await _settle(worker)
     assert script.calls[-1] == ("", ("a@a.example",), dsn.queue_id)
+    dsn_event, sent = events[-2:]
+    assert isinstance(dsn_event, MessageEvent) and dsn_event.queue_id == dsn.queue_id
+    assert dsn_event.sender == "" and dsn_event.size == dsn.size and dsn_event.nrcpt == 1
+    assert sent.status is Status.SENT and sent.attempt == 1  # type: ignore[union-attr]
     assert spool.messages() == []
 
 
