@@ -63,9 +63,11 @@ def is_autoreply(msg: Message) -> bool:
 
 
 def looks_like_bounce(msg: Message) -> bool:
-    """From a mailer daemon, or titled like a bounce; also true for a null Return-Path."""
+    """From a mailer daemon, or titled like a bounce.
+
+    A null Return-Path alone proves nothing: RFC 3834 §3.3 asks auto-replies
+    to use it too.
+    """
     if BOUNCE_SENDERS.search(header(msg, "From")):
-        return True
-    if header(msg, "Return-Path").strip() == "<>":
         return True
     return bool(BOUNCE_SUBJECTS.search(header(msg, "Subject")))

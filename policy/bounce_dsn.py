@@ -119,10 +119,14 @@ def ses_notification(text: str) -> list[Finding]:
     start = text.find("{")
     if start < 0 or '"notificationType"' not in text:
         return []
-    try:
-        data: Any = json.JSONDecoder().raw_decode(text[start:])[0]
-    except ValueError:
-        return []
+    data: Any = None
+    # Some relays fold long lines ("...@sim!\nulator..."): retry with the folds removed.
+    for candidate in (text[start:], re.sub(r"!?\n", "", text[start:])):
+        try:
+            data = json.JSONDecoder().raw_decode(candidate)[0]
+            break
+        except ValueError:
+            continue
     if isinstance(data, dict) and isinstance(data.get("Message"), str):
         try:  # wrapped in an SNS envelope
             data = json.loads(data["Message"])

@@ -60,21 +60,23 @@ def find(msg: Message) -> list[Finding]:
     found = bounce_dsn.delivery_status(notice, source="rfc3464-text")
     if found:
         return _with_text_diagnostics(found, msg, parts)
-    bounce = looks_like_bounce(msg)
-    if bounce or not is_autoreply(msg):
+    auto = is_autoreply(msg)
+    # A null Return-Path is a bounce sign only when nothing says auto-reply (RFC 3834 §3.3).
+    bounce = looks_like_bounce(msg) or (header(msg, "Return-Path").strip() == "<>" and not auto)
+    if bounce or not auto:
         hits = bounce_text.scan(notice, _excluded(msg, parts), _failed(msg))
         source = bounce_text.format_name(parts.notice)
         texts = [_from_hit(h, source) for h in hits if bounce or h.code >= 400 or h.status]
         if texts:
             return texts
-        if bounce and not is_autoreply(msg):
+        if bounce and not auto:
             # The notice names nobody: the returned message says whom it was for (Verizon).
             diagnostic = " ".join(notice.split())[:500]
             who = _returned_recipients(parts)
             if len(who) == 1:
                 return [Finding(who[0], Kind.DSN, source, diagnostic=diagnostic)]
             return [Finding("", Kind.UNKNOWN, source, diagnostic=diagnostic)]
-    if is_autoreply(msg):
+    if auto:
         who = addresses(header(msg, "From"))
         return [Finding(who[0] if who else "", Kind.AUTOREPLY, "rfc3834")]
     return []
