@@ -154,7 +154,11 @@ class Service:
             if component is not None:
                 self.components.append(component)
         for component in self.components:
-            await component.start(self)
+            try:
+                await component.start(self)
+            except (OSError, StateError, StoreError, AuthConfigError, ValueError) as exc:
+                # e.g. the metrics or API port is taken: a config problem, exit 3 (no restart loop)
+                raise StartupError(f"{type(component).__name__}: {exc}") from exc
             self._started.append(component)
         log.info("bouncer listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
 

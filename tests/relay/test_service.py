@@ -1,0 +1,80 @@
+"""Service lifecycle: startup failures exit 3, SIGTERM drains and exits 0 (`bouncer serve`)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relay.config import config_from_dict
+from relay.service import EXIT_STARTUP, Service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_listen_address_in_use_is_startup_failure_exit_3(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = config_from_dict(
+            {"server": {"listen": [f"127.0.0.1:{port}"]}, "store": {"path": str(tmp_path / "s")}}
+        )
+        assert await Service(cfg).run() == EXIT_STARTUP
+
+
+async def test_failing_component_start_is_exit_3(tmp_path: Path) -> None:
+    class Broken:
+        async def start(self, service: Any) -> None:
+            raise OSError("address already in use")
+
+        async def stop(self) -> None:
+            pass
+
+    cfg = config_from_dict(
+        {"server": {"listen": ["127.0.0.1:0"]}, "store": {"path": str(tmp_path / "s")}}
+    )
+    svc = Service(cfg)
+    svc.add(Broken())
+    assert await svc.run() == EXIT_STARTUP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bouncer_serve_subprocess_answers_then_sigterm_exits_0(tmp_path: Path) -> None:
+    port = _free_port()
+    conf = tmp_path / "bouncer.toml"
+    conf.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\n[store]\npath = "{tmp_path / "state"}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--config", str(conf)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        greeting = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not greeting:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    greeting = s.recv(100)
+            except OSError:
+                time.sleep(0.1)
+        assert greeting.startswith(b"220 ")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        assert code == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
