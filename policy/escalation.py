@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 from policy.records import (
     CODE_ACTIVE,
@@ -23,6 +22,7 @@ from policy.records import (
     SoftStreak,
     State,
     SuppressionRecord,
+    refusal_tail,
 )
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
@@ -90,43 +90,15 @@ def effective_state(rec: SuppressionRecord, now: datetime) -> State:
     return rec.state
 
 
-_WHAT = {
-    State.SUPPRESSED: "suppressed",
-    State.PERMANENT: "suppressed permanently",
-    State.BLOCKED: "blocked",
-}
-
-
-def refusal_text(
-    address: str, scope: Scope, state: State, since_ts: float, until_ts: float, reason: str
-) -> str:
+def refusal_text(address: str, rec: SuppressionRecord) -> str:
     """The text of the synthesized 550, e.g. "<bob@example.com>: suppressed since 2026-11-01
     (bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30"."""
-    what = _WHAT.get(state, "suppressed")
-    if scope is Scope.DOMAIN:
-        what = f"domain {address[address.rfind('@') + 1 :]} {what}"
-    parts = ["<", address, ">: ", what]
-    if since_ts == since_ts:  # not NaN
-        parts += (" since ", _day(int(since_ts // 86400)))
-    if reason:
-        parts += (" (", reason, ")")
-    if state is State.SUPPRESSED and until_ts == until_ts:
-        parts += ("; until ", _day(int(until_ts // 86400)))
-    return "".join(parts)
+    return f"<{address}>: {refusal_tail(rec)}"
 
 
-def refusal_reply(
-    address: str, scope: Scope, state: State, since_ts: float, until_ts: float, reason: str
-) -> Reply:
-    """SPEC §2: `550 5.1.1` for an address, `550 5.1.2` for a domain."""
-    enhanced = "5.1.2" if scope is Scope.DOMAIN else "5.1.1"
-    return Reply(550, enhanced, refusal_text(address, scope, state, since_ts, until_ts, reason))
-
-
-@lru_cache(maxsize=4096)
-def _day(epoch_day: int) -> str:
-    # Cached per day: formatting dates is most of a refusal's cost on the RCPT hot path.
-    return datetime.fromtimestamp(epoch_day * 86400, UTC).strftime("%Y-%m-%d")
+def refusal_reply(address: str, scope: Scope, tail: str) -> Reply:
+    """SPEC §2: `550 5.1.1` for an address, `550 5.1.2` for a domain; `tail` from the record."""
+    return Reply(550, "5.1.2" if scope is Scope.DOMAIN else "5.1.1", f"<{address}>: {tail}")
 
 
 def effective(rec: SuppressionRecord, rules: SuppressionRules, now: datetime) -> SuppressionRecord:

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
+from functools import lru_cache
 from typing import Any
 
 from policy.reply import Reply
@@ -50,8 +51,9 @@ CODE_STATE = {v: k for k, v in STATE_CODE.items()}
 CODE_ACTIVE = STATE_CODE[State.ACTIVE]
 CODE_SUPPRESSED = STATE_CODE[State.SUPPRESSED]
 
-# version, state code, since (epoch s, NaN = none), until (epoch s, NaN = none), reason bytes
-HEADER = struct.Struct("<BBddH")
+# version, state code, since (epoch s, NaN = none), until (epoch s, NaN = none),
+# then the byte lengths of the reason and of the refusal tail that follow the header.
+HEADER = struct.Struct("<BBddHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +117,51 @@ def _reply_in(v: list[Any] | None) -> Reply | None:
     return None if v is None else Reply(int(v[0]), v[1], v[2], v[3])
 
 
+_WHAT = {
+    State.SUPPRESSED: "suppressed",
+    State.PERMANENT: "suppressed permanently",
+    State.BLOCKED: "blocked",
+}
+
+
+@lru_cache(maxsize=4096)
+def _day(epoch_day: int) -> str:
+    return datetime.fromtimestamp(epoch_day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+def refusal_tail(rec: SuppressionRecord) -> str:
+    """What a refusal says after "<address>: ", e.g. "suppressed since 2026-11-01
+    (bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30". Empty when active.
+
+    It depends only on the record, so it is written with it: a refusal at RCPT
+    then costs a slice, not date formatting (the look-up's hot path).
+    """
+    if rec.state is State.ACTIVE:
+        return ""
+    what = _WHAT[rec.state]
+    if rec.scope is Scope.DOMAIN:
+        what = f"domain {rec.key} {what}"
+    parts = [what]
+    if rec.since is not None:
+        parts += (" since ", _day(int(rec.since.timestamp() // 86400)))
+    if rec.reason:
+        parts += (" (", rec.reason[:MAX_REASON], ")")
+    if rec.state is State.SUPPRESSED and rec.until is not None:
+        parts += ("; until ", _day(int(rec.until.timestamp() // 86400)))
+    return "".join(parts)
+
+
 def encode(rec: SuppressionRecord) -> bytes:
-    """Record -> bytes: fixed header, reason, then a JSON body."""
+    """Record -> bytes: fixed header, reason, refusal tail, then a JSON body."""
     reason = rec.reason[:MAX_REASON].encode("utf-8")
+    tail = refusal_tail(rec).encode("utf-8")
     head = HEADER.pack(
-        FORMAT_VERSION, STATE_CODE[rec.state], _ts(rec.since), _ts(rec.until), len(reason)
+        FORMAT_VERSION,
+        STATE_CODE[rec.state],
+        _ts(rec.since),
+        _ts(rec.until),
+        len(reason),
+        len(tail),
     )
     body: dict[str, Any] = {
         "k": rec.key,
@@ -141,17 +183,17 @@ def encode(rec: SuppressionRecord) -> bytes:
         ],
         "h": [[e.when.timestamp(), e.kind, e.detail] for e in rec.history],
     }
-    return head + reason + json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return head + reason + tail + json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
 def decode(raw: bytes) -> SuppressionRecord:
     """bytes -> Record; raises ValueError on a format this code does not know."""
-    version, code, since, until, rlen = HEADER.unpack_from(raw)
+    version, code, since, until, rlen, tlen = HEADER.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise ValueError(f"suppression record format {version} is not {FORMAT_VERSION}")
     start = HEADER.size
     reason = bytes(raw[start : start + rlen]).decode("utf-8")
-    b = json.loads(bytes(raw[start + rlen :]))
+    b = json.loads(bytes(raw[start + rlen + tlen :]))
     hard, synthesized, soft, other, strikes, soft_level = b["n"]
     st = b["st"]
     streak = (
@@ -185,14 +227,15 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def peek(raw: bytes) -> tuple[int, float, float, bytes]:
-    """The look-up's view of a record: (state code, since, until, reason bytes), no JSON.
+def peek(raw: bytes) -> tuple[int, float, float, str, str]:
+    """The look-up's view of a record, no JSON: (state code, since, until, reason, refusal tail).
 
     since/until are epoch seconds, NaN when absent.
     """
-    _version, code, since, until, rlen = HEADER.unpack_from(raw)
+    _version, code, since, until, rlen, tlen = HEADER.unpack_from(raw)
     start = HEADER.size
-    return code, since, until, raw[start : start + rlen]
+    reason = raw[start : start + rlen].decode("utf-8")
+    return code, since, until, reason, raw[start + rlen : start + rlen + tlen].decode("utf-8")
 
 
 def as_dict(rec: SuppressionRecord) -> dict[str, Any]:

@@ -133,9 +133,8 @@ class SuppressionStore:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
         if hit is None:
             return None
-        code, since, until, reason = hit
-        reply = esc.refusal_reply(addr, scope, CODE_STATE[code], since, until, reason)
-        return Refusal(addr, scope.value, reply, reason)
+        reason, tail = hit
+        return Refusal(addr, scope.value, esc.refusal_reply(addr, scope, tail), reason)
 
     # ---- writes (the relay's writer thread, the CLI, the API) -------------------------------
 
@@ -347,7 +346,7 @@ class SuppressionStore:
         counts.update({s.value: 0 for s in State})
         for db in (self._dom, self._addr):
             for raw in self._raw_values(db):
-                code, _since, until, _reason = peek(raw)
+                code, _since, until, _reason, _tail = peek(raw)
                 state = CODE_STATE[code] if esc.refuses(code, until, now_ts) else State.ACTIVE
                 counts[state.value] += 1
         return counts
@@ -418,9 +417,10 @@ def _decode(key: str, raw: bytes) -> SuppressionRecord:
         raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
 
 
-def _refusing(raw: bytes, now_ts: float) -> tuple[int, float, float, str] | None:
-    """(state code, since, until, reason) if this record refuses at `now_ts`, from its header."""
-    _version, code, since, until, rlen = HEADER.unpack_from(raw)
+def _refusing(raw: bytes, now_ts: float) -> tuple[str, str] | None:
+    """(reason, refusal tail) if this record refuses at `now_ts`; reads the header only."""
+    _version, code, _since, until, rlen, tlen = HEADER.unpack_from(raw)
     if code == CODE_ACTIVE or (code == CODE_SUPPRESSED and until <= now_ts):
         return None  # expiry is evaluated here, at look-up: re-admission needs no write
-    return code, since, until, raw[_HEAD_SIZE : _HEAD_SIZE + rlen].decode("utf-8")
+    end = _HEAD_SIZE + rlen
+    return raw[_HEAD_SIZE:end].decode("utf-8"), raw[end : end + tlen].decode("utf-8")

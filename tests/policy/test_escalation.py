@@ -20,6 +20,7 @@ from policy.records import (
     decode,
     encode,
     peek,
+    refusal_tail,
 )
 from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category, Verdict
@@ -71,20 +72,29 @@ def test_first_hard_bounce_suppresses_for_90_days_then_readmits() -> None:
 
 def test_refusal_reply_names_reason_since_and_until() -> None:
     rec = hard(None, T0)
-    reply = esc.refusal_reply(
-        ADDR, Scope.ADDRESS, rec.state, T0.timestamp(), rec.until.timestamp(), rec.reason
-    )
+    reply = esc.refusal_reply(ADDR, Scope.ADDRESS, refusal_tail(rec))
     assert (reply.code, reply.enhanced) == (550, "5.1.1")
     assert reply.text == (
         "<bob@example.com>: suppressed since 2026-11-01 "
         "(bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30"
     )
-    dom = esc.refusal_reply(ADDR, Scope.DOMAIN, State.PERMANENT, T0.timestamp(), math.nan, "x")
-    assert dom.enhanced == "5.1.2"
+    assert reply.text == esc.refusal_text(ADDR, rec)
+    dom = SuppressionRecord(
+        key="example.com",
+        first_seen=T0,
+        last_seen=T0,
+        scope=Scope.DOMAIN,
+        state=State.PERMANENT,
+        since=T0,
+        reason="x",
+    )
+    reply = esc.refusal_reply(ADDR, Scope.DOMAIN, refusal_tail(dom))
+    assert reply.enhanced == "5.1.2"
     assert (
-        dom.text
+        reply.text
         == "<bob@example.com>: domain example.com suppressed permanently since 2026-11-01 (x)"
     )
+    assert refusal_tail(esc.apply_remove(rec, False, "", RULES, T0)) == ""
 
 
 def test_synthesized_hard_bounces_count_to_permanent() -> None:
@@ -182,9 +192,7 @@ def test_successive_streak_suppressions_climb_7_30_90_then_permanent() -> None:
         start = rec.until  # the next streak begins after re-admission
     rec = _streak_suppression(rec, start)
     assert rec.state is State.PERMANENT and rec.soft_level == 4
-    assert esc.refusal_text(
-        ADDR, Scope.ADDRESS, rec.state, rec.since.timestamp(), math.nan, rec.reason
-    ).startswith("<bob@example.com>: suppressed permanently since")
+    assert esc.refusal_text(ADDR, rec).startswith("<bob@example.com>: suppressed permanently since")
 
 
 def test_soft_ladder_settings_are_honoured() -> None:
@@ -293,10 +301,10 @@ def test_record_round_trips_through_bytes_and_peek_reads_the_header() -> None:
     rec = esc.apply_synthesized(soft(hard(None, T0), T0 + days(1)), RULES, T0 + days(2))
     raw = encode(rec)
     assert decode(raw) == rec
-    code, since, until, reason = peek(raw)
+    code, since, until, reason, tail = peek(raw)
     assert code == STATE_CODE[State.SUPPRESSED]
     assert (since, until) == (T0.timestamp(), (T0 + days(90)).timestamp())
-    assert reason.decode() == rec.reason
+    assert (reason, tail) == (rec.reason, refusal_tail(rec))
     bare = SuppressionRecord(key="x.example", first_seen=T0, last_seen=T0, scope=Scope.DOMAIN)
     assert decode(encode(bare)) == bare
 
