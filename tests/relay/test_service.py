@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -78,3 +79,39 @@ def test_bouncer_serve_subprocess_answers_then_sigterm_exits_0(tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_shutdown_lets_an_in_flight_transaction_finish(tmp_path: Path) -> None:
+    import smtplib
+
+    from tests.support.fake_mx import FakeMX
+
+    async with FakeMX(rcpt_delay=0.5) as mx:
+        cfg = config_from_dict(
+            {
+                "server": {"listen": ["127.0.0.1:0"]},
+                "store": {"path": str(tmp_path / "s")},
+                "delivery": {"routes": {"example.test": mx.address}, "drain_timeout": 5},
+            }
+        )
+        svc = Service(cfg)
+        await svc.startup()
+        host, port = svc.addresses[0]
+        mail_sent = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def client() -> tuple[int, bytes]:
+            with smtplib.SMTP(host, port, timeout=10) as c:
+                c.ehlo()
+                c.mail("a@sender.test")
+                loop.call_soon_threadsafe(mail_sent.set)
+                c.rcpt("b@example.test")  # in flight (0.5 s at the remote) when the stop comes
+                return c.data(b"Subject: x\r\n\r\ndrained\r\n")
+
+        task = asyncio.create_task(asyncio.to_thread(client))
+        await mail_sent.wait()
+        await asyncio.sleep(0.1)
+        await svc.shutdown()
+        code, _ = await task
+        assert code == 250
+        assert len(mx.messages) == 1 and b"drained" in mx.messages[0].data
