@@ -19,6 +19,7 @@ service's single writer thread, reads on the loop. The clock is read here.
 
 from __future__ import annotations
 
+import csv
 import hmac
 import io
 import json
@@ -34,7 +35,7 @@ from policy.escalation import ForceRequired, NotSuppressed, RuleError
 from policy.rates import GroupBy, parse_since
 from policy.records import State, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
-from policy.suppression_csv import parse_when, write_csv
+from policy.suppression_csv import EXPORT_FIELDS, parse_when, record_row
 from policy.verdict import Category
 from relay.counters import read_stats, stats_document
 from relay.httpserve import serve_app
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024 * 1024  # an import of a few hundred thousand addresses
+STREAM_CHUNK = 500  # records per write when listing
 
 
 class ApiError(Exception):
@@ -138,16 +140,47 @@ class Api:
     # -- suppressions ---------------------------------------------------------------------
 
     async def list_suppressions(self, request: web.Request) -> web.StreamResponse:
+        """Streamed in chunks, so a list of a million records neither sits in memory nor
+        holds the loop: the store scans in short read transactions between writes."""
         store = self._store()
         state = request.query.get("state")
         states = None if state is None else list(State) if state == "all" else [State(state)]
         category = Category(request.query["category"]) if "category" in request.query else None
-        records = store.scan(self.clock(), states, category)
-        if request.query.get("format") == "csv":
-            out = io.StringIO()
-            write_csv(records, out)
-            return web.Response(text=out.getvalue(), content_type="text/csv")
-        return _json([as_dict(r) for r in records])
+        records = iter(store.scan(self.clock(), states, category))
+        first = next(records, None)  # a StoreError here still becomes a 503
+        as_csv = request.query.get("format") == "csv"
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8"
+                if as_csv
+                else "application/json; charset=utf-8"
+            }
+        )
+        await resp.prepare(request)
+        buf = io.StringIO()
+        rows = csv.writer(buf)
+        if as_csv:
+            rows.writerow(EXPORT_FIELDS)
+        else:
+            buf.write("[")
+        n = 0
+        rec = first
+        while rec is not None:
+            if as_csv:
+                rows.writerow(record_row(rec))
+            else:
+                buf.write((",\n" if n else "\n") + json.dumps(as_dict(rec), ensure_ascii=False))
+            n += 1
+            if n % STREAM_CHUNK == 0:
+                await resp.write(buf.getvalue().encode())
+                buf.seek(0)
+                buf.truncate()
+            rec = next(records, None)
+        if not as_csv:
+            buf.write("\n]\n")
+        await resp.write(buf.getvalue().encode())
+        await resp.write_eof()
+        return resp
 
     async def get_suppression(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]

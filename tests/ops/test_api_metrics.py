@@ -171,6 +171,18 @@ async def test_api_end_to_end(running: tuple[Service, FakeMX]) -> None:
         ) as resp:
             assert (await resp.json())["added"] == 2
 
+        # Long lists stream in chunks; every record arrives once, in JSON and in CSV.
+        bulk = "\n".join(f"bulk{i}@good.test" for i in range(1234))
+        async with http.post(f"{base}/suppressions/import", data=bulk, headers=auth) as resp:
+            assert (await resp.json())["added"] == 1234
+        async with http.get(f"{base}/suppressions", headers=auth) as resp:
+            listed_all = [r["address"] for r in await resp.json()]
+        assert len(listed_all) == len(set(listed_all))
+        assert {f"bulk{i}@good.test" for i in range(1234)} | {"a1@good.test"} <= set(listed_all)
+        async with http.get(f"{base}/suppressions?format=csv", headers=auth) as resp:
+            lines = (await resp.text()).strip().splitlines()
+        assert lines[0].startswith("address,") and len(lines) == 1 + len(listed_all)
+
         # Stats: the counters are written by a batch flush; wait for that batch.
         doc: dict[str, Any] = {}
         for _ in range(100):
