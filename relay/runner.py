@@ -105,6 +105,7 @@ class RetryWorker:
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, tuple[asyncio.Semaphore, int]] = {}  # (slots, users)
+        self.on_free: Callable[[], None] = lambda: None  # a slot freed: look for more work
 
     async def recover(self, now: datetime) -> int:
         """Leases of dead processes (and of earlier runners in this one) are due now."""
@@ -142,6 +143,7 @@ class RetryWorker:
         def done(task: asyncio.Task[None]) -> None:
             self.in_flight -= n
             self.tasks.discard(task)
+            self.on_free()
 
         return done
 
@@ -303,6 +305,7 @@ class QueueRunner:
             settings,
             self.clock,
         )
+        self.worker.on_free = self.wake
         await self.worker.recover(self.clock())
         self._task = asyncio.create_task(self._loop(), name="bouncer-queue-runner")
 
