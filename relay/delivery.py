@@ -93,12 +93,13 @@ class Delivery:
         return await self.resolver.route(domain)
 
     async def open_transaction(
-        self, route: Route, sender: str, options: Sequence[str] = ()
+        self, route: Route, sender: str, options: Sequence[str] = (), wait: bool = True
     ) -> RemoteTransaction:
         """Lend a session for `route` and send MAIL FROM; a reused session that turns out dead
-        is replaced once by a fresh one."""
+        is replaced once by a fresh one. `wait=False`: fail at once when the destination's
+        session cap is reached (see SessionPool.acquire)."""
         for attempt in range(2):
-            session = await self.pool.acquire(route)
+            session = await self.pool.acquire(route, wait=wait)
             if isinstance(session, Reply):
                 return RemoteTransaction(
                     self.pool, route, sender, failure=Outcome(session, "none", "connect")

@@ -124,7 +124,14 @@ class Pipeline:
         remote_sender = self.delivery.remote_sender(txn.sender, key, txn.queue_id)
         remote = txn.remotes.get((route.key, remote_sender))
         if remote is None:
-            remote = await self.delivery.open_transaction(route, remote_sender, txn.options)
+            # Another remote sender (VERP) to a destination this transaction already holds
+            # sessions for: never wait for a slot it holds itself; over the cap it is soft.
+            holding = any(k == route.key for k, _ in txn.remotes)
+            remote = await self.delivery.open_transaction(
+                route, remote_sender, txn.options, wait=not holding
+            )
+            if remote.failure is not None and remote.failure.reply.enhanced == "4.4.5":
+                return remote.failure, None  # not cached: a later recipient may find a slot
             txn.remotes[(route.key, remote_sender)] = remote
         return await remote.rcpt(address), remote
 

@@ -60,12 +60,17 @@ class SessionPool:
             dest = self._dests[key] = _Destination(asyncio.Semaphore(self.max_per_destination))
         return dest
 
-    async def acquire(self, route: Route) -> RemoteSession | Reply:
+    async def acquire(self, route: Route, wait: bool = True) -> RemoteSession | Reply:
+        """A session for `route`; with `wait=False`, a Reply at once when the cap is reached
+        (a caller already holding sessions there must not wait for itself)."""
         dest = self._dest(route.key)
+        busy = Reply(451, "4.4.5", f"too many concurrent sessions to {route.key}, try later")
+        if not wait and dest.slots.locked():
+            return busy
         try:
             await asyncio.wait_for(dest.slots.acquire(), self.wait_timeout)
         except TimeoutError:
-            return Reply(451, "4.4.5", f"too many concurrent sessions to {route.key}, try later")
+            return busy
         try:
             while dest.idle:
                 session, timer = dest.idle.pop()

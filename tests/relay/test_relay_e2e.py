@@ -374,3 +374,24 @@ async def test_remote_that_stalls_after_greeting_times_out_softly(
     code, text = out["rcpt"]["b@example.test"]
     assert code == 451 and text.startswith(b"4.4.2") and b"timed out" in text
     assert loop.time() - started < 2.5
+
+
+async def test_per_recipient_senders_over_the_session_cap_never_wait_for_themselves(
+    fake_mx: FakeMX, relay_service: Any
+) -> None:
+    overrides = routes(example_test=fake_mx)
+    overrides["delivery"].update(max_sessions_per_destination=2, connect_timeout=5)
+    svc = await relay_service(overrides)
+    # VERP-style: every recipient has its own remote envelope sender, so its own session.
+    svc.delivery.remote_sender = lambda s, r, q: f"b+{r.split('@')[0]}@sender.test"
+    rcpts = [f"r{i}@example.test" for i in range(4)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    out = await converse(svc, send("a@sender.test", rcpts))
+    assert loop.time() - started < 3  # no waiting out the 5 s slot timeout
+    assert [out["rcpt"][r][0] for r in rcpts] == [250, 250, 250, 250]
+    assert out["data"][0] == 250
+    assert sorted(m.rcpt_tos[0] for m in fake_mx.messages) == rcpts[:2]
+    assert svc.spool is not None
+    (queued,) = svc.spool.messages()  # the two over the cap wait in the retry queue
+    assert sorted(r.recipient for r in queued.recipients) == rcpts[2:]
