@@ -25,7 +25,7 @@ from relay.state import open_state  # noqa: E402
 
 SOFT = Reply(452, "4.2.2", "Mailbox full", "mx.example[192.0.2.1]")
 OK = Reply(250, "2.0.0", "Ok", "mx.example[192.0.2.1]")
-BODY = b"Subject: bench\r\n\r\n" + b"x" * 10_240 + b"\r\n"
+BODY = b"Subject: bench\r\n\r\n" + (b"x" * 78 + b"\r\n") * 128  # 10 KiB in 80-octet lines
 
 
 def _ms(values: list[float]) -> str:
