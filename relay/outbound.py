@@ -51,8 +51,11 @@ _TLS = _tls_context()
 
 
 def _reply(code: int, message: str, host: str) -> Reply:
-    enhanced, text = split_enhanced(message.replace("\r", ""))
-    return Reply(code, enhanced, text, host)
+    # Multi-line replies repeat the enhanced code on every line (RFC 2034 §4): keep it once.
+    lines = message.replace("\r", "").split("\n")
+    enhanced, first = split_enhanced(lines[0])
+    rest = [split_enhanced(line)[1] if enhanced else line for line in lines[1:]]
+    return Reply(code, enhanced, "\n".join([first, *rest]), host)
 
 
 def _synthetic(enhanced: str, text: str, host: str | None = None) -> Reply:

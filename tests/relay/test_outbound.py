@@ -225,3 +225,19 @@ def test_serve_help_lists_config(tmp_path: Path) -> None:
         ["python", "-m", "relay", "serve", "--help"], capture_output=True, text=True, check=True
     )
     assert "--config" in out.stdout
+
+
+async def test_multiline_remote_reply_keeps_one_enhanced_code(make_fake_mx: Any) -> None:
+    mx = await make_fake_mx()
+    mx.rcpt_replies["dead@example.test"] = "550-5.1.1 No such user\r\n550 5.1.1 see https://help"
+    session = await open_session(route_to(mx), settings("off"))
+    assert isinstance(session, RemoteSession)
+    await session.mail("a@sender.test")
+    reply = await session.rcpt("dead@example.test")
+    assert (reply.code, reply.enhanced, reply.text) == (
+        550,
+        "5.1.1",
+        "No such user\nsee https://help",
+    )
+    assert reply.host == "127.0.0.1[127.0.0.1]"
+    await session.quit()
