@@ -69,6 +69,9 @@ _CODE_ENHANCED = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3
 _ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
 _CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
 MAX_SEGMENT_LINES = 15
+# Bounds on work per message: the intake reads mail from anyone, and a notice is short.
+MAX_NOTICE_CHARS = 64 * 1024
+MAX_RECIPIENTS = 100
 
 # Which SMTP command the remote refused, as notices word it (first match wins).
 STAGES: tuple[tuple[str, str], ...] = (
@@ -140,7 +143,7 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
     the bounce says so; otherwise addresses at the start of a line win over
     addresses mentioned inside sentences.
     """
-    lines = notice.split("\n")
+    lines = notice[:MAX_NOTICE_CHARS].split("\n")
     first_line: dict[str, int] = {}
     leading: set[str] = set()
     for i, line in enumerate(lines):
@@ -159,7 +162,7 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
         chosen = list(failed)  # the MTA says so explicitly: no exclusions apply
     else:
         chosen = [a for a in first_line if a in leading] or list(first_line)
-    starts = sorted((first_line.get(a, len(lines)), a) for a in chosen)
+    starts = sorted((first_line.get(a, len(lines)), a) for a in chosen[:MAX_RECIPIENTS])
     hits = []
     for n, (start, addr) in enumerate(starts):
         end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy.bounce_parse import parse_bounce, returned_sender
 from policy.bounce_types import Kind
@@ -220,3 +222,26 @@ Subject: hi
 """
     (report,) = parse_bounce(data)
     assert report.recipient == "5550100@mms.dest.example"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    reports = parse_bounce(data)
+    assert all(isinstance(r.recipient, str) for r in reports)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["QMAIL", "EXIM", "GMAIL", "POSTFIX_TEXT"]), st.data())
+def test_truncated_or_spliced_samples_never_raise(name: str, data: st.DataObject) -> None:
+    raw: bytes = getattr(samples, name)
+    cut = data.draw(st.integers(0, len(raw)))
+    junk = data.draw(st.binary(max_size=50))
+    assert isinstance(parse_bounce(raw[:cut] + junk + raw[cut:]), list)
+
+
+def test_huge_notice_is_bounded() -> None:
+    many = "".join(f"<user{i}@dest.example>: 550 5.1.1 unknown\n" for i in range(5000))
+    data = b"From: MAILER-DAEMON@mx.dest.example\nSubject: failure notice\n\n" + many.encode()
+    reports = parse_bounce(data)
+    assert 0 < len(reports) <= 100
