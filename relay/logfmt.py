@@ -204,6 +204,7 @@ def json_record(event: Event, host: str, pid: int) -> dict[str, Any]:
         return base
     reply = event.reply
     verdict = event.verdict
+    delivered = "delivered" if reply.is_success else None  # a 2xx needs no classifier
     base.update(
         event="recipient",
         queue_id=event.queue_id,
@@ -218,8 +219,8 @@ def json_record(event: Event, host: str, pid: int) -> dict[str, Any]:
         reply={"code": reply.code, "enhanced": reply.enhanced, "text": reply.text},
         remote=reply.host,
         attempt=event.attempt,
-        **{"class": str(verdict.klass) if verdict else None},
-        category=str(verdict.category) if verdict else None,
+        **{"class": str(verdict.klass) if verdict else delivered},
+        category=str(verdict.category) if verdict else delivered,
         rule=verdict.rule if verdict else None,
     )
     if event.client:

@@ -139,6 +139,16 @@ def test_json_has_the_same_facts_plus_class_and_category() -> None:
     assert rec["relay"] == "mx.example.com[192.0.2.1]:25" and rec["dsn"] == "5.1.1"
     assert rec["reply"] == {"code": 550, "enhanced": "5.1.1", "text": "User unknown"}
     assert rec["program"] == "bouncer/smtp" and rec["delays"] == [0.0, 0.0, 0.2, 0.21]
+    sent = RecipientEvent(
+        **{
+            **_bounce().__dict__,
+            "status": Status.SENT,
+            "verdict": None,
+            "reply": Reply(250, None, "ok"),
+        }
+    )
+    rec = json.loads(format_lines(sent, "json", "h", 1)[0])
+    assert (rec["class"], rec["category"], rec["dsn"]) == ("delivered", "delivered", "2.0.0")
     queued = RecipientEvent(**{**_bounce().__dict__, "status": Status.QUEUED})
     assert json.loads(format_lines(queued, "json", "h", 1)[0])["status"] == "queued"
 
