@@ -57,6 +57,9 @@ command_timeout = 10.0
 drain_timeout = 5.0
 [delivery.routes]
 {route_lines}
+[dns]
+nameservers = ["127.0.0.1:{_free_port()}"]  # nobody there: no query leaves the machine
+timeout = 1.0
 [store]
 path = "{tmp / "state"}"
 map_size = 67108864
