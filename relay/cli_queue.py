@@ -176,7 +176,7 @@ def _drop(args: argparse.Namespace) -> int:
                 # The operator's record: who was dropped and why (stderr, beside the event log).
                 log.warning("%s: removed by the postmaster: %s; to=%s", qid, args.why, rcpts)
                 dsn = " with a DSN to the sender" if args.dsn else ""
-                print(f"{qid}: dropped ({len(m.recipients)} recipient(s)){dsn}")
+                print(f"{qid}: dropped ({len(m.recipients)} recipient(s)){dsn}", flush=True)
     except StateError as exc:
         print(f"bouncer: {exc}", file=sys.stderr)
         return EXIT_FAILED
