@@ -117,7 +117,7 @@ def original_recipients(original: Message) -> list[str]:
 def ses_notification(text: str) -> list[Finding]:
     """An Amazon SES/SNS JSON notification (bounce or complaint) sent as an email body."""
     start = text.find("{")
-    if start < 0 or '"notificationType"' not in text:
+    if start < 0 or "notificationType" not in text:
         return []
     data: Any = None
     # Some relays fold long lines ("...@sim!\nulator..."): retry with the folds removed.

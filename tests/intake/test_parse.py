@@ -2,6 +2,8 @@
 # kind, source, status and class it must yield (flufl.bounce style: a format = a row).
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -245,3 +247,99 @@ def test_huge_notice_is_bounded() -> None:
     data = b"From: MAILER-DAEMON@mx.dest.example\nSubject: failure notice\n\n" + many.encode()
     reports = parse_bounce(data)
     assert 0 < len(reports) <= 100
+
+
+def _ses(payload: str) -> bytes:
+    head = b"From: SES <no-reply@sns.amazonaws.com>\nTo: app@sender.example\nSubject: AWS\n\n"
+    return head + payload.encode()
+
+
+def test_ses_complaint_wrapped_in_sns_envelope() -> None:
+    inner = (
+        '{"notificationType":"Complaint","complaint":{"complaintFeedbackType":"abuse",'
+        '"complainedRecipients":[{"emailAddress":"Angry@Dest.Example"}]}}'
+    )
+    envelope = json.dumps({"Type": "Notification", "Message": inner})
+    (report,) = parse_bounce(_ses(envelope))
+    assert (report.kind, report.recipient, report.feedback_type) == (
+        Kind.ARF,
+        "angry@dest.example",
+        "abuse",
+    )
+
+
+def test_ses_delivery_is_delivered() -> None:
+    payload = (
+        '{"notificationType":"Delivery","delivery":{"recipients":["ok@dest.example"],'
+        '"smtpResponse":"250 2.0.0 OK"}}'
+    )
+    (report,) = parse_bounce(_ses(payload))
+    assert report.verdict is not None and report.verdict.klass is D
+
+
+def test_delayed_with_permanent_looking_status_is_soft() -> None:
+    data = samples.rfc3464(action="delayed", status="5.0.0", diagnostic="smtp; 550 busy")
+    (report,) = parse_bounce(data)
+    assert report.status.startswith("4.")
+    assert report.verdict is not None and report.verdict.klass is S
+
+
+def test_dsn_without_diagnostic_takes_the_notice_text() -> None:
+    data = (
+        samples.rfc3464()
+        .replace(b"Diagnostic-Code: smtp; 550 5.1.1 <gone@dest.example>... User unknown\n", b"")
+        .replace(
+            b"<gone@dest.example>\n\n--BOUND",
+            b"<gone@dest.example>: mailbox unavailable\n\n--BOUND",
+        )
+    )
+    (report,) = parse_bounce(data)
+    assert "mailbox unavailable" in report.reply.text
+
+
+def test_two_recipients_in_one_block_without_blank_line() -> None:
+    data = samples.rfc3464().replace(
+        b"Final-Recipient: RFC822; gone@dest.example\n",
+        b"Final-Recipient: RFC822; first@dest.example\nAction: failed\nStatus: 5.1.1\n"
+        b"Final-Recipient: RFC822; gone@dest.example\n",
+    )
+    assert [r.recipient for r in parse_bounce(data)] == ["first@dest.example", "gone@dest.example"]
+
+
+def test_html_only_notice() -> None:
+    data = b"""From: MAILER-DAEMON@mx.dest.example
+To: app@sender.example
+Subject: Undeliverable
+Content-Type: text/html
+
+<html><body><p>Delivery failed:</p><p>gone@dest.example<br>550 5.1.1 User unknown</p></body></html>
+"""
+    (report,) = parse_bounce(data)
+    assert (report.recipient, report.status) == ("gone@dest.example", "5.1.1")
+
+
+def test_outlook_complaint_without_arf_part() -> None:
+    data = b"""From: staff@hotmail.com
+To: fbl@sender.example
+Subject: complaint about message from 192.0.2.1
+Content-Type: multipart/mixed; boundary="B"
+
+--B
+Content-Type: message/rfc822
+
+X-HmXmrOriginalRecipient: angry@hotmail.example
+From: App <app@sender.example>
+To: angry@hotmail.example
+Subject: hi
+
+hi
+--B--
+"""
+    (report,) = parse_bounce(data)
+    assert (report.kind, report.recipient) == (Kind.ARF, "angry@hotmail.example")
+
+
+def test_bounce_with_no_recipient_anywhere_is_unknown() -> None:
+    data = b"From: MAILER-DAEMON@mx.dest.example\nSubject: failure notice\n\nSomething failed.\n"
+    (report,) = parse_bounce(data)
+    assert (report.kind, report.recipient) == (Kind.UNKNOWN, "")

@@ -68,3 +68,10 @@ def test_round_trip_property(local: str, domain: str, qid: str) -> None:
     assert token is not None
     assert token.recipient == f"{local}@{domain}".lower()
     assert token.queue_id == qid
+
+
+def test_encode_refuses_what_the_token_cannot_carry() -> None:
+    with pytest.raises(ValueError):
+        encode(KEY, '"odd user"@dest.example', "Q1")
+    with pytest.raises(ValueError):
+        encode(KEY, "user@dest.example", "Q=1")  # queue ids are alphanumeric
