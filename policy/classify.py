@@ -27,14 +27,16 @@ from policy.reply import Reply
 from policy.rules import CLASS_OF, RuleSet, default_rules
 from policy.verdict import BounceClass, Category, Verdict
 
-# A reply quoted in text: a 4xx/5xx code at the start or after a separator, then a space
-# or "-" and either an enhanced code or a word (so "port 465" or "[416]" don't count).
+# A reply quoted in text: a 4xx/5xx code, then a space or "-" and either an enhanced
+# code or a word (so "port 465" or "[416]" don't count). It must start the text or
+# follow a separator; _quoted() checks that by hand because a look-behind in front
+# would stop re from skipping quickly to the candidate digits.
 _QUOTED_REPLY = re.compile(
-    r"(?:^|(?<=[\s:<'\"(>]))([45][0-5]\d)[ -]'?"
-    r"(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z]))"
+    r"([45][0-5]\d)[ -]'?(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z]))"
 )
+_REPLY_AFTER = frozenset(" \t\n:<'\"(>")
 # A bare enhanced code in text: "RCPT TO not accepted: 5.7.1 This system ...".
-_QUOTED_ENHANCED = re.compile(r"(?<![\w.])#?([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
+_QUOTED_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
 
 DELIVERED = Verdict(BounceClass.DELIVERED, Category.DELIVERED, "smtp-2xx")
 _FALLBACK_PERMANENT = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "fallback-5xx")
@@ -110,18 +112,31 @@ def classify_at(reply: Reply, stage: str, rules: RuleSet | None = None) -> Verdi
 def _quoted(text: str) -> tuple[int, str | None]:
     """The first reply code (4xx/5xx) and enhanced code quoted inside `text`."""
     m = _QUOTED_REPLY.search(text)
+    while m is not None and m.start() > 0 and text[m.start() - 1] not in _REPLY_AFTER:
+        m = _QUOTED_REPLY.search(text, m.start() + 1)
     if m is not None:
         code = int(m.group(1))
         if m.group(2):
             return code, f"{m.group(2)}.{m.group(3)}.{m.group(4)}"
-        e = _QUOTED_ENHANCED.search(text, m.end())
-        if e is not None and e.group(1) == m.group(1)[0]:
-            return code, f"{e.group(1)}.{e.group(2)}.{e.group(3)}"
+        e = _enhanced_in(text, m.end())
+        if e is not None and e[0] == m.group(1)[0]:
+            return code, e
         return code, None
-    e = _QUOTED_ENHANCED.search(text)
-    if e is not None and e.group(1) != "2":
-        return 0, f"{e.group(1)}.{e.group(2)}.{e.group(3)}"
+    e = _enhanced_in(text, 0)
+    if e is not None and e[0] != "2":
+        return 0, e
     return 0, None
+
+
+def _enhanced_in(text: str, pos: int) -> str | None:
+    # Not inside a longer dotted number ("10.5.1.1") or a word; "#5.1.1" is qmail's form.
+    m = _QUOTED_ENHANCED.search(text, pos)
+    while m is not None and m.start() > 0:
+        before = text[m.start() - 1]
+        if not (before.isalnum() or before in "._"):
+            break
+        m = _QUOTED_ENHANCED.search(text, m.start() + 1)
+    return None if m is None else m.group(0)
 
 
 def _transient(code: int, enhanced: str | None) -> bool:

@@ -9,7 +9,9 @@ Two tables (see policy/rules.toml):
   providers: the text is read first and the code is only the fallback.
 * `[[texts]]`: ordered text patterns (lower-case regular expressions over the lower-cased
   reply text), first match wins. `beats_code = true` lets a pattern win even over a
-  specific code (a provider that sends 5.1.1 for a rate limit).
+  specific code (a provider that sends 5.1.1 for a rate limit). policy/rule_index.py
+  makes the search fast; an alternative that begins with a word only matches at the
+  start of a word.
 
 The class of a verdict is not written in the rules: it follows from the category
 (SPEC §3 table), so a rule cannot contradict the contract.
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from policy.rule_index import TextIndex
 from policy.verdict import BounceClass, Category
 
 DEFAULT_RULES = Path(__file__).with_name("rules.toml")
@@ -87,12 +90,8 @@ class RuleSet:
 
     codes: Mapping[str, CodeRule]
     texts: tuple[TextRule, ...]
-    # Every text pattern as one alternation, one capturing group per rule in table
-    # order, so `match.lastindex - 1` is the rule's index (patterns have no groups).
-    combined: re.Pattern[str]
-    # The same for the `beats_code` rules only, checked when a specific code decides.
-    overriding: re.Pattern[str] | None
-    overriding_index: tuple[int, ...]  # group number - 1 -> index in `texts`
+    index: TextIndex[TextRule]  # every text rule, table order
+    overriding: TextIndex[TextRule]  # the beats_code rules only
 
     def code_rule(self, enhanced: str | None) -> CodeRule | None:
         """The rule for "5.1.1": exact subject.detail first, then the subject's wildcard."""
@@ -105,33 +104,12 @@ class RuleSet:
         return rule
 
     def first_text(self, text: str) -> TextRule | None:
-        """The first rule in table order whose pattern occurs anywhere in `text`."""
-        index = _first_index(self.combined, text)
-        return None if index is None else self.texts[index]
+        """The first rule in table order whose pattern occurs in (lower-cased) `text`."""
+        return self.index.first(text)
 
     def first_overriding(self, text: str) -> TextRule | None:
-        if self.overriding is None:
-            return None
-        index = _first_index(self.overriding, text)
-        return None if index is None else self.texts[self.overriding_index[index]]
-
-
-def _first_index(pattern: re.Pattern[str], text: str) -> int | None:
-    # re.search returns the leftmost match, and at one position the first alternative
-    # that matches. Restarting one character after each match start visits every
-    # position where any rule matches, so the minimum index seen is the first rule in
-    # table order that matches anywhere: "first match wins" with one compiled regex.
-    best: int | None = None
-    search = pattern.search
-    pos = 0
-    while (m := search(text, pos)) is not None:
-        index = (m.lastindex or 1) - 1
-        if best is None or index < best:
-            best = index
-            if index == 0:
-                break
-        pos = m.start() + 1
-    return best
+        """The first `beats_code` rule whose pattern occurs in `text`."""
+        return self.overriding.first(text)
 
 
 def _category(value: Any, where: str, problems: list[str]) -> Category | None:
@@ -156,10 +134,6 @@ def _bool(entry: Mapping[str, Any], key: str, where: str, problems: list[str]) -
         problems.append(f"{where}: {key} must be true or false")
         return False
     return value
-
-
-def _alternation(patterns: list[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"({p})" for p in patterns))
 
 
 def parse_rules(data: Mapping[str, Any]) -> RuleSet:
@@ -217,13 +191,11 @@ def parse_rules(data: Mapping[str, Any]) -> RuleSet:
             texts.append(TextRule(rid, lang, pattern, cat, beats, source))
     if problems:
         raise RuleError(problems)
-    over = [i for i, t in enumerate(texts) if t.beats_code]
     return RuleSet(
         codes=codes,
         texts=tuple(texts),
-        combined=_alternation([t.pattern for t in texts] or ["(?!x)x"]),
-        overriding=_alternation([texts[i].pattern for i in over]) if over else None,
-        overriding_index=tuple(over),
+        index=TextIndex([(t, t.pattern) for t in texts]),
+        overriding=TextIndex([(t, t.pattern) for t in texts if t.beats_code]),
     )
 
 
