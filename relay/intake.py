@@ -138,6 +138,9 @@ class IntakeHandler:
         status, stage = Status.BOUNCED, "DSN"
         reply = action.reply or Reply(0, None, action.detail)
         if action.op is Op.COMPLAINT:
+            # An ARF report has no SMTP reply; the log line quotes it as the recipient's
+            # refusal of the message (RFC 3463 x.7.1), which is what a complaint is.
+            reply = Reply(550, "5.7.1", action.detail)
             await self.write(self.store.record_complaint, address, now, action.detail)
             status, stage = Status.SUPPRESSED, "ARF"
         elif action.op is Op.SUCCESS:
