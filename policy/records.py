@@ -51,9 +51,11 @@ CODE_STATE = {v: k for k, v in STATE_CODE.items()}
 CODE_ACTIVE = STATE_CODE[State.ACTIVE]
 CODE_SUPPRESSED = STATE_CODE[State.SUPPRESSED]
 
-# version, state code, since (epoch s, NaN = none), until (epoch s, NaN = none),
-# then the byte lengths of the reason and of the refusal tail that follow the header.
-HEADER = struct.Struct("<BBddHH")
+# version, state code, since (epoch s, NaN = none), until (epoch s, NaN = none), then the
+# text that follows the header: its byte length, and where the reason sits inside it (offset,
+# length). The text is the refusal tail when the record refuses (the reason is quoted in it,
+# so it is stored once), else just the reason.
+HEADER = struct.Struct("<BBddHHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,24 @@ def _day(epoch_day: int) -> str:
     return datetime.fromtimestamp(epoch_day * 86400, UTC).strftime("%Y-%m-%d")
 
 
+def _tail_parts(rec: SuppressionRecord) -> tuple[str, str, str]:
+    """(before the reason, the reason, after it) of the refusal tail."""
+    reason = rec.reason[:MAX_REASON]
+    if rec.state is State.ACTIVE:
+        return "", reason, ""
+    what = _WHAT[rec.state]
+    if rec.scope is Scope.DOMAIN:
+        what = f"domain {rec.key} {what}"
+    before, after = what, ""
+    if rec.since is not None:
+        before += f" since {_day(int(rec.since.timestamp() // 86400))}"
+    if reason:
+        before, after = before + " (", ")"
+    if rec.state is State.SUPPRESSED and rec.until is not None:
+        after += f"; until {_day(int(rec.until.timestamp() // 86400))}"
+    return before, reason, after
+
+
 def refusal_tail(rec: SuppressionRecord) -> str:
     """What a refusal says after "<address>: ", e.g. "suppressed since 2026-11-01
     (bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30". Empty when active.
@@ -138,30 +158,21 @@ def refusal_tail(rec: SuppressionRecord) -> str:
     """
     if rec.state is State.ACTIVE:
         return ""
-    what = _WHAT[rec.state]
-    if rec.scope is Scope.DOMAIN:
-        what = f"domain {rec.key} {what}"
-    parts = [what]
-    if rec.since is not None:
-        parts += (" since ", _day(int(rec.since.timestamp() // 86400)))
-    if rec.reason:
-        parts += (" (", rec.reason[:MAX_REASON], ")")
-    if rec.state is State.SUPPRESSED and rec.until is not None:
-        parts += ("; until ", _day(int(rec.until.timestamp() // 86400)))
-    return "".join(parts)
+    return "".join(_tail_parts(rec))
 
 
 def encode(rec: SuppressionRecord) -> bytes:
-    """Record -> bytes: fixed header, reason, refusal tail, then a JSON body."""
-    reason = rec.reason[:MAX_REASON].encode("utf-8")
-    tail = refusal_tail(rec).encode("utf-8")
+    """Record -> bytes: fixed header, text (refusal tail or reason), then a JSON body."""
+    before, reason, after = (p.encode("utf-8") for p in _tail_parts(rec))
+    text = before + reason + after
     head = HEADER.pack(
         FORMAT_VERSION,
         STATE_CODE[rec.state],
         _ts(rec.since),
         _ts(rec.until),
+        len(text),
+        len(before),
         len(reason),
-        len(tail),
     )
     body: dict[str, Any] = {
         "k": rec.key,
@@ -183,17 +194,17 @@ def encode(rec: SuppressionRecord) -> bytes:
         ],
         "h": [[e.when.timestamp(), e.kind, e.detail] for e in rec.history],
     }
-    return head + reason + tail + json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return head + text + json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
 def decode(raw: bytes) -> SuppressionRecord:
     """bytes -> Record; raises ValueError on a format this code does not know."""
-    version, code, since, until, rlen, tlen = HEADER.unpack_from(raw)
+    version, code, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise ValueError(f"suppression record format {version} is not {FORMAT_VERSION}")
     start = HEADER.size
-    reason = bytes(raw[start : start + rlen]).decode("utf-8")
-    b = json.loads(bytes(raw[start + rlen + tlen :]))
+    reason = bytes(raw[start + roff : start + roff + rlen]).decode("utf-8")
+    b = json.loads(bytes(raw[start + tlen :]))
     hard, synthesized, soft, other, strikes, soft_level = b["n"]
     st = b["st"]
     streak = (
@@ -232,10 +243,11 @@ def peek(raw: bytes) -> tuple[int, float, float, str, str]:
 
     since/until are epoch seconds, NaN when absent.
     """
-    _version, code, since, until, rlen, tlen = HEADER.unpack_from(raw)
+    _version, code, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
     start = HEADER.size
-    reason = raw[start : start + rlen].decode("utf-8")
-    return code, since, until, reason, raw[start + rlen : start + rlen + tlen].decode("utf-8")
+    reason = raw[start + roff : start + roff + rlen].decode("utf-8")
+    tail = raw[start : start + tlen].decode("utf-8") if code != CODE_ACTIVE else ""
+    return code, since, until, reason, tail
 
 
 def as_dict(rec: SuppressionRecord) -> dict[str, Any]:

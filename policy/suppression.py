@@ -419,8 +419,11 @@ def _decode(key: str, raw: bytes) -> SuppressionRecord:
 
 def _refusing(raw: bytes, now_ts: float) -> tuple[str, str] | None:
     """(reason, refusal tail) if this record refuses at `now_ts`; reads the header only."""
-    _version, code, _since, until, rlen, tlen = HEADER.unpack_from(raw)
+    _version, code, _since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
     if code == CODE_ACTIVE or (code == CODE_SUPPRESSED and until <= now_ts):
         return None  # expiry is evaluated here, at look-up: re-admission needs no write
-    end = _HEAD_SIZE + rlen
-    return raw[_HEAD_SIZE:end].decode("utf-8"), raw[end : end + tlen].decode("utf-8")
+    tail = raw[_HEAD_SIZE : _HEAD_SIZE + tlen].decode("utf-8")
+    if tail.isascii():
+        return tail[roff : roff + rlen], tail  # byte offsets are character offsets
+    start = _HEAD_SIZE + roff
+    return raw[start : start + rlen].decode("utf-8"), tail

@@ -280,3 +280,16 @@ def test_rules_come_from_policy_config(env: lmdb.Environment) -> None:
     store.record_verdict("a@example.com", HARD, R550, T0)
     assert store.check("a@example.com", T0 + days(1.9)) is not None
     assert store.check("a@example.com", T0 + days(2)) is None
+
+
+def test_non_ascii_reasons_survive_the_hot_path(store: SuppressionStore) -> None:
+    reply = parse_reply("550 5.1.1 Adresse « jörg » inconnue / Empfänger unbekannt")
+    store.record_verdict("jörg@bücher.de", HARD, reply, T0)
+    refusal = store.check("JÖRG@BÜCHER.DE", T0 + days(1))
+    assert refusal is not None and refusal.address == "jörg@xn--bcher-kva.de"
+    assert (
+        refusal.reason == "bad-mailbox: 550 5.1.1 Adresse « jörg » inconnue / Empfänger unbekannt"
+    )
+    assert refusal.reply.text == (
+        f"<jörg@xn--bcher-kva.de>: suppressed since 2026-11-01 ({refusal.reason}); until 2027-01-30"
+    )
