@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from policy.address import is_valid_address, is_valid_domain
 from policy.escalation import SuppressionRules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -289,8 +290,36 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("server.tls_cert/server.tls_key: set both or neither")
     if cfg.verp.enabled and not (cfg.verp.bounce_domain and cfg.verp.secret):
         problems.append("verp: enabled needs bounce_domain and secret")
+    _validate_verp_intake(cfg, problems)
     if cfg.api.listen and not cfg.api.token:
         problems.append("api.token: required when api.listen is set")
+
+
+MIN_VERP_SECRET = 16  # characters; the HMAC is only as strong as its key
+
+
+def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
+    """[verp] and [intake] (issue 7): the token's syntax and an intake that can accept mail."""
+    v, i = cfg.verp, cfg.intake
+    if not v.prefix or not re.fullmatch(r"[A-Za-z0-9._-]+", v.prefix):
+        problems.append(f"verp.prefix: letters, digits, '.', '_' or '-' only: {v.prefix!r}")
+    if v.bounce_domain and not is_valid_domain(v.bounce_domain):
+        problems.append(f"verp.bounce_domain: not a domain: {v.bounce_domain!r}")
+    if v.secret and len(v.secret) < MIN_VERP_SECRET:
+        problems.append(f"verp.secret: use at least {MIN_VERP_SECRET} characters")
+    for n, address in enumerate(i.feedback_addresses):
+        if not is_valid_address(address):
+            problems.append(f"intake.feedback_addresses[{n}]: not an address: {address!r}")
+    if i.listen:
+        try:
+            parse_hostport(i.listen, 25)
+        except ValueError:
+            problems.append(f"intake.listen: not host:port: {i.listen!r}")
+        if not (v.bounce_domain and v.secret) and not i.feedback_addresses:
+            problems.append(
+                "intake.listen: needs verp.bounce_domain and verp.secret "
+                "or intake.feedback_addresses, else it accepts nothing"
+            )
 
 
 def suppression_rules(policy: PolicyConfig) -> SuppressionRules:
