@@ -39,6 +39,7 @@ def report_dict(path: str, report: BounceReport) -> dict[str, Any]:
         "status": report.status,
         "reply": _reply_text(report),
         "remote_mta": report.remote_mta,
+        "stage": report.stage,
         "feedback_type": report.feedback_type,
         "class": verdict.klass.value if verdict else "",
         "category": verdict.category.value if verdict else "",
