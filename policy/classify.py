@@ -57,6 +57,8 @@ def classify(reply: Reply, rules: RuleSet | None = None) -> Verdict:
         code = 0
     rs = rules if rules is not None else default_rules()
     enhanced = reply.enhanced
+    if "\n" in text:
+        text = text.replace("\n", " ")  # multi-line replies: match across line ends
     if enhanced and code and enhanced in text:
         # Multi-line replies flattened into one line keep each line's "550-5.7.1 "
         # prefix in mid-sentence; drop them so patterns see the words side by side.

@@ -1,0 +1,260 @@
+"""Golden rows for the classifier, the rule table's validation, and its fast index.
+
+Every rule in policy/rules.toml must have a row in tests/policy/data/replies.toml; each
+row names the class, category and rule that must decide it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy.classify import classify, classify_at
+from policy.reply import Reply, parse_reply
+from policy.rule_index import TextIndex, split_alternatives
+from policy.rules import CLASS_OF, RuleError, default_rules, load_rules, parse_rules
+from policy.verdict import BounceClass, Category
+
+ROWS: list[dict[str, Any]] = tomllib.loads(
+    (Path(__file__).parent / "data" / "replies.toml").read_text(encoding="utf-8")
+)["row"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["id"] for r in ROWS])
+def test_golden_row(row: dict[str, Any]) -> None:
+    reply = parse_reply(row["reply"])
+    stage = row.get("stage")
+    verdict = classify_at(reply, stage) if stage else classify(reply)
+    assert (verdict.klass.value, verdict.category.value, verdict.rule) == (
+        row["class"],
+        row["category"],
+        row["rule"],
+    )
+
+
+def test_every_rule_has_a_golden_row() -> None:
+    rules = default_rules()
+    ids = {c.id for c in rules.codes.values()} | {t.id for t in rules.texts}
+    covered = {row["rule"].split("@")[0] for row in ROWS}
+    assert ids - covered == set()
+
+
+def test_row_ids_are_unique() -> None:
+    ids = [row["id"] for row in ROWS]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_rule_cites_a_source_and_languages_are_covered() -> None:
+    rules = default_rules()
+    assert all(len(c.source) > 10 for c in rules.codes.values())
+    assert all(len(t.source) > 10 for t in rules.texts)
+    assert {t.lang for t in rules.texts} >= {"en", "fr", "it", "de", "es", "pt"}
+
+
+def test_4xx_is_never_hard() -> None:
+    # SPEC §3: the first digit wins over the text and the enhanced code.
+    for row in ROWS:
+        reply = parse_reply(row["reply"])
+        for code in (421, 450, 451, 452):
+            verdict = classify(Reply(code, reply.enhanced, reply.text))
+            assert verdict.klass is not BounceClass.HARD, row["id"]
+
+
+def test_class_follows_category_for_5xx() -> None:
+    for row in ROWS:
+        reply = parse_reply(row["reply"])
+        if reply.is_permanent and "stage" not in row:
+            verdict = classify(reply)
+            assert verdict.klass is CLASS_OF[verdict.category], row["id"]
+
+
+def test_default_rules_are_compiled_once() -> None:
+    assert default_rules() is default_rules()
+    assert classify(parse_reply("550 5.1.1 x"), default_rules()) == classify(
+        parse_reply("550 5.1.1 x")
+    )
+
+
+def test_custom_rules_are_used() -> None:
+    rules = parse_rules(
+        {
+            "codes": [
+                {"id": "c", "code": "0.0", "category": "other", "refine": True, "source": "t"}
+            ],
+            "texts": [
+                {
+                    "id": "t-one",
+                    "lang": "en",
+                    "pattern": "nope",
+                    "category": "spam-related",
+                    "source": "test",
+                },
+            ],
+        }
+    )
+    assert classify(parse_reply("550 5.0.0 nope"), rules).rule == "t-one"
+    assert classify(parse_reply("550 5.1.1 user unknown"), rules).rule == "fallback-5xx"
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ({"codes": [{"id": "a", "code": "1.1", "category": "nope", "source": "s"}]}, "category"),
+        ({"codes": [{"id": "a", "code": "x", "category": "other", "source": "s"}]}, "subject"),
+        (
+            {
+                "texts": [
+                    {"id": "a", "lang": "en", "pattern": "(", "category": "other", "source": "s"}
+                ]
+            },
+            "bad pattern",
+        ),
+        (
+            {
+                "texts": [
+                    {"id": "a", "lang": "en", "pattern": "User", "category": "other", "source": "s"}
+                ]
+            },
+            "lower-case",
+        ),
+        (
+            {
+                "texts": [
+                    {"id": "a", "lang": "en", "pattern": "(x)", "category": "other", "source": "s"}
+                ]
+            },
+            "groups",
+        ),
+        ({"texts": [{"id": "a", "lang": "en", "pattern": "x", "category": "other"}]}, "source"),
+        (
+            {
+                "texts": [
+                    {
+                        "id": "a",
+                        "lang": "en",
+                        "pattern": "x",
+                        "category": "other",
+                        "source": "s",
+                        "colour": 1,
+                    }
+                ]
+            },
+            "unknown keys",
+        ),
+        ({"rules": []}, "top-level"),
+    ],
+)
+def test_bad_tables_are_refused_naming_the_problem(table: dict[str, Any], problem: str) -> None:
+    with pytest.raises(RuleError) as err:
+        parse_rules(table)
+    assert any(problem in p for p in err.value.problems)
+
+
+def test_load_rules_reports_toml_syntax(tmp_path: Path) -> None:
+    bad = tmp_path / "r.toml"
+    bad.write_text("[[texts]\n")
+    with pytest.raises(RuleError):
+        load_rules(bad)
+
+
+def test_split_alternatives_respects_groups_classes_and_escapes() -> None:
+    assert split_alternatives(r"a|b(?:c|d)|[|]x|\|y") == ["a", "b(?:c|d)", "[|]x", r"\|y"]
+
+
+def test_word_start_semantics() -> None:
+    assert classify(parse_reply("550 superuser unknown")).rule == "fallback-5xx"
+    assert classify(parse_reply("550 super-user unknown")).rule == "en-user-unknown"
+
+
+# The index must give exactly what trying every branch in order gives.
+_CORPUS_WORDS = [
+    "user",
+    "unknown",
+    "mailbox",
+    "full",
+    "spam",
+    "blocked",
+    "relay",
+    "access",
+    "denied",
+    "account",
+    "disabled",
+    "quota",
+    "over",
+    "domain",
+    "not",
+    "found",
+    "utente",
+    "inesistente",
+    "postfach",
+    "voll",
+    "usuário",
+    "desconhecido",
+    "boîte",
+    "pleine",
+    "dns",
+    "error",
+    "rbl",
+    "timed",
+    "out",
+    "superuser",
+    "5.1.1",
+    "550",
+    "-",
+    ":",
+    "<a@b>",
+    "rejected",
+    "recipient",
+    "address",
+    "sender",
+    "invalid",
+    "no",
+    "such",
+    "greylisted",
+    "rfc5322",
+    "policy",
+    "is",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_CORPUS_WORDS), max_size=12), st.sampled_from([" ", "", "."]))
+def test_index_equals_scan(words: list[str], sep: str) -> None:
+    rules = default_rules()
+    text = sep.join(words).lower()
+    assert rules.index.first(text) is rules.index.scan(text)
+
+
+def test_index_equals_scan_on_golden_rows() -> None:
+    rules = default_rules()
+    for row in ROWS:
+        text = row["reply"].lower().replace("\n", " ")
+        assert rules.index.first(text) is rules.index.scan(text), row["id"]
+
+
+def test_index_sizes_keep_most_branches_keyed() -> None:
+    branches, keyless, keys = default_rules().index.sizes
+    assert branches > 200 and keyless <= 10 and keys > 100
+
+
+def test_text_index_is_generic() -> None:
+    index: TextIndex[str] = TextIndex([("a", "no such user"), ("b", "user"), ("c", "x|y")])
+    assert index.first("there is no such user here") == "a"
+    assert index.first("user") == "b"
+    assert index.first("y") == "c"
+    assert index.first("z") is None
+
+
+def test_quoted_inner_code_decides_when_outer_is_generic() -> None:
+    verdict = classify(parse_reply("550 5.0.0 host x said: 552 5.2.2 over quota"))
+    assert (verdict.klass, verdict.category) == (BounceClass.SOFT, Category.QUOTA_ISSUES)
+
+
+def test_classify_at_keeps_non_hard_verdicts() -> None:
+    reply = parse_reply("552 5.2.2 Mailbox full")
+    assert classify_at(reply, "DATA") == classify(reply)
