@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "relay.cli_suppression",
     "relay.cli_queue",
     "relay.cli_parse",
+    "relay.cli_classify",
 )
 
 
