@@ -114,6 +114,7 @@ class VerpConfig:
     prefix: str = "bounces"
     bounce_domain: str = ""
     secret: str = ""
+    max_age_days: int = 30  # a return path older than this is refused at the intake; 0 = never
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,8 @@ def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
         problems.append(f"verp.prefix: letters, digits, '.', '_' or '-' only: {v.prefix!r}")
     if v.bounce_domain and not is_valid_domain(v.bounce_domain):
         problems.append(f"verp.bounce_domain: not a domain: {v.bounce_domain!r}")
+    if not 0 <= v.max_age_days < 1000:  # the token's day stamp wraps after 1024 days
+        problems.append(f"verp.max_age_days: 0 (no limit) to 999, got {v.max_age_days}")
     if v.secret and len(v.secret) < MIN_VERP_SECRET:
         problems.append(f"verp.secret: use at least {MIN_VERP_SECRET} characters")
     for n, address in enumerate(i.feedback_addresses):

@@ -37,6 +37,10 @@ from relay.events import EventBus, RecipientEvent, Status
 
 log = logging.getLogger(__name__)
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)  # relay/ reads the clock; policy/verp.py gets it as a parameter
+
+
 MAX_RECIPIENTS = 50  # a bounce names one return path; a long RCPT list is abuse
 Write = Callable[..., Awaitable[Any]]
 
@@ -64,7 +68,7 @@ class IntakeHandler:
         feedback_addresses: tuple[str, ...],
         write: Write = _in_default_executor,
         forwarder: Forwarder | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.store = store
         self.events = events
@@ -80,7 +84,7 @@ class IntakeHandler:
         if _normal(address) in self.feedback:
             return Target("")
         if self.verp is not None:
-            token = decode(self.verp, address)
+            token = decode(self.verp, address, self.clock())
             if token is not None:
                 return Target(token.recipient, token.queue_id)
         return None
@@ -200,7 +204,7 @@ def verp_key(config: Config) -> VerpKey | None:
     v = config.verp
     if not (v.bounce_domain and v.secret):
         return None
-    return VerpKey.from_settings(v.prefix, v.bounce_domain, v.secret)
+    return VerpKey.from_settings(v.prefix, v.bounce_domain, v.secret, v.max_age_days)
 
 
 def intake_component(service: Any) -> Intake | None:
@@ -215,12 +219,18 @@ def intake_component(service: Any) -> Intake | None:
     return Intake()
 
 
-def verp_sender(config: Config) -> Callable[[str, str, str], str] | None:
+def verp_sender(
+    config: Config, clock: Callable[[], datetime] = _utcnow
+) -> Callable[[str, str, str], str] | None:
     """The `remote_sender` for relay.delivery.Delivery when `[verp] enabled`, else None."""
     key = verp_key(config)
     if not config.verp.enabled or key is None:
         return None
-    return functools.partial(remote_sender, key)
+
+    def sender(original: str, recipient: str, queue_id: str) -> str:
+        return remote_sender(key, original, recipient, queue_id, clock())
+
+    return sender
 
 
 class Intake:
@@ -244,7 +254,7 @@ class Intake:
             config.intake.feedback_addresses,
             write=write,
             forwarder=forwarder,
-            clock=getattr(service, "clock", lambda: datetime.now(UTC)),
+            clock=getattr(service, "clock", _utcnow),
         )
         host, port = parse_hostport(config.intake.listen, 25)
         loop = asyncio.get_running_loop()

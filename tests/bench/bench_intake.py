@@ -10,6 +10,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,7 +82,7 @@ async def bench_intake(messages: int, clients: int) -> None:
                 data = samples.rfc3464(recipient=rcpt)
                 t = time.perf_counter()
                 await smtp.mail("")
-                await smtp.rcpt(encode(key, rcpt, f"Q{i}"))
+                await smtp.rcpt(encode(key, rcpt, f"Q{i}", datetime.now(UTC)))
                 await smtp.data(data)
                 latencies.append(time.perf_counter() - t)
             await smtp.quit()

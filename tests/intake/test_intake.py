@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -69,7 +69,7 @@ async def test_unknown_recipient_refused_at_rcpt(intake: SimpleNamespace) -> Non
 
 
 async def test_late_dsn_to_verp_address_suppresses(intake: SimpleNamespace) -> None:
-    verp = encode(KEY, "gone@dest.example", "Q1A2B3")
+    verp = encode(KEY, "gone@dest.example", "Q1A2B3", datetime.now(UTC))
     await send(intake.port, verp, samples.rfc3464(recipient="gone@dest.example"))
     now = datetime.now(UTC)
     refusal = intake.store.check("gone@dest.example", now)
@@ -81,7 +81,9 @@ async def test_late_dsn_to_verp_address_suppresses(intake: SimpleNamespace) -> N
 
 
 async def test_forged_token_refused_and_changes_nothing(intake: SimpleNamespace) -> None:
-    forged = encode(KEY, "gone@dest.example", "Q1A2B3").replace("gone=", "victim=")
+    forged = encode(KEY, "gone@dest.example", "Q1A2B3", datetime.now(UTC)).replace(
+        "gone=", "victim="
+    )
     with pytest.raises(aiosmtplib.SMTPRecipientRefused):
         await send(intake.port, forged, samples.rfc3464(recipient="victim@dest.example"))
     assert intake.store.get("victim@dest.example") is None
@@ -92,7 +94,7 @@ async def test_forged_token_refused_and_changes_nothing(intake: SimpleNamespace)
 async def test_bounce_naming_a_victim_changes_only_the_token_recipient(
     intake: SimpleNamespace,
 ) -> None:
-    verp = encode(KEY, "user@dest.example", "Q9")
+    verp = encode(KEY, "user@dest.example", "Q9", datetime.now(UTC))
     data = samples.rfc3464(recipient="victim@dest.example", diagnostic="smtp; 550 5.1.1 gone")
     await send(intake.port, verp, data)
     assert intake.store.get("victim@dest.example") is None
@@ -114,7 +116,14 @@ async def test_dsn_to_feedback_address_changes_nothing(intake: SimpleNamespace) 
 
 
 async def test_autoreply_to_verp_address_changes_nothing(intake: SimpleNamespace) -> None:
-    verp = encode(KEY, "holiday@dest.example", "Q5")
+    verp = encode(KEY, "holiday@dest.example", "Q5", datetime.now(UTC))
     await send(intake.port, verp, samples.AUTOREPLY)
     assert intake.store.get("holiday@dest.example") is None
     assert intake.events == []
+
+
+async def test_expired_return_path_refused(intake: SimpleNamespace) -> None:
+    old = encode(KEY, "gone@dest.example", "Q1A2B3", datetime.now(UTC) - timedelta(days=31))
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused):
+        await send(intake.port, old, samples.rfc3464(recipient="gone@dest.example"))
+    assert intake.store.get("gone@dest.example") is None

@@ -69,7 +69,7 @@ async def test_verp_round_trip_suppresses(fake_mx: FakeMX, relay_service: Any) -
     svc = await relay_service(config(fake_mx))
     await relay(svc, "user@dest.example")
     (msg,) = fake_mx.messages
-    token = decode(KEY, msg.mail_from)
+    token = decode(KEY, msg.mail_from, datetime.now(UTC))
     assert token is not None, msg.mail_from  # the remote saw the signed VERP return path
     assert token.recipient == "user@dest.example"
     assert msg.mail_from.endswith("@" + BOUNCE_DOMAIN)
@@ -93,7 +93,7 @@ async def test_forged_token_refused_changes_nothing(fake_mx: FakeMX, relay_servi
     await relay(svc, "user@dest.example")
     genuine = fake_mx.messages[0].mail_from
     forged = genuine.replace("=user=dest.example", "=victim=dest.example")
-    assert forged != genuine and decode(KEY, forged) is None
+    assert forged != genuine and decode(KEY, forged, datetime.now(UTC)) is None
     with pytest.raises(aiosmtplib.SMTPRecipientRefused) as info:
         await bounce(intake_port(svc), forged, samples.rfc3464(recipient="victim@dest.example"))
     assert info.value.code == 550
