@@ -5,16 +5,16 @@ The rules live in `policy.escalation`; this module only reads a record,
 hands it to a rule with `now`, and writes back what the rule returns, inside
 one LMDB transaction. Every LMDB failure (map full, read-only directory,
 corrupt record) becomes `StoreError` here, so the relay answers `451 4.3.0`
-and never crashes. Both the CLI and the HTTP API use the admin methods below:
-one implementation of get/list/add/remove/import/export/count.
+and never crashes. Both the CLI and the HTTP API use the admin methods below
+(and scan/count/import/export from `policy.suppression_bulk`): one implementation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 import lmdb
 
@@ -30,18 +30,20 @@ from policy.address import normalize_domain as _normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
 from policy.records import (
     CODE_ACTIVE,
-    CODE_STATE,
     CODE_SUPPRESSED,
     HEADER,
     Scope,
-    State,
     SuppressionRecord,
-    decode,
     encode,
-    peek,
 )
 from policy.reply import Reply
-from policy.suppression_csv import ImportProblem, ImportRow, read_csv, write_csv
+from policy.suppression_bulk import (
+    MAP_FULL,
+    ImportResult,
+    StoreError,
+    SuppressionBulk,
+    decode_or_fail,
+)
 from policy.verdict import BounceClass, Category, Verdict
 
 __all__ = [
@@ -58,13 +60,7 @@ __all__ = [
 
 ADDRESS_DB = b"suppression"
 DOMAIN_DB = b"suppression_domains"
-_SCAN_BATCH = 1000  # records per read txn when scanning, so a long export never pins old pages
-_IMPORT_BATCH = 1000  # rows per write txn on import
 _HEAD_SIZE = HEADER.size
-
-
-class StoreError(Exception):
-    """The store cannot do this now (map full, read-only directory, ...): answer 451 4.3.0."""
 
 
 class NotFound(LookupError):
@@ -81,18 +77,7 @@ class Refusal:
     reason: str
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    added: int
-    skipped: int
-    problems: tuple[str, ...]
-
-
-def _now(now: datetime) -> datetime:
-    return esc.utc(now)
-
-
-class SuppressionStore:
+class SuppressionStore(SuppressionBulk):
     """Suppression records in two named DBs of the shared environment, keyed by UTF-8 key."""
 
     def __init__(self, env: lmdb.Environment, rules: SuppressionRules) -> None:
@@ -149,16 +134,14 @@ class SuppressionStore:
         try:
             with self._env.begin(write=True, db=db) as txn:
                 raw = txn.get(k)
-                old = _decode(key, raw) if raw is not None else None
+                old = decode_or_fail(key, raw) if raw is not None else None
                 new = rule(old)  # RuleError / NotFound propagate; the txn aborts
                 if new is not None and new != old:
                     txn.put(k, encode(new))
                     return new
                 return old
         except lmdb.MapFullError as exc:
-            raise StoreError(
-                "suppression store full: raise [store] map_size in the config"
-            ) from exc
+            raise StoreError(MAP_FULL) from exc
         except lmdb.Error as exc:
             raise StoreError(f"suppression store write failed: {exc}") from exc
 
@@ -171,7 +154,7 @@ class SuppressionStore:
 
     def record_refusal(self, refusal: Refusal, now: datetime) -> None:
         """Count the synthesized HB that `check` led to (SPEC §4)."""
-        now = _now(now)
+        now = esc.utc(now)
         if refusal.scope == Scope.DOMAIN.value:
             db, key = self._dom, domain_of(refusal.address)
         else:
@@ -182,7 +165,7 @@ class SuppressionStore:
 
     def record_verdict(self, address: str, verdict: Verdict, reply: Reply, now: datetime) -> None:
         """Apply a classifier verdict for `address`; bad-domain HBs go on the domain record."""
-        now = _now(now)
+        now = esc.utc(now)
         addr = normalize_address(address)
         if verdict.klass is BounceClass.DELIVERED:
             self.record_success(addr, now)
@@ -202,7 +185,7 @@ class SuppressionStore:
         )
 
     def _alive(self, address: str, kind: str, now: datetime) -> SuppressionRecord | None:
-        now = _now(now)
+        now = esc.utc(now)
         addr = normalize_address(address)
         rec = None
         for db, key in ((self._dom, domain_of(addr)), (self._addr, addr)):
@@ -221,7 +204,7 @@ class SuppressionStore:
 
     def record_complaint(self, address: str, now: datetime, detail: str) -> None:
         """An ARF complaint: the address is blocked."""
-        now = _now(now)
+        now = esc.utc(now)
         addr = normalize_address(address)
         self._update(
             self._addr, addr, lambda r: esc.apply_complaint(r, addr, detail, self.rules, now)
@@ -244,10 +227,10 @@ class SuppressionStore:
                 raw = txn.get(k.encode())
         except lmdb.Error as exc:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
-        rec = None if raw is None else _decode(k, raw)
+        rec = None if raw is None else decode_or_fail(k, raw)
         if rec is None or now is None:
             return rec
-        return esc.effective(rec, self.rules, _now(now))
+        return esc.effective(rec, self.rules, esc.utc(now))
 
     def add(
         self,
@@ -258,7 +241,7 @@ class SuppressionStore:
         why: str = "",
     ) -> SuppressionRecord:
         """Suppress by hand: until a date, or permanently. Raises ValueError on a bad address."""
-        now = _now(now)
+        now = esc.utc(now)
         db, k, scope = self._target(key)
         if scope is Scope.ADDRESS and not is_valid_address(k):
             raise AddressError(f"not a valid address: {key!r}")
@@ -278,7 +261,7 @@ class SuppressionStore:
         self, key: str, now: datetime, force: bool = False, why: str = ""
     ) -> SuppressionRecord:
         """Lift a suppression; raises NotFound, NotSuppressed or ForceRequired."""
-        now = _now(now)
+        now = esc.utc(now)
         db, k, _scope = self._target(key)
 
         def rule(r: SuppressionRecord | None) -> SuppressionRecord:
@@ -289,132 +272,6 @@ class SuppressionStore:
         rec = self._update(db, k, rule)
         assert rec is not None
         return rec
-
-    def scan(
-        self,
-        now: datetime,
-        states: Iterable[State] | None = None,
-        category: Category | None = None,
-    ) -> Iterator[SuppressionRecord]:
-        """Records (domains first, then addresses, in key order) as of `now`, filtered.
-
-        `states=None` means the refusing ones: suppressed, permanent, blocked.
-        """
-        now = _now(now)
-        wanted = frozenset(states) if states is not None else esc.REFUSING_STATES
-        for db in (self._dom, self._addr):
-            for raw in self._raw_values(db):
-                rec = esc.effective(_decode("?", raw), self.rules, now)
-                if rec.state in wanted and (
-                    category is None
-                    or rec.cause == category
-                    or (rec.cause is None and rec.category == category)
-                ):
-                    yield rec
-
-    def _raw_values(self, db: Any) -> Iterator[bytes]:
-        """Every value of `db`, a batch per short read txn."""
-        last: bytes | None = None
-        while True:
-            batch: list[tuple[bytes, bytes]] = []
-            try:
-                with self._env.begin(db=db, buffers=False) as txn:
-                    cur = txn.cursor()
-                    found = cur.set_range(last + b"\0") if last is not None else cur.first()
-                    while found and len(batch) < _SCAN_BATCH:
-                        batch.append((cur.key(), cur.value()))
-                        found = cur.next()
-            except lmdb.Error as exc:
-                raise StoreError(f"suppression scan failed: {exc}") from exc
-            for _k, v in batch:
-                yield v
-            if len(batch) < _SCAN_BATCH:
-                return
-            last = batch[-1][0]
-
-    def count(self, now: datetime | None = None) -> dict[str, int]:
-        """Records per state as of `now` (header-only scan), plus "total"; no `now`: total only."""
-        try:
-            with self._env.begin() as txn:
-                total = txn.stat(self._addr)["entries"] + txn.stat(self._dom)["entries"]
-        except lmdb.Error as exc:
-            raise StoreError(f"suppression count failed: {exc}") from exc
-        counts = {"total": total}
-        if now is None:
-            return counts
-        now_ts = _now(now).timestamp()
-        counts.update({s.value: 0 for s in State})
-        for db in (self._dom, self._addr):
-            for raw in self._raw_values(db):
-                code, _since, until, _reason, _tail = peek(raw)
-                state = CODE_STATE[code] if esc.refuses(code, until, now_ts) else State.ACTIVE
-                counts[state.value] += 1
-        return counts
-
-    def export_csv(self, out: TextIO, now: datetime, states: Iterable[State] | None = None) -> int:
-        """Write the refusing records (or `states`) as CSV to `out`; returns the row count."""
-        return write_csv(self.scan(now, states), out)
-
-    def import_csv(self, lines: Iterable[str], now: datetime, why: str = "import") -> ImportResult:
-        """Add every row of a CSV (our export format, or one address per line)."""
-        now = _now(now)
-        added, skipped, problems = 0, 0, []
-        batch: list[ImportRow] = []
-        for item in read_csv(lines, now):
-            if isinstance(item, ImportProblem):
-                skipped += 1
-                problems.append(f"line {item.line}: {item.problem}")
-                continue
-            batch.append(item)
-            if len(batch) >= _IMPORT_BATCH:
-                a, p = self._import_batch(batch, now, why)
-                added, skipped, problems = added + a, skipped + len(p), problems + p
-                batch = []
-        a, p = self._import_batch(batch, now, why)
-        return ImportResult(added + a, skipped + len(p), tuple(problems + p))
-
-    def _import_batch(
-        self, rows: list[ImportRow], now: datetime, why: str
-    ) -> tuple[int, list[str]]:
-        added, problems = 0, []
-        try:
-            with self._env.begin(write=True) as txn:
-                for row in rows:
-                    db = self._dom if row.scope is Scope.DOMAIN else self._addr
-                    k = row.key.encode()
-                    raw = txn.get(k, db=db)
-                    old = None if raw is None else _decode(row.key, raw)
-                    try:
-                        new = _import_rule(old, row, why, self.rules, now)
-                    except RuleError as exc:
-                        problems.append(f"line {row.line}: {exc}")
-                        continue
-                    txn.put(k, encode(new), db=db)
-                    added += 1
-        except lmdb.MapFullError as exc:
-            raise StoreError(
-                "suppression store full: raise [store] map_size in the config"
-            ) from exc
-        except lmdb.Error as exc:
-            raise StoreError(f"suppression import failed: {exc}") from exc
-        return added, problems
-
-
-def _import_rule(
-    old: SuppressionRecord | None, row: ImportRow, why: str, rules: SuppressionRules, now: datetime
-) -> SuppressionRecord:
-    if row.state is State.BLOCKED:
-        return esc.apply_complaint(old, row.key, row.why or why, rules, now)
-    return esc.apply_add(
-        old, row.key, row.scope, row.category, row.until, row.why or why, rules, now
-    )
-
-
-def _decode(key: str, raw: bytes) -> SuppressionRecord:
-    try:
-        return decode(raw)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
 
 
 def _refusing(raw: bytes, now_ts: float) -> tuple[str, str] | None:

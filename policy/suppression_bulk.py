@@ -1,0 +1,171 @@
+# Bulk operations on the suppression store: scan, count, CSV export and import. LMDB I/O only.
+"""The admin side of `SuppressionStore` that walks or loads many records.
+
+Split from `policy.suppression` (the relay's look-up and per-event writes) so
+each file has one reason to change. Long scans read in short batches, a read
+transaction per batch, so an export of a million records never pins old pages
+while the relay writes; imports write a batch of rows per transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TextIO
+
+import lmdb
+
+from policy import escalation as esc
+from policy.escalation import RuleError, SuppressionRules
+from policy.records import CODE_STATE, Scope, State, SuppressionRecord, decode, encode, peek
+from policy.suppression_csv import ImportProblem, ImportRow, read_csv, write_csv
+from policy.verdict import Category
+
+_SCAN_BATCH = 1000  # records per read txn when scanning
+_IMPORT_BATCH = 1000  # rows per write txn on import
+MAP_FULL = "suppression store full: raise [store] map_size in the config"
+
+
+class StoreError(Exception):
+    """The store cannot do this now (map full, read-only directory, ...): answer 451 4.3.0."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: int
+    skipped: int
+    problems: tuple[str, ...]
+
+
+def decode_or_fail(key: str, raw: bytes) -> SuppressionRecord:
+    try:
+        return decode(raw)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
+
+
+class SuppressionBulk:
+    """Scan, count, export and import; `SuppressionStore` opens the DBs and sets these."""
+
+    _env: lmdb.Environment
+    _addr: Any  # the named DB handles
+    _dom: Any
+    rules: SuppressionRules
+
+    def scan(
+        self,
+        now: datetime,
+        states: Iterable[State] | None = None,
+        category: Category | None = None,
+    ) -> Iterator[SuppressionRecord]:
+        """Records (domains first, then addresses, in key order) as of `now`, filtered.
+
+        `states=None` means the refusing ones: suppressed, permanent, blocked.
+        """
+        now = esc.utc(now)
+        wanted = frozenset(states) if states is not None else esc.REFUSING_STATES
+        for db in (self._dom, self._addr):
+            for raw in self._raw_values(db):
+                rec = esc.effective(decode_or_fail("?", raw), self.rules, now)
+                if rec.state in wanted and (
+                    category is None
+                    or rec.cause == category
+                    or (rec.cause is None and rec.category == category)
+                ):
+                    yield rec
+
+    def _raw_values(self, db: Any) -> Iterator[bytes]:
+        """Every value of `db`, a batch per short read txn."""
+        last: bytes | None = None
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            try:
+                with self._env.begin(db=db, buffers=False) as txn:
+                    cur = txn.cursor()
+                    found = cur.set_range(last + b"\0") if last is not None else cur.first()
+                    while found and len(batch) < _SCAN_BATCH:
+                        batch.append((cur.key(), cur.value()))
+                        found = cur.next()
+            except lmdb.Error as exc:
+                raise StoreError(f"suppression scan failed: {exc}") from exc
+            for _k, v in batch:
+                yield v
+            if len(batch) < _SCAN_BATCH:
+                return
+            last = batch[-1][0]
+
+    def count(self, now: datetime | None = None) -> dict[str, int]:
+        """Records per state as of `now` (header-only scan), plus "total"; no `now`: total only."""
+        try:
+            with self._env.begin() as txn:
+                total = txn.stat(self._addr)["entries"] + txn.stat(self._dom)["entries"]
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression count failed: {exc}") from exc
+        counts = {"total": total}
+        if now is None:
+            return counts
+        now_ts = esc.utc(now).timestamp()
+        counts.update({s.value: 0 for s in State})
+        for db in (self._dom, self._addr):
+            for raw in self._raw_values(db):
+                code, _since, until, _reason, _tail = peek(raw)
+                state = CODE_STATE[code] if esc.refuses(code, until, now_ts) else State.ACTIVE
+                counts[state.value] += 1
+        return counts
+
+    def export_csv(self, out: TextIO, now: datetime, states: Iterable[State] | None = None) -> int:
+        """Write the refusing records (or `states`) as CSV to `out`; returns the row count."""
+        return write_csv(self.scan(now, states), out)
+
+    def import_csv(self, lines: Iterable[str], now: datetime, why: str = "import") -> ImportResult:
+        """Add every row of a CSV (our export format, or one address per line)."""
+        now = esc.utc(now)
+        added, skipped, problems = 0, 0, []
+        batch: list[ImportRow] = []
+        for item in read_csv(lines, now):
+            if isinstance(item, ImportProblem):
+                skipped += 1
+                problems.append(f"line {item.line}: {item.problem}")
+                continue
+            batch.append(item)
+            if len(batch) >= _IMPORT_BATCH:
+                a, p = self._import_batch(batch, now, why)
+                added, skipped, problems = added + a, skipped + len(p), problems + p
+                batch = []
+        a, p = self._import_batch(batch, now, why)
+        return ImportResult(added + a, skipped + len(p), tuple(problems + p))
+
+    def _import_batch(
+        self, rows: list[ImportRow], now: datetime, why: str
+    ) -> tuple[int, list[str]]:
+        added, problems = 0, []
+        try:
+            with self._env.begin(write=True) as txn:
+                for row in rows:
+                    db = self._dom if row.scope is Scope.DOMAIN else self._addr
+                    k = row.key.encode()
+                    raw = txn.get(k, db=db)
+                    old = None if raw is None else decode_or_fail(row.key, raw)
+                    try:
+                        new = _import_rule(old, row, why, self.rules, now)
+                    except RuleError as exc:
+                        problems.append(f"line {row.line}: {exc}")
+                        continue
+                    txn.put(k, encode(new), db=db)
+                    added += 1
+        except lmdb.MapFullError as exc:
+            raise StoreError(MAP_FULL) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression import failed: {exc}") from exc
+        return added, problems
+
+
+def _import_rule(
+    old: SuppressionRecord | None, row: ImportRow, why: str, rules: SuppressionRules, now: datetime
+) -> SuppressionRecord:
+    if row.state is State.BLOCKED:
+        return esc.apply_complaint(old, row.key, row.why or why, rules, now)
+    return esc.apply_add(
+        old, row.key, row.scope, row.category, row.until, row.why or why, rules, now
+    )
