@@ -7,8 +7,9 @@ the configured feedback-loop addresses; everything else gets `550 5.1.1` at
 RCPT, before any data is read. Each accepted message is parsed, and the
 resulting actions go to the suppression store through the service's single
 writer thread, with one RecipientEvent each (stage "DSN" or "ARF").
-With `[intake] forward = true`, a bounce that changed something is also sent
-on to the sender of the returned message, with the null sender (RFC 5321
+With `[intake] forward = true`, whatever arrives at a VERP return path (bounces,
+and auto-replies that quote the original, which VERP would otherwise hide from
+the sender) is also sent on to the sender of the returned message, with the null sender (RFC 5321
 §4.5.5, so it can never bounce back), through the relay's own delivery path.
 """
 
@@ -119,13 +120,15 @@ class IntakeHandler:
         when = now or self.clock()
         reports: list[BounceReport] = await _in_default_executor(parse_bounce, data)
         changed = 0
+        returned = False  # mail to a VERP return path: it was meant for the original sender
         for rcpt in rcpts:
             target = self.target(rcpt)
             if target is None:
                 continue
+            returned = returned or not target.is_feedback
             for action in plan(reports, target):
                 changed += await self._apply(action, when)
-        if changed and self.forwarder is not None:
+        if returned and self.forwarder is not None:
             self._forward(data)
         return changed
 

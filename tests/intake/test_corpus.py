@@ -8,6 +8,7 @@ from functools import cache
 
 import pytest
 
+from policy.bounce_parse import parse_bounce
 from tests.intake.corpus_figures import Figures, measure
 from tests.support.sisimai import corpus_dir
 
@@ -44,3 +45,20 @@ def test_corpus_figures() -> None:
 def test_hard_agreement_meets_issue_target() -> None:
     fig = figures()
     assert fig.hard_agree / fig.emails >= 0.95
+
+
+def test_crlf_and_cr_twins_parse_like_lf() -> None:
+    corpus = corpus_dir()
+    if corpus is None:
+        pytest.skip("Sisimai corpus not found at ../shared/corpus/sisimai (repo root's sibling)")
+    emails = corpus / "emails"
+    pairs = [
+        (p, emails / p.name[5:])
+        for p in sorted(emails.glob("*__*.eml"))
+        if (emails / p.name[5:]).is_file()
+    ]
+    assert len(pairs) >= 100
+    for variant, twin in pairs:
+        got = [(r.recipient, r.status, r.verdict) for r in parse_bounce(variant.read_bytes())]
+        want = [(r.recipient, r.status, r.verdict) for r in parse_bounce(twin.read_bytes())]
+        assert got == want, variant.name

@@ -123,3 +123,20 @@ async def test_forward_reaches_original_sender(make_fake_mx: Any, relay_service:
     (fwd,) = sender_mx.messages
     assert fwd.mail_from in ("", "<>") and fwd.rcpt_tos == ("app@sender.example",)
     assert b"message/delivery-status" in fwd.data
+
+
+async def test_forward_also_when_nothing_changes(make_fake_mx: Any, relay_service: Any) -> None:
+    dest, sender_mx = await make_fake_mx(), await make_fake_mx()
+    svc = await relay_service(config(dest, forward=True, sender_mx=sender_mx))
+    await relay(svc, "user@dest.example")
+    verp = dest.messages[0].mail_from
+    relayed = samples.rfc3464(
+        recipient="user@dest.example", action="relayed", status="2.0.0", diagnostic="smtp; 250 ok"
+    )
+    await bounce(intake_port(svc), verp, relayed)
+    for _ in range(100):
+        if sender_mx.messages:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.rcpt_tos for m in sender_mx.messages] == [("app@sender.example",)]
+    assert svc.store is not None and svc.store.get("user@dest.example") is None
