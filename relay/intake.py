@@ -38,6 +38,7 @@ from relay.events import EventBus, RecipientEvent, Status
 
 log = logging.getLogger(__name__)
 
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)  # relay/ reads the clock; policy/verp.py gets it as a parameter
 
