@@ -57,22 +57,39 @@ def parse_when(text: str) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+# OWASP "CSV injection": a cell starting with one of these is a formula to a spreadsheet.
+# Addresses may start with "=" or "-" (RFC 5322 atext) and reasons quote remote servers.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
 def record_row(rec: SuppressionRecord) -> list[str]:
+    """One export row; cells a spreadsheet would run as formulas get a leading "'"."""
     category = rec.cause or rec.category
     return [
-        rec.key,
-        rec.scope.value,
-        rec.state.value,
-        category.value if category else "",
-        iso(rec.since),
-        iso(rec.until),
-        rec.reason,
-        str(rec.hard),
-        str(rec.synthesized),
-        str(rec.soft),
-        iso(rec.first_seen),
-        iso(rec.last_seen),
-        rec.last_reply.line() if rec.last_reply else "",
+        _cell(c)
+        for c in [
+            rec.key,
+            rec.scope.value,
+            rec.state.value,
+            category.value if category else "",
+            iso(rec.since),
+            iso(rec.until),
+            rec.reason,
+            str(rec.hard),
+            str(rec.synthesized),
+            str(rec.soft),
+            iso(rec.first_seen),
+            iso(rec.last_seen),
+            rec.last_reply.line() if rec.last_reply else "",
+        ]
     ]
 
 
@@ -156,4 +173,4 @@ def read_csv(lines: Iterable[str], now: datetime) -> Iterator[ImportRow | Import
                 columns = lowered
                 continue
             columns = ["address", "category", "until"]
-        yield _row(dict(zip(columns, cells, strict=False)), n, now)
+        yield _row(dict(zip(columns, map(_uncell, cells), strict=False)), n, now)

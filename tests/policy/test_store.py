@@ -293,3 +293,14 @@ def test_non_ascii_reasons_survive_the_hot_path(store: SuppressionStore) -> None
     assert refusal.reply.text == (
         f"<jörg@xn--bcher-kva.de>: suppressed since 2026-11-01 ({refusal.reason}); until 2027-01-30"
     )
+
+
+def test_export_defuses_spreadsheet_formulas(store: SuppressionStore, tmp_path: Path) -> None:
+    store.add("=cmd|x@example.com", Category.BAD_MAILBOX, T0, why="-1+1")
+    out = io.StringIO()
+    store.export_csv(out, T0)
+    row = out.getvalue().splitlines()[1]
+    assert row.startswith("'=cmd|x@example.com,")  # a spreadsheet shows it, never runs it
+    other = SuppressionStore(open_state(tmp_path / "other", 1 << 22), SuppressionRules())
+    assert other.import_csv(io.StringIO(out.getvalue()), T0).added == 1
+    assert other.check("=cmd|x@example.com", T0) is not None
