@@ -57,6 +57,12 @@ JUDGED_SISIMAI_WRONG: dict[str, str] = {
     "lhost-mcafee-01.eml": "p5 labels it userunknown; go labels it filtered",
     "rfc3464-42.eml": "Gmail 'account ... does not exist' labelled filtered",
     "rfc3464-66.eml": "Gmail 'account ... does not exist' labelled filtered",
+    # Sendmail transcripts ">>> DATA / <<< 550 ... User unknown / <<< 503 Need RCPT" (or
+    # "554 no valid recipients"): the 550 answered RCPT, the DATA reply came last; Sisimai
+    # files it as filtered (after DATA).
+    "lhost-sendmail-02.eml": "550 answered RCPT (pipelined), labelled filtered",
+    "lhost-sendmail-27.eml": "550 answered RCPT (pipelined), labelled filtered",
+    "lhost-sendmail-48.eml": "550 answered RCPT (pipelined), labelled filtered",
 }
 
 

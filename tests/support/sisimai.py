@@ -244,7 +244,9 @@ def stage_of(path: Path, diag: Diagnostic) -> str | None:
     Postfix writes "said: 550 ... (in reply to end of DATA command)". Sendmail's
     transcript shows ">>> DATA" and then every pending reply; with pipelining the RCPT
     replies come first, so a "<<<" line answers DATA only when it is the last "<<<"
-    line after ">>> DATA". Returns "DATA", "RCPT", "MAIL" or None (not stated).
+    line after ">>> DATA", and the ones before it answered RCPT (the DATA reply is then
+    "503 Need RCPT" or "554 no valid recipients"). Returns "DATA", "RCPT", "MAIL" or
+    None (not stated).
     """
     snippet = " ".join(diag.text.split())[:24].lower()
     if len(snippet) < 8:
@@ -270,8 +272,9 @@ def stage_of(path: Path, diag: Diagnostic) -> str | None:
                 None,
             )
             later = any(ln.startswith("<<< ") for ln in lines[n + 1 : n + 20])
-            if command == "DATA" and not later:
-                return "DATA"
+            if command == "DATA":
+                # Pipelined: the replies before the last one answered MAIL/RCPT.
+                return "RCPT" if later else "DATA"
             if command in ("RCPT", "MAIL") and not later:
                 return command
     return None
