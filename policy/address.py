@@ -99,7 +99,18 @@ def is_valid_domain(domain: str) -> bool:
         return False
     if not d or len(d) > MAX_DOMAIN:
         return False
-    return all(len(label) <= MAX_LABEL and _LABEL.match(label) for label in d.split("."))
+    return all(_valid_label(label) for label in d.split("."))
+
+
+def _valid_label(label: str) -> bool:
+    if len(label) > MAX_LABEL or not _LABEL.match(label):
+        return False
+    if label.startswith("xn--"):  # an A-label must decode (RFC 5891 §5.4)
+        try:
+            idna.decode(label)
+        except (idna.IDNAError, UnicodeError):
+            return False
+    return True
 
 
 def is_valid_address(address: str) -> bool:

@@ -17,6 +17,7 @@ from policy.records import (
     SoftStreak,
     State,
     SuppressionRecord,
+    as_dict,
     decode,
     encode,
     peek,
@@ -409,3 +410,46 @@ def test_invariants_hold_for_any_event_sequence(events: list[tuple[str, float]])
         assert rec.state is State.ACTIVE  # block/undetermined/success alone never suppress
     if rec.state is State.BLOCKED:
         assert "complaint" in kinds
+
+
+def test_a_delivered_verdict_is_a_success() -> None:
+    delivered = Verdict(BounceClass.DELIVERED, Category.DELIVERED, "t")
+    rec = esc.apply_verdict(
+        soft(None, T0), ADDR, Scope.ADDRESS, delivered, parse_reply("250 ok"), RULES, T0
+    )
+    assert rec is not None and rec.streak is None and rec.history[-1].kind == "success"
+
+
+def test_adding_a_date_to_a_locked_record_needs_a_forced_lift_first() -> None:
+    blocked = esc.apply_complaint(None, ADDR, "arf", RULES, T0)
+    with pytest.raises(ForceRequired):
+        esc.apply_add(
+            blocked, ADDR, Scope.ADDRESS, Category.BAD_MAILBOX, T0 + days(9), "", RULES, T0
+        )
+
+
+def test_naive_times_are_utc_and_json_view_has_the_streak() -> None:
+    naive = soft(None, datetime(2026, 11, 1, 12, 0))
+    assert naive.first_seen == T0
+    d = as_dict(soft(naive, T0 + days(1)))
+    assert d["streak"] == {
+        "category": "quota-issues",
+        "first": "2026-11-01T12:00:00Z",
+        "last": "2026-11-02T12:00:00Z",
+        "attempts": 2,
+    }
+    assert d["counts"]["soft"] == 2 and d["state"] == "active"
+
+
+def test_unknown_record_format_is_refused() -> None:
+    raw = bytearray(encode(soft(None, T0)))
+    raw[0] = 99
+    with pytest.raises(ValueError, match="format 99"):
+        decode(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "address", ["bob@xn--a.com", "bob@ü-.de", "bob@exa_mple.com", "bob@" + "ü" * 70 + ".de"]
+)
+def test_bad_idns_are_invalid(address: str) -> None:
+    assert is_valid_address(address) is False

@@ -304,3 +304,58 @@ def test_export_defuses_spreadsheet_formulas(store: SuppressionStore, tmp_path: 
     other = SuppressionStore(open_state(tmp_path / "other", 1 << 22), SuppressionRules())
     assert other.import_csv(io.StringIO(out.getvalue()), T0).added == 1
     assert other.check("=cmd|x@example.com", T0) is not None
+
+
+def test_a_delivered_verdict_resets_through_the_store(store: SuppressionStore) -> None:
+    store.record_verdict("full@example.com", QUOTA, R452, T0)
+    delivered = Verdict(BounceClass.DELIVERED, Category.DELIVERED, "t")
+    store.record_verdict("full@example.com", delivered, parse_reply("250 2.0.0 ok"), T0)
+    rec = store.get("full@example.com")
+    assert rec is not None and rec.streak is None and rec.history[-1].kind == "success"
+
+
+def test_naive_now_is_utc(store: SuppressionStore) -> None:
+    store.add("n@example.com", Category.BAD_MAILBOX, T0, until=T0 + days(1))
+    assert store.check("n@example.com", datetime(2026, 11, 2, 11, 59)) is not None
+    assert store.check("n@example.com", datetime(2026, 11, 2, 12, 0)) is None
+
+
+def test_a_corrupt_record_is_a_store_error(store: SuppressionStore, env: lmdb.Environment) -> None:
+    store.add("c@example.com", Category.BAD_MAILBOX, T0)
+    with env.begin(write=True) as txn:
+        txn.put(
+            b"c@example.com", b"\x63garbage" + bytes(30), db=env.open_db(b"suppression", txn=txn)
+        )
+    with pytest.raises(StoreError, match="unreadable"):
+        store.get("c@example.com")
+    with pytest.raises(StoreError, match="unreadable"):
+        store.record_verdict("c@example.com", HARD, R550, T0)
+    with pytest.raises(StoreError):
+        list(store.scan(T0))
+
+
+def test_import_keeps_going_past_rows_the_rules_refuse(store: SuppressionStore) -> None:
+    store.record_complaint("b@example.com", T0, "arf")
+    lines = [
+        "address,state,category,until\n",
+        "b@example.com,suppressed,bad-mailbox,2027-01-01\n",  # blocked: needs a forced lift
+        "ok@example.com,suppressed,bad-mailbox,2027-01-01T00:00:00+00:00\n",
+        "a@example.com,active,bad-mailbox,\n",
+        "d@example.com,,bad-mailbox,not-a-date\n",
+        "bad@exa_mple.com,,,\n",
+        "x@ü-.de,,,\n",
+    ]
+    result = store.import_csv(lines, T0)
+    assert result.added == 1 and result.skipped == 5
+    assert "line 2: b@example.com is blocked" in result.problems[-1]
+    assert [p.split(":")[0] for p in result.problems[:-1]] == [
+        "line 4",
+        "line 5",
+        "line 6",
+        "line 7",
+    ]
+
+
+def test_domain_add_needs_a_real_domain(store: SuppressionStore) -> None:
+    with pytest.raises(ValueError):
+        store.add("localhost", Category.BAD_DOMAIN, T0)

@@ -234,3 +234,21 @@ async def test_cli_against_a_running_server(tmp_path: Path) -> None:
         "dead@example.test"
     )
     assert rec is not None and rec.state is State.ACTIVE
+
+
+def test_show_prints_streak_and_last_reply(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    quota = Verdict(BounceClass.SOFT, Category.QUOTA_ISSUES, "t")
+    with opened(tmp_path) as store:
+        for d in (2, 1):
+            store.record_verdict(
+                "s@example.com", quota, parse_reply("452 4.2.2 full"), now - timedelta(days=d)
+            )
+    code, out, _ = run(capsys, config, "show", "s@example.com")
+    assert code == 0
+    assert "streak:      quota-issues x2 from" in out
+    assert "last reply:  452 4.2.2 full" in out
+    code, _, err = run(capsys, config, "import", str(tmp_path / "missing.csv"))
+    assert code == 1 and "missing.csv" in err
