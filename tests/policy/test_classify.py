@@ -258,3 +258,25 @@ def test_quoted_inner_code_decides_when_outer_is_generic() -> None:
 def test_classify_at_keeps_non_hard_verdicts() -> None:
     reply = parse_reply("552 5.2.2 Mailbox full")
     assert classify_at(reply, "DATA") == classify(reply)
+
+
+_REPLY_WORDS = _CORPUS_WORDS + ["5.2.2", "4.4.7", "5.7.1", "2.0.0", "(#5.1.1)", "said:", "451"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([421, 450, 451, 452, 454]),
+    st.sampled_from([None, "4.0.0", "4.1.1", "4.2.2", "4.7.1", "5.1.1"]),
+    st.lists(st.sampled_from(_REPLY_WORDS), max_size=10),
+)
+def test_property_4xx_never_hard(code: int, enhanced: str | None, words: list[str]) -> None:
+    verdict = classify(Reply(code, enhanced, " ".join(words)))
+    assert verdict.klass is BounceClass.SOFT
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_REPLY_WORDS), max_size=10))
+def test_property_5xx_class_follows_category(words: list[str]) -> None:
+    verdict = classify(Reply(550, None, " ".join(words)))
+    assert verdict.klass is CLASS_OF[verdict.category]
+    assert verdict.klass is not BounceClass.DELIVERED
