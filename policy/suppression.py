@@ -29,8 +29,6 @@ from policy.address import (
 from policy.address import normalize_domain as _normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
 from policy.records import (
-    CODE_ACTIVE,
-    CODE_SUPPRESSED,
     HEADER,
     Scope,
     SuppressionRecord,
@@ -277,8 +275,8 @@ class SuppressionStore(SuppressionBulk):
 def _refusing(raw: bytes, now_ts: float) -> tuple[str, str] | None:
     """(reason, refusal tail) if this record refuses at `now_ts`; reads the header only."""
     _version, code, _since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
-    if code == CODE_ACTIVE or (code == CODE_SUPPRESSED and until <= now_ts):
-        return None  # expiry is evaluated here, at look-up: re-admission needs no write
+    if not esc.refuses(code, until, now_ts):
+        return None  # expiry is evaluated at look-up: re-admission needs no write
     tail = raw[_HEAD_SIZE : _HEAD_SIZE + tlen].decode("utf-8")
     if tail.isascii():
         return tail[roff : roff + rlen], tail  # byte offsets are character offsets
