@@ -453,3 +453,19 @@ def test_unknown_record_format_is_refused() -> None:
 )
 def test_bad_idns_are_invalid(address: str) -> None:
     assert is_valid_address(address) is False
+
+
+_ATEXT = st.sampled_from(list("abcXYZ019!#$%&'*+-/=?^_`{|}~é"))
+_LOCAL = st.lists(st.text(_ATEXT, min_size=1, max_size=8), min_size=1, max_size=3).map(".".join)
+_LABEL = st.sampled_from(["example", "EXAMPLE", "bücher", "xn--bcher-kva", "mail-1", "ÉCOLE", "b"])
+_DOMAIN = st.lists(_LABEL, min_size=1, max_size=3).map(lambda ls: ".".join([*ls, "com"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LOCAL, _DOMAIN)
+def test_normalisation_is_idempotent_and_keeps_validity(local: str, domain: str) -> None:
+    address = f"{local}@{domain}"
+    key = normalize_address(address)
+    assert normalize_address(key) == key
+    assert key == key.lower() and key.split("@")[-1].isascii()
+    assert is_valid_address(address) == is_valid_address(key)

@@ -359,3 +359,34 @@ def test_import_keeps_going_past_rows_the_rules_refuse(store: SuppressionStore) 
 def test_domain_add_needs_a_real_domain(store: SuppressionStore) -> None:
     with pytest.raises(ValueError):
         store.add("localhost", Category.BAD_DOMAIN, T0)
+
+
+def _hammer(path: str, n: int) -> None:
+    # In a child process: count n refusals of one address, one write txn each.
+    store = SuppressionStore(
+        open_state(path, 1 << 24), SuppressionRules(permanent_after_hard=10**9)
+    )
+    for _ in range(n):
+        refusal = store.check("busy@example.com", T0)
+        assert refusal is not None
+        store.record_refusal(refusal, T0)
+
+
+def test_two_processes_writing_lose_no_update(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = str(tmp_path / "state")
+    env = open_state(path, 1 << 24)
+    SuppressionStore(env, SuppressionRules()).add("busy@example.com", Category.BAD_MAILBOX, T0)
+    env.close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(path, 150)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    env = open_state(path, 1 << 24)
+    rec = SuppressionStore(env, SuppressionRules()).get("busy@example.com")
+    env.close()
+    assert rec is not None and rec.synthesized == 300
