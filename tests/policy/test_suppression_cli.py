@@ -224,6 +224,24 @@ async def test_cli_against_a_running_server(tmp_path: Path) -> None:
             )
             assert json.loads(shown.stdout)["counts"]["synthesized"] == 1  # the server's write
 
+            # A real hard bounce from the remote: the server records it, the CLI lists it,
+            # and the next RCPT is refused by bouncer itself, without asking the remote.
+            mx.rcpt_replies["gone@example.test"] = "550 5.1.1 <gone@example.test>: No such user"
+            code, text = await asyncio.to_thread(_rcpt, b.port, "gone@example.test")
+            assert code == 550 and "No such user" in text
+            listed = await asyncio.to_thread(_cli, config, "list", "--format", "json")
+            rows = {r["address"]: r for r in map(json.loads, listed.stdout.splitlines())}
+            gone = rows["gone@example.test"]
+            assert (gone["state"], gone["cause"], gone["counts"]["hard"]) == (
+                "suppressed",
+                "bad-mailbox",
+                1,
+            )
+            seen = mx.rcpts.count("gone@example.test")
+            code, text = await asyncio.to_thread(_rcpt, b.port, "gone@example.test")
+            assert code == 550 and text.startswith("5.1.1 <gone@example.test>: suppressed since")
+            assert "; until " in text and mx.rcpts.count("gone@example.test") == seen
+
             removed = await asyncio.to_thread(
                 _cli, config, "remove", "dead@example.test", "--force", "--why", "test"
             )
