@@ -143,10 +143,20 @@ class SuppressionStore(SuppressionBulk):
         except lmdb.Error as exc:
             raise StoreError(f"suppression store write failed: {exc}") from exc
 
-    def _exists(self, db: Any, key: str) -> bool:
+    def has_records(self, address: str) -> bool:
+        """Whether `address` or its domain has any record: read-only, one read txn.
+
+        A success or an activity can change only an existing record, so the relay
+        may ask this on the event loop and skip the writer thread for the (usual)
+        delivered address that has none.
+        """
+        addr = normalize_address(address)
         try:
-            with self._env.begin(db=db) as txn:
-                return txn.get(key.encode()) is not None
+            with self._env.begin(buffers=True) as txn:
+                return (
+                    txn.get(domain_of(addr).encode(), db=self._dom) is not None
+                    or txn.get(addr.encode(), db=self._addr) is not None
+                )
         except lmdb.Error as exc:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
 
@@ -185,11 +195,11 @@ class SuppressionStore(SuppressionBulk):
     def _alive(self, address: str, kind: str, now: datetime) -> SuppressionRecord | None:
         now = esc.utc(now)
         addr = normalize_address(address)
+        if not self.has_records(addr):
+            return None  # most delivered addresses have no record: no write txn at all
         rec = None
         for db, key in ((self._dom, domain_of(addr)), (self._addr, addr)):
-            # A read first: most delivered addresses have no record and cost no write txn.
-            if self._exists(db, key):
-                rec = self._update(db, key, lambda r: esc.apply_alive(r, kind, self.rules, now))
+            rec = self._update(db, key, lambda r: esc.apply_alive(r, kind, self.rules, now)) or rec
         return rec
 
     def record_success(self, address: str, now: datetime) -> None:

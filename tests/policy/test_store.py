@@ -390,3 +390,17 @@ def test_two_processes_writing_lose_no_update(tmp_path: Path) -> None:
     rec = SuppressionStore(env, SuppressionRules()).get("busy@example.com")
     env.close()
     assert rec is not None and rec.synthesized == 300
+
+
+def test_has_records_lets_the_relay_skip_writes_for_clean_addresses(
+    store: SuppressionStore,
+) -> None:
+    assert not store.has_records("fine@example.com")
+    store.record_verdict("full@example.com", QUOTA, R452, T0)
+    assert store.has_records("FULL@example.com")
+    store.add("gone.example", Category.BAD_DOMAIN, T0, until=T0 + days(5))
+    assert store.has_records("anyone@gone.example")
+    store.record_success("anyone@gone.example", T0 + days(1))  # the domain proved alive
+    dom = store.get("gone.example")
+    assert dom is not None and dom.state is State.ACTIVE and dom.history[-1].kind == "success"
+    assert store.get("anyone@gone.example") is None
