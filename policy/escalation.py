@@ -150,6 +150,8 @@ def _suppress(
         until = max(until, rec.until)
     if rec.state in LOCKED_STATES:
         return rec  # already refused for good; the counts still move
+    if refusing and rec.cause in HARD_CATEGORIES and cause not in HARD_CATEGORIES:
+        cause, reason = rec.cause, rec.reason  # a dead address stays suppressed as dead
     return replace(
         rec,
         state=State.PERMANENT if until is None else State.SUPPRESSED,

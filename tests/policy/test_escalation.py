@@ -469,3 +469,14 @@ def test_normalisation_is_idempotent_and_keeps_validity(local: str, domain: str)
     assert normalize_address(key) == key
     assert key == key.lower() and key.split("@")[-1].isascii()
     assert is_valid_address(address) == is_valid_address(key)
+
+
+def test_a_soft_streak_ending_during_a_hard_suppression_keeps_the_hard_cause() -> None:
+    rec = soft(soft(None, T0), T0 + days(10))
+    rec = hard(rec, T0 + days(15))
+    rec = soft(rec, T0 + days(21))  # the streak completes while hard-suppressed (queue retry)
+    assert rec.state is State.SUPPRESSED and rec.cause is Category.BAD_MAILBOX
+    assert rec.until == T0 + days(105) and rec.since == T0 + days(15)
+    assert rec.reason.startswith("bad-mailbox: 550 5.1.1")
+    rec = esc.apply_synthesized(rec, RULES, T0 + days(22))
+    assert rec.strikes == 2  # refusals still escalate toward permanent
