@@ -55,8 +55,10 @@ def classify(reply: Reply, rules: RuleSet | None = None) -> Verdict:
         if code not in (220, 221) or _QUOTED_REPLY.search(text) is None:
             return DELIVERED
         code = 0
-    rs = rules if rules is not None else default_rules()
     enhanced = reply.enhanced
+    if code == 0 and enhanced is not None and enhanced.startswith("2"):
+        return DELIVERED  # a bare DSN status "2.1.5 ok": success without a reply code
+    rs = rules if rules is not None else default_rules()
     if "\n" in text:
         text = text.replace("\n", " ")  # multi-line replies: match across line ends
     if enhanced and code and enhanced in text:
