@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
@@ -22,7 +23,23 @@ from typing import Any
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: JSON body as is; 2: JSON body deflated with _ZDICT
+# A preset dictionary for the deflated body (RFC 1950 §2.2 FDICT): the record's JSON keys
+# and common reply phrasing, so even a 300-byte body compresses. Changing it means a new
+# FORMAT_VERSION: records written with it must stay readable.
+_ZDICT = (
+    b'"sc":"domain","sc":"address","fs":1,"ls":1,"cl":"soft","cl":"block","cl":"undetermined",'
+    b'"ca":"quota-issues","cu":"bad-domain","ca":"bad-domain","ca":"spam-related","cu":null,'
+    b'"cl":"hard","ca":"bad-mailbox","cu":"bad-mailbox","lr":[550,"5.1.1","","mx.","n":[1,0,0,'
+    b'"st":null,"st":["quota-issues",1,"h":[[1,"hard","bad-mailbox: 550 5.1.1 "],[1,"soft",'
+    b'"quota-issues: 452 4.2.2 Mailbox full"],[1,"synthesized","refused by bouncer"]]}'
+    b"Recipient address rejected: User unknown in virtual mailbox table"
+    b"The email account that you tried to reach does not exist. Please try "
+    b"double-checking the recipient's email address for typos or unnecessary spaces."
+    b"mailbox unavailable: user unknown; No such user here; 5.1.1 "
+)
+_WBITS = -15  # raw deflate: no zlib header or Adler-32 (6 bytes a record); damage still
+# shows, as a body that does not inflate or does not parse as JSON.
 MAX_REASON = 200  # characters; the refusal line must stay under RFC 5321's 512 octets
 
 
@@ -194,17 +211,25 @@ def encode(rec: SuppressionRecord) -> bytes:
         ],
         "h": [[e.when.timestamp(), e.kind, e.detail] for e in rec.history],
     }
-    return head + text + json.dumps(body, separators=(",", ":")).encode("utf-8")
+    z = zlib.compressobj(6, zlib.DEFLATED, _WBITS, zdict=_ZDICT)
+    packed = z.compress(json.dumps(body, separators=(",", ":")).encode("utf-8")) + z.flush()
+    return head + text + packed
 
 
 def decode(raw: bytes) -> SuppressionRecord:
     """bytes -> Record; raises ValueError on a format this code does not know."""
     version, code, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise ValueError(f"suppression record format {version} is not {FORMAT_VERSION}")
     start = HEADER.size
     reason = bytes(raw[start + roff : start + roff + rlen]).decode("utf-8")
-    b = json.loads(bytes(raw[start + tlen :]))
+    packed = bytes(raw[start + tlen :])
+    if version == FORMAT_VERSION:
+        try:
+            packed = zlib.decompressobj(_WBITS, zdict=_ZDICT).decompress(packed)
+        except zlib.error as exc:
+            raise ValueError(f"record body does not inflate: {exc}") from exc
+    b = json.loads(packed)
     hard, synthesized, soft, other, strikes, soft_level = b["n"]
     st = b["st"]
     streak = (

@@ -44,6 +44,16 @@ from relay.state import open_state  # noqa: E402
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DOMAINS = [f"d{i}.example" for i in range(1000)]
+# Hard-bounce texts as providers word them (Postfix, Gmail, Exchange, Yahoo, Orange), so record
+# sizes are not flattered by one phrasing the body's compression dictionary happens to know.
+REPLIES = (
+    "<{}>: Recipient address rejected: User unknown in virtual mailbox table",
+    "The email account that you tried to reach does not exist. Please try double-checking "
+    "the recipient's email address for typos or unnecessary spaces. {} - gsmtp",
+    "RESOLVER.ADR.RecipNotFound; not found ({})",
+    "<{}>: delivery error: dd This user doesn't have a yahoo.com account",
+    "Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416 <{}>",
+)
 
 
 def address(i: int) -> str:
@@ -55,9 +65,7 @@ def record(i: int) -> SuppressionRecord:
     key = address(i)
     since = NOW - timedelta(days=i % 80)
     bucket = i % 20
-    reply = Reply(
-        550, "5.1.1", f"<{key}>: Recipient address rejected: User unknown", "mx[192.0.2.1]"
-    )
+    reply = Reply(550, "5.1.1", REPLIES[i % len(REPLIES)].format(key), "mx[192.0.2.1]")
     base = SuppressionRecord(
         key=key,
         first_seen=since,

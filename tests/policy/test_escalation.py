@@ -480,3 +480,20 @@ def test_a_soft_streak_ending_during_a_hard_suppression_keeps_the_hard_cause() -
     assert rec.reason.startswith("bad-mailbox: 550 5.1.1")
     rec = esc.apply_synthesized(rec, RULES, T0 + days(22))
     assert rec.strikes == 2  # refusals still escalate toward permanent
+
+
+def test_format_1_records_without_compression_still_decode() -> None:
+    import zlib
+
+    from policy.records import _WBITS, _ZDICT, HEADER
+
+    rec = esc.apply_synthesized(hard(None, T0), RULES, T0 + days(1))
+    raw = encode(rec)
+    tlen = HEADER.unpack_from(raw)[4]
+    start = HEADER.size + tlen
+    body = zlib.decompressobj(_WBITS, zdict=_ZDICT).decompress(raw[start:])
+    v1 = bytes([1]) + raw[1:start] + body
+    assert decode(v1) == rec
+    assert len(raw) < len(v1)  # the deflated body is smaller
+    with pytest.raises(ValueError, match="inflate"):
+        decode(raw[:start] + b"\xff" * 20)
