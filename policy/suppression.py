@@ -105,13 +105,17 @@ class SuppressionStore(SuppressionBulk):
         now_ts = now.timestamp()
         scope = Scope.DOMAIN
         try:
-            with self._env.begin(buffers=False) as txn:
+            # begin/abort rather than `with`, whose exit commits: half the cost of a look-up.
+            txn = self._env.begin(buffers=False)
+            try:
                 raw = txn.get(addr[addr.rfind("@") + 1 :].encode(), db=self._dom)
                 hit = None if raw is None else _refusing(raw, now_ts)
                 if hit is None:
                     scope = Scope.ADDRESS
                     raw = txn.get(addr.encode(), db=self._addr)
                     hit = None if raw is None else _refusing(raw, now_ts)
+            finally:
+                txn.abort()
         except lmdb.Error as exc:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
         if hit is None:
