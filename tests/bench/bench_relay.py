@@ -144,6 +144,15 @@ file = "{self.base / "bouncer.log"}"
                 pids += [int(p) for p in (task / "children").read_text().split()]
         return pids
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the serve process and its workers."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5) 14, 15)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> tuple[float, float]:
         """(largest single process, sum over processes) of VmHWM, the kernel's peak RSS."""
         peaks = []
@@ -256,6 +265,7 @@ def main() -> int:
     concs = [int(c) for c in args.concurrency.split(",")]
     setups = ["ceiling", "bouncer"] + ([] if args.no_postfix else ["postfix"])
     rates: dict[tuple[str, int], list[float]] = {(s, c): [] for s in setups for c in concs}
+    cpu_ms: list[float] = []
 
     sink = CountingSink()
     bouncer = Bouncer(sink.port, args.workers)
@@ -283,8 +293,11 @@ def main() -> int:
                     # Interleave setups, rotating the order so no setup always goes first.
                     order = setups[rep % len(setups) :] + setups[: rep % len(setups)]
                     for s in order:
+                        cpu0 = bouncer.cpu_seconds()
                         rate = run_throughput(sink, ports[s] or 0, args.messages, conc, args.size)
                         rates[(s, conc)].append(rate)
+                        if s == "bouncer":
+                            cpu_ms.append((bouncer.cpu_seconds() - cpu0) / args.messages * 1000)
                         print(f"rep {rep + 1} conc {conc:>3} {s:<8} {rate:9.0f} msg/s", flush=True)
             if profiler:
                 profiler.send_signal(signal.SIGINT)
@@ -323,6 +336,7 @@ def main() -> int:
         f"via bouncer p50 {percentile(through, 50) * 1000:.2f} ms "
         f"p99 {percentile(through, 99) * 1000:.2f} ms; added p50 {p50:.2f} ms, p99 {p99:.2f} ms"
     )
+    print(f"bouncer CPU per message (all workers, median): {statistics.median(cpu_ms):.2f} ms")
     print(
         f"bouncer peak RSS (VmHWM): largest process {rss_max:.1f} MB, all workers {rss_sum:.1f} MB"
     )
