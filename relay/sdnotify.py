@@ -77,6 +77,8 @@ class Notifier:
         self.env = dict(env if env is not None else os.environ)
         self.healthy = healthy
         self._task: asyncio.Task[None] | None = None
+        self._signal_task: asyncio.Task[None] | None = None
+        self._stopping_sent = False
 
     def send(self, state: str) -> bool:
         return notify(state, self.env)
@@ -91,7 +93,9 @@ class Notifier:
         self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def stopping(self) -> None:
-        self.send("STOPPING=1\nSTATUS=draining")
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            self.send("STOPPING=1\nSTATUS=draining")
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -106,16 +110,26 @@ class Notifier:
                 log.warning("health check failed: withholding the systemd watchdog ping")
             await asyncio.sleep(interval)
 
+    async def _stopping_on_signal(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping()
+
     async def start(self, service: Any) -> None:
         interval = watchdog_interval(self.env)
         if interval is not None:
             self._task = asyncio.create_task(self._watchdog(interval), name="sd-watchdog")
+        # STOPPING=1 as soon as SIGTERM arrives, before the drain (the Service's stop event);
+        # the watchdog keeps pinging through the drain.
+        stop = getattr(service, "_stop", None)
+        if isinstance(stop, asyncio.Event):
+            self._signal_task = asyncio.create_task(self._stopping_on_signal(stop))
         self.ready()
 
     async def stop(self) -> None:
         self.stopping()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._signal_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._signal_task = None
