@@ -15,6 +15,7 @@ event loop must not wait for the disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -69,6 +70,7 @@ class LogWriter:
         self.stderr = stderr if stderr is not None else sys.stderr
         self.cfg = cfg
         self._file: IO[str] | None = None
+        self._file_failing = False
         self._journal: socket.socket | None = None
         self._journal_path = journal_socket
         if journal_socket is None and stderr is None and stderr_is_journal(self.stderr):
@@ -90,13 +92,20 @@ class LogWriter:
             log.error("log file %s cannot be opened, keeping the old one: %s", cfg.file, exc)
             return
         if old is not None:
-            old.close()
+            with contextlib.suppress(OSError):
+                old.close()
         self.cfg = cfg
 
     def __call__(self, event: Event) -> None:
         lines = format_lines(event, self.cfg.format, self.host, self.pid)
         if self._file is not None:
-            self._file.write("".join(line + "\n" for line in lines))
+            try:
+                self._file.write("".join(line + "\n" for line in lines))
+                self._file_failing = False
+            except OSError as exc:  # disk full: say so once, keep logging to stderr/journald
+                if not self._file_failing:
+                    log.error("cannot write the log file %s: %s", self.cfg.file, exc)
+                self._file_failing = True
         if self._journal is not None and self._journal_path:
             try:
                 self._send_journal(event)
@@ -128,7 +137,8 @@ class LogWriter:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the final flush may hit the same full disk
+                self._file.close()
             self._file = None
         if self._journal is not None:
             self._journal.close()

@@ -7,6 +7,8 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
 from relay.config import LogConfig
@@ -213,3 +215,20 @@ def test_intake_reports_log_as_intake_and_complaints_are_not_rejects() -> None:
     )
     line = postfix_lines(arf, "h", 1)[0]
     assert " reject: " not in line and ", status=suppressed (complaint: " in line
+
+
+def test_a_full_disk_does_not_stop_the_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import io
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full to simulate a full disk")
+    stream = io.StringIO()
+    writer = LogWriter(LogConfig(file="/dev/full"), host="h", pid=9, stderr=stream)
+    with caplog.at_level("ERROR", logger="relay.logsink"):
+        writer(_bounce())
+        writer(_bounce())
+    assert stream.getvalue().count("status=bounced") == 2
+    assert caplog.text.count("cannot write the log file") == 1
+    writer.close()
