@@ -65,9 +65,6 @@ class Counts:
     def from_dict(cls, table: dict[str, int]) -> Counts:
         return cls(**{n: int(table.get(n, 0)) for n in COUNTER_NAMES})
 
-    def is_zero(self) -> bool:
-        return not any(getattr(self, n) for n in COUNTER_NAMES)
-
 
 def increment(status: str, klass: BounceClass | None, phase: Phase = "live") -> Counts:
     """What one recipient outcome adds to its day's and domain's counters (module docstring).

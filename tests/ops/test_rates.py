@@ -73,6 +73,10 @@ def test_rates_and_aggregation() -> None:
     assert parse_since("7d", NOW) == date(2026, 11, 16)
     assert parse_since("1d", NOW) == date(2026, 11, 22)
     assert parse_since("2026-11-01", NOW) == date(2026, 11, 1)
+    assert parse_since("2w", NOW) == date(2026, 11, 9)
+    with pytest.raises(ValueError, match="at least 1d"):
+        parse_since("0d", NOW)
+    assert Counts.from_dict({"sent": 3, "extra": 9}) == Counts(sent=3)  # unknown keys ignored
     with pytest.raises(ValueError):
         parse_since("lately", NOW)
 
