@@ -48,6 +48,7 @@ def test_increment_counts_each_recipient_once_in_sent() -> None:
     # Without a verdict the status word decides.
     assert increment("deferred", None) == Counts(sent=1, soft=1)
     assert increment("sent", None) == Counts(sent=1, delivered=1)
+    assert increment("bounced", None) == Counts(sent=1)  # unclassified: sent, no class
 
 
 def test_rates_and_aggregation() -> None:
