@@ -289,6 +289,9 @@ class _BrokenStore:
     def check(self, address: str, now: Any) -> None:
         return None
 
+    def has_records(self, address: str) -> bool:
+        return True  # so the success write is attempted (and fails)
+
     def _fail(self, *args: Any) -> None:
         from policy.suppression import StoreError
 
