@@ -241,3 +241,17 @@ async def test_multiline_remote_reply_keeps_one_enhanced_code(make_fake_mx: Any)
     )
     assert reply.host == "127.0.0.1[127.0.0.1]"
     await session.quit()
+
+
+async def test_idle_sessions_are_closed(fake_mx: FakeMX) -> None:
+    async def opener(route: Route) -> Any:
+        return await open_session(route, settings("off"))
+
+    pool = SessionPool(opener, max_per_destination=2, idle_timeout=0.2, wait_timeout=1)
+    session = await pool.acquire(route_to(fake_mx))
+    assert isinstance(session, RemoteSession)
+    pool.release(session)
+    assert pool.idle_count == 1
+    await asyncio.sleep(0.5)
+    assert pool.idle_count == 0 and fake_mx.commands[-1:] == ["QUIT"]
+    await pool.close()
