@@ -63,9 +63,14 @@ class InboundHandler:
     def connected(self, peer: Any) -> None:
         if isinstance(peer, tuple) and peer:
             try:
-                self.ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
+                ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
             except ValueError:
-                self.ip = None
+                ip = None
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = (
+                    ip.ipv4_mapped
+                )  # a dual-stack "::" listener sees IPv4 clients as ::ffff:a.b.c.d
+            self.ip = ip
             self.client = f"unknown[{peer[0]}]"
         self.server.events_emit(ConnectEvent(self.client, utcnow()))
 
