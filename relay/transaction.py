@@ -77,6 +77,7 @@ class Store(Protocol):
         self, address: str, verdict: Verdict, reply: Reply, now: datetime
     ) -> None: ...
     def record_success(self, address: str, now: datetime) -> None: ...
+    def has_records(self, address: str) -> bool: ...  # read-only: may a success change anything?
 
 
 class SpoolSink(Protocol):
