@@ -38,6 +38,10 @@ _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
 # RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL (Postfix's wording and code).
 NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+# aiosmtpd closes the connection after too many unknown commands with a 502; a server that
+# closes the channel says 421 (RFC 5321 §3.8), so the client knows to stop.
+_BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"
+CLOSING_BOGUS = "421 4.7.0 Too many unrecognized commands, closing connection"
 
 
 def reply_line(reply: Reply) -> str:
@@ -228,6 +232,8 @@ class InboundSMTP(SMTP):
 
     async def push(self, status: Any) -> None:
         # aiosmtpd's stock replies lack the RFC 3463 code we advertise (relay/stock_replies).
+        if isinstance(status, str) and status.startswith(_BOGUS_GOODBYE):
+            status = CLOSING_BOGUS  # it hangs up after this one: RFC 5321 §3.8 wants a 421
         await super().push(enhance(status) if isinstance(status, str) else status)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

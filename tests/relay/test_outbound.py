@@ -255,3 +255,28 @@ async def test_idle_sessions_are_closed(fake_mx: FakeMX) -> None:
     await asyncio.sleep(0.5)
     assert pool.idle_count == 0 and fake_mx.commands[-1:] == ["QUIT"]
     await pool.close()
+
+
+async def test_too_many_unknown_commands_end_with_421(relay_service: Any) -> None:
+    svc = await relay_service()
+    host, port = svc.addresses[0]
+
+    def bogus() -> list[bytes]:
+        with socket.create_connection((host, port), timeout=5) as s:
+            f = s.makefile("rb")
+            f.readline()
+            replies = []
+            for _ in range(6):
+                s.sendall(b"BOGUS\r\n")
+                line = f.readline()
+                if not line:
+                    break
+                replies.append(line)
+                if line.startswith(b"421"):
+                    assert f.readline() == b""  # and the server hung up
+                    break
+            return replies
+
+    replies = await asyncio.to_thread(bogus)
+    assert replies[-1].startswith(b"421 4.7.0 ")
+    assert all(r.startswith(b"500 5.5.2") for r in replies[:-1])
