@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -31,6 +31,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Postfix's delays=a/b/c/d: before delivery started (here: MAIL to this RCPT), queue manager
+# (always 0 live), connection setup (route, session, MAIL FROM), transmission (RCPT, DATA).
+Delays = tuple[float, float, float, float]
+
+
 def _write_all(writes: list[tuple[str, Callable[[], None]]]) -> None:
     """Writer thread: run each store write; one failing does not stop the others."""
     for key, write in writes:
@@ -47,6 +52,7 @@ class Recipient:
     remote: RemoteTransaction | None  # the remote that accepted it at RCPT
     soft: Reply | None = None  # accepted for the retry queue with this soft reply
     relay: str = "none"
+    delays: Delays = (0.0, 0.0, 0.0, 0.0)  # as of its RCPT; DATA adds its transmission time
 
 
 @dataclass
@@ -80,6 +86,8 @@ class Pipeline:
     async def rcpt(self, txn: ClientTransaction, address: str, key: str) -> Reply:
         """Ask the store, then the remote; answer per SPEC §2. `key` is the normalised address."""
         now = self.clock()
+        started = time.monotonic()
+        before = started - txn.started
         if self.store is not None:
             refusal = self.store.check(key, now)
             if refusal is not None:
@@ -88,9 +96,11 @@ class Pipeline:
                 except Exception:
                     log.exception("store: cannot record refusal of %s", key)
                     return TEMP_STORE
-                self._event(txn, key, Status.SUPPRESSED, Outcome(refusal.reply), now)
+                delays = (before, 0.0, 0.0, 0.0)
+                self._event(txn, key, Status.SUPPRESSED, Outcome(refusal.reply), now, delays)
                 return refusal.reply
-        outcome, remote = await self._ask_remote(txn, address, key)
+        outcome, remote, setup = await self._ask_remote(txn, address, key)
+        delays = (before, 0.0, setup, time.monotonic() - started - setup)
         decision = rcpt_decision(outcome.reply, self.soft_bounce, self.spool is not None)
         if not outcome.reply.is_success and self.store is not None:
             try:
@@ -107,20 +117,23 @@ class Pipeline:
                     None if decision.queued else remote,
                     outcome.reply if decision.queued else None,
                     outcome.relay,
+                    delays,
                 )
             )
         elif outcome.reply.is_permanent:
-            self._event(txn, key, Status.BOUNCED, outcome, now)
+            self._event(txn, key, Status.BOUNCED, outcome, now, delays)
         else:
-            self._event(txn, key, Status.DEFERRED, outcome, now)
+            self._event(txn, key, Status.DEFERRED, outcome, now, delays)
         return decision.reply
 
     async def _ask_remote(
         self, txn: ClientTransaction, address: str, key: str
-    ) -> tuple[Outcome, RemoteTransaction | None]:
+    ) -> tuple[Outcome, RemoteTransaction | None, float]:
+        """The remote's (or DNS's) answer for one recipient, and the setup time it took."""
+        started = time.monotonic()
         route = await self.delivery.route(domain_of(key))
         if isinstance(route, Reply):
-            return Outcome(route, "none", "connect"), None
+            return Outcome(route, "none", "connect"), None, time.monotonic() - started
         remote_sender = self.delivery.remote_sender(txn.sender, key, txn.queue_id)
         remote = txn.remotes.get((route.key, remote_sender))
         if remote is None:
@@ -131,9 +144,11 @@ class Pipeline:
                 route, remote_sender, txn.options, wait=not holding
             )
             if remote.failure is not None and remote.failure.reply.enhanced == "4.4.5":
-                return remote.failure, None  # not cached: a later recipient may find a slot
+                # not cached: a later recipient may find a slot
+                return remote.failure, None, time.monotonic() - started
             txn.remotes[(route.key, remote_sender)] = remote
-        return await remote.rcpt(address), remote
+        setup = time.monotonic() - started
+        return await remote.rcpt(address), remote, setup
 
     async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
         """Send `message` (Received: header included) to every remote with accepted recipients."""
@@ -141,13 +156,13 @@ class Pipeline:
         for rt in txn.remotes.values():
             if rt not in sending:
                 await rt.abort()
-        outcomes = await asyncio.gather(*(rt.data(message) for rt in sending))
-        by_address: dict[str, Outcome] = {}
+        timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
+        by_address: dict[str, tuple[Outcome, float]] = {}
         results = []
-        for rt, outcome in zip(sending, outcomes, strict=True):
+        for rt, (outcome, took) in zip(sending, timed, strict=True):
             results.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
-                by_address[address] = outcome
+                by_address[address] = (outcome, took)
         queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
         plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
         now = self.clock()
@@ -170,7 +185,11 @@ class Pipeline:
         return reply
 
     async def _record(
-        self, txn: ClientTransaction, by_address: dict[str, Outcome], reply: Reply, now: datetime
+        self,
+        txn: ClientTransaction,
+        by_address: dict[str, tuple[Outcome, float]],
+        reply: Reply,
+        now: datetime,
     ) -> None:
         """Events and store records for every recipient once DATA is answered.
 
@@ -179,15 +198,18 @@ class Pipeline:
         """
         writes: list[tuple[str, Callable[[], None]]] = []
         for r in txn.recipients:
-            outcome = by_address.get(r.address)
-            if outcome is None:  # queued at RCPT
+            sent = by_address.get(r.address)
+            if sent is None:  # queued at RCPT
                 assert r.soft is not None
                 soft = Outcome(r.soft, r.relay, "RCPT")
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
-                self._event(txn, r.key, status, soft, now)
+                self._event(txn, r.key, status, soft, now, r.delays)
                 continue
+            outcome, took = sent
+            a, b, c, d = r.delays
+            delays = (a, b, c, d + took)
             if outcome.reply.is_success:
-                self._event(txn, r.key, Status.SENT, outcome, now)
+                self._event(txn, r.key, Status.SENT, outcome, now, delays)
                 # Most delivered addresses have no record: a read on the loop spares the
                 # writer-thread hop per message (seen in the benchmark's profile).
                 if self.store is not None and self.store.has_records(r.key):
@@ -197,7 +219,7 @@ class Pipeline:
                 status = Status.BOUNCED
             else:
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
-            self._event(txn, r.key, status, outcome, now)
+            self._event(txn, r.key, status, outcome, now, delays)
             if self.store is not None:
                 verdict = self.classify(outcome.reply)
                 record = partial(self.store.record_verdict, r.key, verdict, outcome.reply, now)
@@ -227,7 +249,13 @@ class Pipeline:
                 log.exception("abort of remote transaction to %s failed", rt.route.key)
 
     def _event(
-        self, txn: ClientTransaction, key: str, status: Status, outcome: Outcome, now: datetime
+        self,
+        txn: ClientTransaction,
+        key: str,
+        status: Status,
+        outcome: Outcome,
+        now: datetime,
+        delays: Delays,
     ) -> None:
         verdict = None if outcome.reply.is_success else self.classify(outcome.reply)
         self.events.emit(
@@ -240,8 +268,15 @@ class Pipeline:
                 relay=outcome.relay,
                 stage=outcome.stage,
                 delay=txn.delay(),
+                delays=(round(delays[0], 3), 0.0, round(delays[2], 3), round(delays[3], 3)),
                 verdict=verdict,
                 sender=txn.sender,
                 client=txn.client,
             )
         )
+
+
+async def _timed(step: Awaitable[Outcome]) -> tuple[Outcome, float]:
+    started = time.monotonic()
+    outcome = await step
+    return outcome, time.monotonic() - started

@@ -279,6 +279,9 @@ async def test_events_one_per_recipient_outcome(fake_mx: FakeMX, relay_service: 
     assert dead.verdict is not None and dead.verdict.klass == "hard"
     assert (ok.status, ok.stage, ok.queue_id) == (Status.SENT, "DATA", queue_id)
     assert ok.relay == f"127.0.0.1[127.0.0.1]:{fake_mx.port}"
+    # Postfix's delays=a/b/c/d: nothing waits in a queue manager live; the rest is measured.
+    assert ok.delays[1] == 0.0 and all(d >= 0 for d in ok.delays)
+    assert ok.delays[3] > 0 and sum(ok.delays) <= ok.delay + 0.01
     (msg,) = [e for e in seen if isinstance(e, MessageEvent)]
     assert (msg.queue_id, msg.sender, msg.nrcpt) == (queue_id, "a@sender.test", 1)
 
