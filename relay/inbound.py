@@ -236,6 +236,14 @@ class InboundSMTP(SMTP):
             status = CLOSING_BOGUS  # it hangs up after this one: RFC 5321 §3.8 wants a 421
         await super().push(enhance(status) if isinstance(status, str) else status)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        try:
+            return super()._getaddr(arg)
+        except (IndexError, ValueError):
+            # The stdlib header parser aiosmtpd uses raises on input such as "0@" instead of
+            # HeaderParseError: treat it as the malformed address it is (553 5.1.3).
+            return None, None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
         super().connection_made(transport)

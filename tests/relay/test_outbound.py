@@ -280,3 +280,25 @@ async def test_too_many_unknown_commands_end_with_421(relay_service: Any) -> Non
     replies = await asyncio.to_thread(bogus)
     assert replies[-1].startswith(b"421 4.7.0 ")
     assert all(r.startswith(b"500 5.5.2") for r in replies[:-1])
+
+
+@pytest.mark.parametrize("line", [b"VRFY 0@", b"MAIL FROM:0@", b"RCPT TO:0@"])
+async def test_addresses_that_break_the_stdlib_parser_get_a_clean_reply(
+    relay_service: Any, line: bytes
+) -> None:
+    svc = await relay_service()
+    host, port = svc.addresses[0]
+
+    def talk() -> bytes:
+        with socket.create_connection((host, port), timeout=5) as s:
+            f = s.makefile("rb")
+            f.readline()
+            for cmd in (b"EHLO c.test", b"MAIL FROM:<a@sender.test>"):
+                s.sendall(cmd + b"\r\n")
+                while f.readline()[3:4] == b"-":  # skip to the last line of the reply
+                    pass
+            s.sendall(line + b"\r\n")
+            return f.readline()
+
+    reply = await asyncio.to_thread(talk)
+    assert reply[:1] in (b"2", b"5") and b"Error: (" not in reply, reply
