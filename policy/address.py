@@ -68,7 +68,10 @@ def normalize_address(address: str) -> str:
     local, at, domain = a.rpartition("@")
     if not at or not local or not domain:
         raise AddressError(f"not an address: {address!r}")
-    return f"{local.lower()}@{normalize_domain(domain)}"
+    normalized = normalize_domain(domain)
+    if not normalized:  # "a@." would become the key "a@", which nothing could look up again
+        raise AddressError(f"not an address: {address!r}")
+    return f"{local.lower()}@{normalized}"
 
 
 def domain_of(normalized: str) -> str:

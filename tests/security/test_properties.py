@@ -179,3 +179,11 @@ def test_classifier_total_and_4xx_never_hard(raw: str) -> None:
         assert verdict.klass is not BounceClass.HARD
     if reply.is_success:
         assert verdict.klass is BounceClass.DELIVERED
+
+
+@pytest.mark.parametrize("address", ["0@.", "a@..", "<a@.>"])
+def test_empty_domain_after_normalisation_is_refused(address: str) -> None:
+    # Found by the property above: "0@." used to normalise to the key "0@".
+    addr_mod = pytest.importorskip("policy.address")
+    with pytest.raises(addr_mod.AddressError):
+        addr_mod.normalize_address(address)
