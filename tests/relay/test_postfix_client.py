@@ -34,7 +34,7 @@ async def mx() -> AsyncIterator[FakeMX]:
 
 
 @pytest.fixture
-def bouncer(tmp_path: Path, mx: FakeMX) -> Iterator[BouncerProcess]:
+async def bouncer(tmp_path: Path, mx: FakeMX) -> AsyncIterator[BouncerProcess]:
     # Every domain the test mails (and Postfix's own bounce to the sender) goes to the
     # fake MX: nothing may reach DNS or the internet.
     route = f"127.0.0.1:{mx.port}"
@@ -44,6 +44,9 @@ def bouncer(tmp_path: Path, mx: FakeMX) -> Iterator[BouncerProcess]:
     }
     with bouncer_process(tmp_path / "bouncer", table) as b:
         yield b
+        # Stop it while our loop runs: its drain closes pooled sessions to the fake MX,
+        # which answers on this loop (a blocking stop would wait out drain_timeout).
+        await asyncio.to_thread(b.stop)
 
 
 @pytest.fixture
