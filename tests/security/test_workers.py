@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
+from typing import Any
 
 from tests.support.postfix import free_port, wait_port
 
@@ -113,3 +115,34 @@ def test_single_worker_runs_in_process() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _children(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+async def test_bouncer_serve_with_two_workers(tmp_path: Any, fake_mx: Any) -> None:
+    """`[server] workers = 2`: both workers take connections, mail flows, SIGTERM exits 0."""
+    import asyncio
+    import re
+
+    import aiosmtplib
+
+    from tests.support.serve import bouncer_process
+
+    table = {
+        "server": {"workers": 2},
+        "delivery": {"routes": {"example.test": fake_mx.address}},
+    }
+    with bouncer_process(tmp_path / "b", table) as b:
+        children = _children(b.proc.pid)
+        assert len(children) == 2
+        for i in range(30):  # fresh connections: the kernel spreads them over the workers
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=b.port, start_tls=False) as c:
+                await c.sendmail(
+                    "a@sender.test", [f"r{i}@example.test"], b"Subject: w\r\n\r\nx\r\n"
+                )
+        pids = set(re.findall(r"bouncer/smtpd\[(\d+)\]: connect from", b.log_text()))
+        assert pids == set(children), f"connections served by {pids}, workers are {children}"
+        assert len(fake_mx.messages) == 30
+        assert await asyncio.to_thread(b.stop) == 0
