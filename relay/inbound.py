@@ -29,6 +29,7 @@ from relay.config import IPNetwork
 from relay.events import ConnectEvent
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
 from relay.received import protocol_keyword, received_header
+from relay.smtp_path import simple_path
 from relay.stock_replies import enhance
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,10 @@ class InboundSMTP(SMTP):
         await super().push(enhance(status) if isinstance(status, str) else status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The plain "<a@b.c>" path by regex, the rest by aiosmtpd's parser (relay/smtp_path).
+        fast = simple_path(arg, self.local_part_limit)
+        if fast is not None:
+            return fast
         try:
             return super()._getaddr(arg)
         except (IndexError, ValueError):

@@ -29,6 +29,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _worker_index = 0
 _worker_count = 1
 
@@ -62,8 +63,11 @@ def _child(index: int, count: int, serve_one: Callable[[int], int]) -> None:
     _worker_index, _worker_count = index, count
     code = 1
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # Blocked by the parent around fork(): a SIGTERM that arrived meanwhile now
+        # ends this worker by default instead of running the parent's forwarder here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         code = serve_one(index)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -99,15 +103,17 @@ def run_workers(count: int, serve_one: Callable[[int], int]) -> int:
             except ProcessLookupError:
                 pass
 
-    previous = {
-        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    }
+    previous = {sig: signal.signal(sig, forward) for sig in _SIGNALS}
     try:
         for index in range(count):
-            pid = os.fork()
-            if pid == 0:
-                _child(index, count, serve_one)
-            children[pid] = index
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _child(index, count, serve_one)
+                children[pid] = index
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         log.info("started %d workers: %s", count, sorted(children))
         result = 0
         while children:

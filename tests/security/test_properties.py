@@ -187,3 +187,25 @@ def test_empty_domain_after_normalisation_is_refused(address: str) -> None:
     addr_mod = pytest.importorskip("policy.address")
     with pytest.raises(addr_mod.AddressError):
         addr_mod.normalize_address(address)
+
+
+path_args = st.one_of(
+    st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-.@<>() \t\"\\[]:;,é", max_size=30),
+    st.from_regex(r"<[a-z.+-]{1,10}@[a-z0-9.-]{1,12}>([ \t][A-Z=0-9 ]{0,15})?", fullmatch=True),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(path_args)
+def test_fast_path_parser_agrees_with_aiosmtpd(arg: str) -> None:
+    # relay/smtp_path.py replaces aiosmtpd's parser only where both give the same answer.
+    from aiosmtpd.smtp import SMTP
+
+    from relay.smtp_path import simple_path
+
+    class Limits:
+        local_part_limit = 0
+
+    fast = simple_path(arg)
+    if fast is not None:
+        assert fast == SMTP._getaddr(Limits(), arg)  # type: ignore[arg-type]
