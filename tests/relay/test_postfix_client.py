@@ -18,6 +18,8 @@ from tests.support.postfix import (
     missing_tools,
     postfix_instance,
     postfix_skip_reason,
+    smtp_sink,
+    smtp_source,
 )
 from tests.support.serve import BouncerProcess, bouncer_process
 
@@ -110,3 +112,19 @@ async def test_swaks_against_bouncer(bouncer: BouncerProcess, mx: FakeMX) -> Non
     assert code == 24, out
     assert "<** 550 5.1.1" in out and "User unknown" in out
     assert [m.rcpt_tos for m in mx.messages] == [("good@remote.test",)]
+
+
+def test_harness_smtp_source_through_postfix_to_smtp_sink() -> None:
+    """The harness itself: smtp-source -> private Postfix -> smtp-sink, all 20 sent."""
+    reason = postfix_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with smtp_sink() as sink, postfix_instance(f"[127.0.0.1]:{sink.port}") as pf:
+        done = smtp_source(pf.port, messages=20, concurrency=2, size=1000)
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 20
+        while pf.log_text().count("status=sent") < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = pf.log_text()
+    assert log.count("status=sent") == 20, log
+    assert f"relay=127.0.0.1[127.0.0.1]:{sink.port}" in log
