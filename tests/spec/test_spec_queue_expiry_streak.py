@@ -1,0 +1,78 @@
+# SPEC §5: "At the end the message expires: a failure DSN goes to the envelope sender ... and
+# the SB streak rules apply" (§4: a streak of one category spanning 21 days with >= 3 attempts
+# suppresses the address for 7 days). A real Service with time as a parameter (its clock),
+# the fake MX refusing one mailbox softly on every attempt of the default schedule.
+"""A recipient that fails softly for the whole three-week schedule ends suppressed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy.records import State
+from policy.retry import DEFAULT_SCHEDULE
+from relay.config import config_from_dict
+from relay.service import Service
+from tests.ops.client import send
+from tests.support.fake_mx import FakeMX
+
+FULL = "full@example.test"
+
+
+async def _until(check: Any, what: str, deadline: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not check():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay/runner.py records the expiry as a message-expired verdict, a new category "
+    "that restarts the 3-week quota-issues streak instead of completing it (audit.md §5)",
+)
+@pytest.mark.timeout(60)
+async def test_three_weeks_of_soft_failures_suppress_the_address(
+    fake_mx: FakeMX, tmp_path: Path
+) -> None:
+    fake_mx.rcpt_replies[FULL] = "452 4.2.2 Mailbox full"
+    t0 = datetime.now(UTC)
+    clock = {"now": t0}
+    table: dict[str, Any] = {
+        "server": {"listen": ["127.0.0.1:0"], "hostname": "relay.test"},
+        "delivery": {
+            "helo": "relay.test",
+            "connect_timeout": 2,
+            "command_timeout": 5,
+            "drain_timeout": 2,
+            "routes": {"example.test": fake_mx.address, "sender.test": fake_mx.address},
+        },
+        "store": {"path": str(tmp_path / "state")},
+        "queue": {"poll_interval": 0.02},
+    }
+    svc = Service(config_from_dict(table), clock=lambda: clock["now"])
+    await svc.startup()
+    try:
+        host, port = svc.addresses[0]
+        got = await send(host, port, "app@sender.test", [FULL])
+        assert got.data is not None and got.data[0] == 250  # queued: soft_bounce = "queue"
+        assert svc.store is not None
+        for n, offset in enumerate(DEFAULT_SCHEDULE, start=2):
+            clock["now"] = t0 + offset + timedelta(seconds=1)
+            await _until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
+        # The last attempt failed: the recipient expired and its DSN went to the sender.
+        await _until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
+        assert fake_mx.rcpts.count(FULL) == len(DEFAULT_SCHEDULE) + 1
+        rec = svc.store.get(FULL)
+        assert rec is not None and rec.soft == len(DEFAULT_SCHEDULE) + 1
+        # 10 soft bounces over 21 days with no success between: SPEC §4 suppresses for 7 days.
+        assert rec.state is State.SUPPRESSED, rec
+        assert svc.store.check(FULL, clock["now"]) is not None
+    finally:
+        await svc.shutdown()
