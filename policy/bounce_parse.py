@@ -103,7 +103,7 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
     reply = _reply(finding)
     verdict = None
     if finding.kind in (Kind.DSN, Kind.UNKNOWN):
-        verdict = _unverified_user_unknown(classify(reply, rules), reply, finding)
+        verdict = _unverified_user_unknown(classify(reply, rules), reply, finding, rules)
     return BounceReport(
         recipient=finding.recipient,
         kind=finding.kind,
@@ -122,16 +122,41 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
 # (notably Japanese mobile carriers) and content filters answer "user unknown" after DATA
 # for mailboxes that exist (Sisimai's "filtered"); and a late bounce is never the only
 # chance to learn the truth: the next message to the address gets the remote's verdict at
-# RCPT, in-transaction. Proof is an RFC 3463 x.1.x or x.2.1 code, a refusal at RCPT, or a format
-# in which the mailbox server itself reports its own directory look-up.
+# RCPT, in-transaction. Proof is any one of:
+# - an RFC 3463 x.1.x or x.2.1 code, or a refusal at RCPT or MAIL;
+# - a format in which the mailbox server reports its own directory look-up;
+# - a classifier rule whose phrasing only a provider's own directory writes (DIRECTORY_RULES);
+# - the mailbox host's local delivery agent says so (sendmail's "mail.local: unknown user"):
+#   the message was accepted and handed to the mailbox's own machine, which has no such user;
+# - the reply names the bounced recipient the way an RCPT reply does, "<rcpt>: User
+#   unknown" or "rcpt... No such user" (Postfix, sendmail). A reply to DATA covers every
+#   recipient of the transaction and names none: au/KDDI's filter answers "550 : User
+#   unknown" where its RCPT refusal of a missing mailbox is "550 <rcpt>: User unknown"
+#   (Sisimai's Rhost::KDDI tells the two apart the same way; corpus rfc3464-57 vs -58).
+#   Not when the bounce says the reply answered DATA (m-FILTER writes the command).
+# A backup MX, a gateway or an Exchange server that accepted the message and then learnt
+# from the mailbox server that the mailbox does not exist writes its reply in these forms.
 UNVERIFIED_USER_UNKNOWN = Verdict(
     BounceClass.BLOCK, Category.CONTENT_RELATED, "late-user-unknown-without-proof"
 )
 DIRECTORY_FORMATS = frozenset({"exchange", "notes", "domino", "imail"})
+DIRECTORY_RULES = frozenset(
+    {
+        "gmail-no-such-user",  # Gmail's NoSuchUser page: the Google account does not exist
+        "yahoo-no-account",  # Yahoo/AOL "dd This user doesn't have a yahoo.com account"
+        "ms-dbeb-access-denied",  # Exchange Online Directory Based Edge Blocking
+    }
+)
+_LOCAL_AGENT = re.compile(r"\bmail\.local: unknown user", re.IGNORECASE)
 _SUBJECT_1 = re.compile(r"(?<![\d.])[45]\.1\.\d{1,3}(?![\d.]*\d)")
+# After "<rcpt>:" or "rcpt...": the reply's own words, up to the next angle bracket or
+# parenthesis; they must start with a letter (a digit would be another reply quoted there).
+_AFTER_RECIPIENT = re.compile(r">?(?::|\.\.\.)[ \t]*([a-z][^<>()]*)", re.IGNORECASE)
 
 
-def _unverified_user_unknown(verdict: Verdict, reply: Reply, finding: Finding) -> Verdict:
+def _unverified_user_unknown(
+    verdict: Verdict, reply: Reply, finding: Finding, rules: RuleSet | None
+) -> Verdict:
     if verdict.klass is not BounceClass.HARD or verdict.category is not Category.BAD_MAILBOX:
         return verdict
     enhanced = reply.enhanced or ""
@@ -142,8 +167,27 @@ def _unverified_user_unknown(verdict: Verdict, reply: Reply, finding: Finding) -
         or _SUBJECT_1.search(reply.text) is not None
         or finding.stage in ("RCPT", "MAIL")
         or finding.source in DIRECTORY_FORMATS
+        or verdict.rule in DIRECTORY_RULES
+        or _LOCAL_AGENT.search(reply.text) is not None
+        or (finding.stage != "DATA" and _names_recipient(reply.text, finding.recipient, rules))
     )
     return verdict if proof else UNVERIFIED_USER_UNKNOWN
+
+
+def _names_recipient(text: str, recipient: str, rules: RuleSet | None) -> bool:
+    """True when `text` says "<recipient>: <dead mailbox>" or "recipient... <dead mailbox>"."""
+    if not recipient:
+        return False
+    low, start = text.lower(), 0
+    while (i := low.find(recipient.lower(), start)) >= 0:
+        start = i + len(recipient)
+        m = _AFTER_RECIPIENT.match(text, start)
+        if m is None or (i > 0 and low[i - 1] not in " <:"):
+            continue
+        said = classify(Reply(0, None, m.group(1)), rules)
+        if said.category is Category.BAD_MAILBOX:
+            return True
+    return False
 
 
 def _reply(finding: Finding) -> Reply:

@@ -31,6 +31,7 @@ ORIGINAL_MARKERS: tuple[str, ...] = (
     r"^\s*--- Mensaje original",  # Spanish webmails
     r"^Content-Type: message/rfc822",  # a MIME part written into a text body
     r"^Return-Path: <",  # the returned headers themselves, when no marker precedes them
+    r"^The attachment contains the original mail headers",  # X6
 )
 _ORIGINAL = re.compile("|".join(f"(?:{m})" for m in ORIGINAL_MARKERS), re.IGNORECASE | re.MULTILINE)
 
@@ -76,8 +77,9 @@ MAX_RECIPIENTS = 100
 # Which SMTP command the remote refused, as notices word it (first match wins).
 STAGES: tuple[tuple[str, str], ...] = (
     # Postfix, Exim, Sendmail transcript, qmail/DragonFly, X3 "SMTP:RCPT", Yahoo "[RCPT_TO]"
+    # m-FILTER "-------SMTP command" with the command on the next line
     ("RCPT", r"in reply to RCPT|after RCPT|>>> RCPT|RCPT[ _]TO|RCPT command|our RCPT|SMTP:RCPT"),
-    ("DATA", r"end of data|in reply to DATA|>>> DATA|SMTP command DATA|after DATA|final DATA"),
+    ("DATA", r"end of data|in reply to DATA|>>> DATA|SMTP command\s+DATA|after DATA|final DATA"),
     ("MAIL", r"in reply to MAIL|after MAIL FROM|>>> MAIL"),
 )
 _STAGES = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in STAGES)
@@ -185,8 +187,15 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
 
 
 def _paragraph_before(lines: list[str], start: int, limit: int = 3) -> str:
-    """Up to `limit` non-blank lines right above line `start`, in the same paragraph."""
+    """Up to `limit` non-blank lines of the paragraph right above line `start`.
+
+    When line `start` is the bare address, blank lines above it are skipped first
+    (au/EZweb writes "The user(s) account is disabled.", a blank line, the address).
+    """
     out: list[str] = []
+    bare = start < len(lines) and ADDRESS.fullmatch(lines[start].strip().strip("<>")) is not None
+    while bare and start > 0 and not lines[start - 1].strip():
+        start -= 1
     for line in reversed(lines[max(0, start - limit) : start]):
         if not line.strip():
             break
