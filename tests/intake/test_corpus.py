@@ -40,6 +40,7 @@ JUDGED_LABEL_WRONG: dict[str, str] = {
     # files a 5.2.x status as filtered.
     "lhost-amazonworkmail-02.eml": "Status 5.2.1 + 'User Unknown', labelled filtered",
     "lhost-messagingserver-06.eml": "Status 5.2.1 + 'User Unknown', labelled filtered",
+    "lhost-zoho-02.eml": "Status 5.2.1 + 'User Unknown', labelled filtered",
     # The label contradicts the report's own code or action.
     "lhost-postfix-01.eml": "Status 5.1.1 'No such user' labelled mailererror",
     "rfc3464-01.eml": "'5.1.1 User Unknown' labelled mailboxfull",

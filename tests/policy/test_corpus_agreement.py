@@ -63,6 +63,17 @@ JUDGED_SISIMAI_WRONG: dict[str, str] = {
     "lhost-sendmail-02.eml": "550 answered RCPT (pipelined), labelled filtered",
     "lhost-sendmail-27.eml": "550 answered RCPT (pipelined), labelled filtered",
     "lhost-sendmail-48.eml": "550 answered RCPT (pipelined), labelled filtered",
+    # The reply names the recipient the way an RCPT reply does ("rcpt... No such user");
+    # a DATA reply covers every recipient and names none. Nothing in the bounce says DATA
+    # or a filter; Sisimai files a user-unknown text without a known command as filtered.
+    # docs/intake.md judges the same rows the same way for late bounces.
+    "lhost-mcafee-04.eml": "'550 rcpt... No such user' names the recipient (RCPT form)",
+    "lhost-mcafee-05.eml": "'550 <rcpt>... User not exist' names the recipient (RCPT form)",
+    "lhost-surfcontrol-01.eml": "'550 rcpt... No such user' names the recipient (RCPT form)",
+    # Status 5.2.1 (SPEC §3: disabled, hard) with "User Unknown"; Sisimai files a 5.2.x
+    # status as filtered.
+    "lhost-amazonworkmail-02.eml": "5.2.1 + 'User Unknown' labelled filtered",
+    "lhost-messagingserver-06.eml": "5.2.1 + 'User Unknown' labelled filtered",
 }
 
 
@@ -135,9 +146,10 @@ def test_agreement_with_sisimai(corpus_samples: list[Sample]) -> None:
     assert plain.total >= 350, "fewer Diagnostic-Codes than the corpus holds: extraction broke"
     # The SPEC target: >= 95% once the listed Sisimai errors are set aside.
     assert judged.hard_agree / judged.total >= 0.95
-    # Regression floors for the raw figures (measured 2026-11-22; see docs/classifier.md).
-    assert staged.hard_agree / staged.total >= 0.90
-    assert plain.hard_agree / plain.total >= 0.87
+    # Regression floors for the raw figures (measured 2026-11-22: 91.7% and 90.2%;
+    # see docs/classifier.md).
+    assert staged.hard_agree / staged.total >= 0.91
+    assert plain.hard_agree / plain.total >= 0.90
 
 
 def test_every_judged_disagreement_is_still_a_disagreement(
