@@ -67,6 +67,10 @@ def find(msg: Message) -> list[Finding]:
         hits = bounce_text.scan(notice, _excluded(msg, parts), _failed(msg))
         source = bounce_text.format_name(parts.notice)
         texts = [_from_hit(h, source) for h in hits if bounce or h.code >= 400 or h.status]
+        if not any(h.code or h.status for h in hits):
+            # A notice with no reason that returns a bounce (a gateway passing on the DSN
+            # it got, lhost-x5-01): the returned report says who failed and why.
+            texts = _returned_report(parts) or texts
         if texts:
             return texts
         if bounce and not auto:
@@ -246,6 +250,20 @@ def _from_hit(hit: bounce_text.TextHit, source: str) -> Finding:
         action="failed" if hit.code >= 500 or hit.status.startswith("5") else "",
         stage=hit.stage,
     )
+
+
+def _returned_report(parts: Parts) -> list[Finding]:
+    """The RFC 3464 findings of a returned message that is itself a bounce (one level)."""
+    if parts.original is None:
+        return []
+    inner = split(parts.original)
+    found = [
+        f
+        for ctype, text in inner.structured
+        if "delivery-status" in ctype
+        for f in bounce_dsn.delivery_status(text)
+    ]
+    return _with_text_diagnostics(found, parts.original, inner) if found else []
 
 
 def _excluded(msg: Message, parts: Parts) -> set[str]:

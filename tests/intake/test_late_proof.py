@@ -120,3 +120,34 @@ Received: from a.example by b.example
     assert report.verdict is not None
     assert report.verdict.klass is BounceClass.HARD
     assert report.verdict.category is Category.BAD_MAILBOX
+
+
+def test_notice_without_reason_that_returns_a_bounce_reads_the_returned_report() -> None:
+    # A gateway's notice names only the original sender and no reason; the message it
+    # returns is the DSN it got, which names the recipient and the reply (lhost-x5-01).
+    inner = samples.rfc3464(
+        "kijitora@neko.example", "5.1.1", "smtp; 550 5.1.1 User unknown", to=samples.SENDER
+    ).decode()
+    data = f"""From: MAILER-DAEMON@gw.sender.example
+To: {samples.SENDER}
+Subject: Undeliverable
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="OUTER"
+
+--OUTER
+Content-Type: text/plain
+
+The original message was received at Thu Oct 13 15:22:22 2015
+
+----- The following addresses had permanent delivery errors -----
+
+--OUTER
+Content-Type: message/rfc822
+
+{inner}
+--OUTER--
+""".encode()
+    reports = parse_bounce(data)
+    assert [r.recipient for r in reports] == ["kijitora@neko.example"]
+    assert reports[0].verdict is not None
+    assert reports[0].verdict.klass is BounceClass.HARD
