@@ -64,6 +64,9 @@ _IGNORE_LINE = re.compile(
 # A line that starts with the address is a recipient line in nearly every format.
 _LEADING = re.compile(r"^[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?(" + ADDRESS.pattern + ")")
 _QUOTE = re.compile(r"^[ \t]*>+ ?", re.MULTILINE)
+# Sendmail's "<code> <host> (<mailer>)... <reply>" line: the status of the host that the
+# recipient line after it was sent to (sendmail V5 transcripts, corpus lhost-v5sendmail).
+_NEXT_HOST = re.compile(r"^\s*[45]\d\d \S+ \(\w+\)\.\.\. ")
 
 # Reply code, enhanced status, qmail's "(#5.1.1)" (RFC 5321 §4.2, RFC 3463 §2).
 _CODE_ENHANCED = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
@@ -171,6 +174,8 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
         if end <= start:
             end = start + 1
         segment = lines[start : min(end, start + MAX_SEGMENT_LINES)]
+        while n + 1 < len(starts) and len(segment) > 1 and _NEXT_HOST.match(segment[-1]):
+            segment.pop()  # sendmail's "550 host (smtp)... reply" introduces the next recipient
         # Lines elsewhere that mention the address (Sendmail's transcript) belong to it too.
         for j, line in enumerate(lines):
             if (j < start or j >= end) and addr in line.lower() and j != first_line.get(addr):

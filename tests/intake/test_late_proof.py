@@ -151,3 +151,24 @@ Content-Type: message/rfc822
     assert [r.recipient for r in reports] == ["kijitora@neko.example"]
     assert reports[0].verdict is not None
     assert reports[0].verdict.klass is BounceClass.HARD
+
+
+def test_sendmail_host_line_belongs_to_the_next_recipient() -> None:
+    # Sendmail V5: "550 host (smtp)... 550 Host unknown" introduces the recipient line after
+    # it; it must not make the recipient above it a bad domain (lhost-v5sendmail-07).
+    data = f"""From: MAILER-DAEMON@mx.sender.example
+To: {samples.SENDER}
+Subject: Returned mail: Host unknown
+
+   ----- Transcript of session follows -----
+554 <kijitora@dest.example>... Remote protocol error
+550 other.example (smtp)... 550 Host unknown
+554 <mikeneko@other.example>... 550 Host unknown (Authoritative answer from name server)
+
+   ----- Unsent message follows -----
+From: {samples.SENDER}
+""".encode()
+    verdicts = {r.recipient: r.verdict for r in parse_bounce(data)}
+    first, second = verdicts["kijitora@dest.example"], verdicts["mikeneko@other.example"]
+    assert first is not None and first.klass is not BounceClass.HARD, first
+    assert second is not None and second.category is Category.BAD_DOMAIN
