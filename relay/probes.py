@@ -3,7 +3,7 @@
 
 Each probe is built only when the part it reads exists (the queue may be off),
 and reads through that part's public read API: `Spool.count()` and
-`Spool.messages()`, `SuppressionStore.count()`, `SessionPool`. Keeping these
+`Spool.oldest_arrival()`, `SuppressionStore.count()`, `SessionPool`. Keeping these
 look-ups here leaves `metrics.py` free of other modules' shapes.
 """
 
@@ -19,11 +19,6 @@ log = logging.getLogger(__name__)
 
 Probe = Callable[[], float | None]
 
-# Without `Spool.oldest_arrival()`, finding the oldest queued message reads every
-# queue entry, message bytes included; above this many messages the gauge is
-# skipped rather than making a scrape slow.
-OLDEST_SCAN_LIMIT = 2_000
-
 
 def _open_sessions(pool: Any) -> float:
     if hasattr(pool, "open_count"):
@@ -36,19 +31,12 @@ def _open_sessions(pool: Any) -> float:
     return float(in_use + idle)
 
 
-def _oldest_age(spool: Any) -> float | None:
-    if hasattr(spool, "oldest_arrival"):  # a cheap envelope-only scan, when the spool has one
-        found: datetime | None = spool.oldest_arrival()
-        if found is None:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - found).total_seconds())
-    messages, _ = spool.count()
-    if messages == 0:
+def _oldest_age(spool: Any) -> float:
+    # One cursor seek on the spool's arrival index, however long the queue.
+    found: datetime | None = spool.oldest_arrival()
+    if found is None:
         return 0.0
-    if messages > OLDEST_SCAN_LIMIT:
-        return None
-    oldest: datetime = min(m.arrived for m in spool.messages())
-    return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+    return max(0.0, (datetime.now(UTC) - found).total_seconds())
 
 
 def gauge_probes(service: Any) -> dict[str, Probe]:

@@ -1,15 +1,11 @@
 # This module keeps the retry queue durable in the shared LMDB environment. Every
 # change is one write transaction, committed with sync before the call returns; it
 # decides nothing about timing itself (policy/retry.py does) and touches no network.
-"""The retry queue: message bytes once, per-recipient state, an index by due time.
+"""The retry queue: accept, lease, settle, retry, drop and recover queued recipients.
 
-Named databases in the state environment:
-
-- ``queue_messages``:   queue_id -> envelope (JSON) + the message bytes, stored once.
-- ``queue_recipients``: queue_id NUL recipient -> state (JSON): attempts with the
-  remotes' replies, first failure, next attempt time, lease owner.
-- ``queue_due``:        8-byte big-endian due time (µs) + queue_id NUL recipient -> b"",
-  so the runner finds due work with one cursor seek.
+The on-disk layout (message bytes once, per-recipient state, indexes by due
+and arrival time) lives in relay/spool_tables.py; this module says what each
+queue operation does to it.
 
 A recipient being attempted is *leased*: its due time is pushed to the lease's
 end and its owner ("pid:token") recorded, so a crashed runner's work comes due
@@ -22,11 +18,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import lmdb
 
@@ -44,20 +39,14 @@ from relay.spool_codec import (
     attempt_json,
     decode_envelope,
     decode_message,
-    decode_rcpt,
-    due_key,
-    encode_message,
-    encode_rcpt,
     from_us,
     message_from_json,
-    rcpt_key,
+    new_envelope,
+    new_rcpt_state,
     recipient_from_json,
-    split_rcpt_key,
     to_us,
 )
-from relay.state import StateError
-
-T = TypeVar("T")
+from relay.spool_tables import QueueTables
 
 __all__ = [
     "Attempt",
@@ -107,12 +96,7 @@ class Spool:
         self.schedule = tuple(schedule)
         self.dsn = dsn or DsnSettings()
         self.new_id = new_id
-        try:
-            self._msgs = env.open_db(b"queue_messages")
-            self._rcpts = env.open_db(b"queue_recipients")
-            self._due = env.open_db(b"queue_due")
-        except lmdb.Error as exc:
-            raise StateError(f"cannot open the queue databases: {exc}") from exc
+        self._t = QueueTables(env)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -121,43 +105,31 @@ class Spool:
 
         def work(txn: lmdb.Transaction) -> None:
             if msg.deferred:
-                self._put_message(
-                    txn, msg.queue_id, msg.sender, msg.data, msg.arrived, options=msg.options
-                )
+                head = new_envelope(msg.sender, msg.arrived, options=msg.options)
+                self._t.put_message(txn, msg.queue_id, head, msg.data)
                 for rcpt, reply in msg.deferred:
                     nxt = next_attempt(now, 1, now, self.schedule) or now
-                    self._put_rcpt(txn, msg.queue_id, rcpt, nxt, now, 1, [Attempt(now, reply)])
+                    state = new_rcpt_state(rcpt, nxt, now, 1, [Attempt(now, reply)])
+                    self._t.put_rcpt(txn, msg.queue_id, rcpt, state)
             failed = [FailedRecipient(r, rep, now) for r, rep in msg.failed]
             self._queue_dsn(txn, msg.queue_id, msg.sender, msg.data, msg.arrived, failed, now)
 
-        self._write(work)
+        self._t.write(work)
 
     def lease_due(self, now: datetime, limit: int, owner: str, until: datetime) -> list[Lease]:
         """Take up to `limit` due recipients, grouped by message, for `owner` until `until`."""
 
         def work(txn: lmdb.Transaction) -> list[Lease]:
             picked: dict[str, list[dict[str, Any]]] = {}
-            cur = txn.cursor(db=self._due)
-            keys: list[bytes] = []
-            if cur.first():
-                for key in cur.iternext(values=False):
-                    if len(keys) >= limit or struct.unpack(">Q", key[:8])[0] > to_us(now):
-                        break
-                    keys.append(bytes(key))
-            for key in keys:
-                txn.delete(key, db=self._due)
-                qid, rcpt = split_rcpt_key(key[8:])
-                raw = txn.get(rcpt_key(qid, rcpt), db=self._rcpts)
-                if raw is None:  # stale index entry
+            for qid, rcpt in self._t.take_due(txn, to_us(now), limit):
+                state = self._t.get_rcpt(txn, qid, rcpt)
+                if state is None:  # stale index entry: taking it removed it
                     continue
-                state = decode_rcpt(raw)
-                state["next_at"], state["leased_by"] = to_us(until), owner
-                txn.put(rcpt_key(qid, rcpt), encode_rcpt(state), db=self._rcpts)
-                txn.put(due_key(to_us(until), qid, rcpt), b"", db=self._due)
+                self._t.reschedule(txn, qid, rcpt, state, to_us(until), owner)
                 picked.setdefault(qid, []).append(state)
             leases = []
             for qid, states in picked.items():
-                raw_msg = txn.get(qid.encode(), db=self._msgs)
+                raw_msg = txn.get(qid.encode(), db=self._t.msgs)
                 if raw_msg is None:
                     continue
                 env, data = decode_message(raw_msg)
@@ -165,7 +137,7 @@ class Spool:
                 leases.append(Lease(message_from_json(qid, env, rcpts), data, until))
             return leases
 
-        return self._write(work)
+        return self._t.write(work)
 
     def settle(self, queue_id: str, results: Sequence[Settlement], now: datetime) -> str | None:
         """Record one attempt's outcomes for a message in one transaction.
@@ -177,65 +149,38 @@ class Spool:
         """
 
         def work(txn: lmdb.Transaction) -> str | None:
-            raw_msg = txn.get(queue_id.encode(), db=self._msgs)
+            raw_msg = txn.get(queue_id.encode(), db=self._t.msgs)
             if raw_msg is None:
                 return None  # dropped by an operator meanwhile
             env, data = decode_message(raw_msg)
             failed: list[FailedRecipient] = []
             for s in results:
-                key = rcpt_key(queue_id, s.recipient)
-                raw = txn.get(key, db=self._rcpts)
-                if raw is None:
+                state = self._t.get_rcpt(txn, queue_id, s.recipient)
+                if state is None:
                     continue
-                state = decode_rcpt(raw)
-                txn.delete(due_key(state["next_at"], queue_id, s.recipient), db=self._due)
                 if s.attempt is not None:
                     state["tries"] += 1
                     state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
                     if state["first_failure"] is None and not s.attempt.reply.is_success:
                         state["first_failure"] = to_us(s.attempt.when)
                 if s.disposition is Disposition.DEFERRED:
-                    state["next_at"], state["leased_by"] = to_us(s.next_at or now), ""
-                    txn.put(key, encode_rcpt(state), db=self._rcpts)
-                    txn.put(due_key(state["next_at"], queue_id, s.recipient), b"", db=self._due)
+                    next_us = to_us(s.next_at or now)
+                    self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
                     continue
-                txn.delete(key, db=self._rcpts)
+                self._t.delete_rcpt(txn, queue_id, s.recipient, state)
                 if s.wants_dsn:
-                    rec = recipient_from_json(queue_id, state)
-                    last = rec.attempts[-1] if rec.attempts else None
-                    failed.append(
-                        FailedRecipient(
-                            s.recipient,
-                            last.reply if last else None,
-                            last.when if last else None,
-                            expired=s.disposition is Disposition.EXPIRED,
-                            note=s.note,
-                        )
-                    )
-            if not self._has_recipients(txn, queue_id):
-                txn.delete(queue_id.encode(), db=self._msgs)
+                    failed.append(_failed_recipient(queue_id, state, s))
+            if not self._t.has_recipients(txn, queue_id):
+                self._t.delete_message(txn, queue_id)
             return self._queue_dsn(
                 txn, queue_id, env["sender"], data, from_us(env["arrived"]), failed, now
             )
 
-        return self._write(work)
+        return self._t.write(work)
 
     def retry_now(self, queue_ids: Iterable[str] | None, now: datetime) -> int:
         """Make recipients due at `now` (None = all); leased ones are in flight already."""
-
-        def work(txn: lmdb.Transaction) -> int:
-            n = 0
-            for qid, rcpt, state in list(self._iter_rcpts(txn, queue_ids)):
-                if state["leased_by"]:
-                    continue
-                txn.delete(due_key(state["next_at"], qid, rcpt), db=self._due)
-                state["next_at"] = to_us(now)
-                txn.put(rcpt_key(qid, rcpt), encode_rcpt(state), db=self._rcpts)
-                txn.put(due_key(state["next_at"], qid, rcpt), b"", db=self._due)
-                n += 1
-            return n
-
-        return self._write(work)
+        return self._make_due(queue_ids, now, lambda owner: not owner)
 
     def drop(self, queue_id: str, why: str, dsn: bool, now: datetime) -> QueuedMessage | None:
         """Remove a message (all its recipients); with `dsn`, tell the sender why."""
@@ -248,36 +193,38 @@ class Spool:
             for r in msg.recipients
         ]
         if not drops:  # a message record left without recipients: remove it directly
-            self._write(lambda txn: txn.delete(queue_id.encode(), db=self._msgs))
+            self._t.write(lambda txn: self._t.delete_message(txn, queue_id))
         self.settle(queue_id, drops, now)
         return msg
 
     def recover(self, now: datetime, alive: Callable[[str], bool]) -> int:
         """On start: leases whose owner is not `alive` are due again at once."""
+        return self._make_due(None, now, lambda owner: bool(owner) and not alive(owner))
+
+    def _make_due(
+        self, queue_ids: Iterable[str] | None, now: datetime, pick: Callable[[str], bool]
+    ) -> int:
+        """Make the recipients whose lease owner `pick` accepts due at `now`, unleased."""
 
         def work(txn: lmdb.Transaction) -> int:
             n = 0
-            for qid, rcpt, state in list(self._iter_rcpts(txn, None)):
-                if not state["leased_by"] or alive(state["leased_by"]):
-                    continue
-                txn.delete(due_key(state["next_at"], qid, rcpt), db=self._due)
-                state["next_at"], state["leased_by"] = to_us(now), ""
-                txn.put(rcpt_key(qid, rcpt), encode_rcpt(state), db=self._rcpts)
-                txn.put(due_key(state["next_at"], qid, rcpt), b"", db=self._due)
-                n += 1
+            for qid, rcpt, state in list(self._t.iter_rcpts(txn, queue_ids)):
+                if pick(state["leased_by"]):
+                    self._t.reschedule(txn, qid, rcpt, state, to_us(now), "")
+                    n += 1
             return n
 
-        return self._write(work)
+        return self._t.write(work)
 
     # -- reads (any thread) ---------------------------------------------------------------
 
     def first_due(self) -> datetime | None:
         """When the earliest recipient is due (leased ones count at their lease's end)."""
-        with self.env.begin(db=self._due) as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                return None
-            return from_us(struct.unpack(">Q", bytes(cur.key())[:8])[0])
+        return self._t.first_due()
+
+    def oldest_arrival(self) -> datetime | None:
+        """When the oldest queued message arrived (None when the queue is empty); one seek."""
+        return self._t.oldest_arrival()
 
     def get(self, queue_id: str) -> QueuedMessage | None:
         """Envelope and recipients; the message bytes are not read (see `data`)."""
@@ -286,78 +233,31 @@ class Spool:
             return self._get(txn, queue_id)
 
     def _get(self, txn: lmdb.Transaction, queue_id: str) -> QueuedMessage | None:
-        raw = txn.get(queue_id.encode(), db=self._msgs)
+        raw = txn.get(queue_id.encode(), db=self._t.msgs)
         if raw is None:
             return None
         env = decode_envelope(raw)
-        rcpts = tuple(recipient_from_json(q, s) for q, _, s in self._iter_rcpts(txn, [queue_id]))
+        rcpts = tuple(recipient_from_json(q, s) for q, _, s in self._t.iter_rcpts(txn, [queue_id]))
         return message_from_json(queue_id, env, rcpts)
 
     def data(self, queue_id: str) -> bytes | None:
         with self.env.begin() as txn:
-            raw = txn.get(queue_id.encode(), db=self._msgs)
+            raw = txn.get(queue_id.encode(), db=self._t.msgs)
             return None if raw is None else decode_message(raw)[1]
 
     def messages(self) -> list[QueuedMessage]:
         """Every queued message, in queue id order, from one consistent snapshot."""
         with self.env.begin(buffers=True) as txn:
-            ids = [bytes(k).decode() for k in txn.cursor(db=self._msgs).iternext(values=False)]
+            cur = txn.cursor(db=self._t.msgs)
+            ids = [bytes(k).decode() for k in cur.iternext(values=False)]
             return [m for m in (self._get(txn, q) for q in ids) if m is not None]
 
     def count(self) -> tuple[int, int]:
         """(messages, recipients) in the queue."""
         with self.env.begin() as txn:
-            return txn.stat(self._msgs)["entries"], txn.stat(self._rcpts)["entries"]
+            return txn.stat(self._t.msgs)["entries"], txn.stat(self._t.rcpts)["entries"]
 
     # -- internals ------------------------------------------------------------------------
-
-    def _write(self, work: Callable[[lmdb.Transaction], T]) -> T:
-        try:
-            with self.env.begin(write=True) as txn:
-                return work(txn)
-        except lmdb.Error as exc:  # map full, disk error, read-only directory
-            raise StateError(f"queue write failed: {exc}") from exc
-
-    def _put_message(
-        self,
-        txn: lmdb.Transaction,
-        qid: str,
-        sender: str,
-        data: bytes,
-        arrived: datetime,
-        kind: str = "mail",
-        origin: str = "",
-        options: tuple[str, ...] = (),
-    ) -> None:
-        env: dict[str, Any] = {
-            "sender": sender,
-            "arrived": to_us(arrived),
-            "kind": kind,
-            "origin": origin,
-            "options": list(options),
-        }
-        txn.put(qid.encode(), encode_message(env, data), db=self._msgs)
-
-    def _put_rcpt(
-        self,
-        txn: lmdb.Transaction,
-        qid: str,
-        rcpt: str,
-        next_at: datetime,
-        first_failure: datetime | None,
-        tries: int,
-        attempts: list[Attempt],
-    ) -> None:
-        state: dict[str, Any] = {
-            "rcpt": rcpt,
-            "next_at": to_us(next_at),
-            "first_failure": None if first_failure is None else to_us(first_failure),
-            "tries": tries,
-            "attempts": [attempt_json(a) for a in attempts],
-            "leased_by": "",
-        }
-        txn.put(rcpt_key(qid, rcpt), encode_rcpt(state), db=self._rcpts)
-        txn.put(due_key(state["next_at"], qid, rcpt), b"", db=self._due)
 
     def _queue_dsn(
         self,
@@ -376,32 +276,21 @@ class Spool:
         raw = compose_dsn(ctx, failed, data, now)
         if raw is None:
             return None
-        self._put_message(txn, dsn_id, "", raw, now, kind="dsn", origin=qid)
-        self._put_rcpt(txn, dsn_id, sender, now, None, 0, [])
+        self._t.put_message(txn, dsn_id, new_envelope("", now, kind="dsn", origin=qid), raw)
+        self._t.put_rcpt(txn, dsn_id, sender, new_rcpt_state(sender, now, None, 0, []))
         return dsn_id
 
-    def _has_recipients(self, txn: lmdb.Transaction, qid: str) -> bool:
-        cur = txn.cursor(db=self._rcpts)
-        prefix = qid.encode() + b"\0"
-        return bool(cur.set_range(prefix)) and bytes(cur.key()).startswith(prefix)
 
-    def _iter_rcpts(
-        self, txn: lmdb.Transaction, queue_ids: Iterable[str] | None
-    ) -> Iterable[tuple[str, str, dict[str, Any]]]:
-        cur = txn.cursor(db=self._rcpts)
-        if queue_ids is None:
-            for key, raw in cur:
-                qid, rcpt = split_rcpt_key(bytes(key))
-                yield qid, rcpt, decode_rcpt(bytes(raw))
-            return
-        for qid in queue_ids:
-            prefix = qid.encode() + b"\0"
-            if not cur.set_range(prefix):
-                continue
-            for key, raw in cur:
-                if not bytes(key).startswith(prefix):
-                    break
-                yield qid, split_rcpt_key(bytes(key))[1], decode_rcpt(bytes(raw))
+def _failed_recipient(queue_id: str, state: dict[str, Any], s: Settlement) -> FailedRecipient:
+    """A recipient leaving the queue with a DSN, reported with its last remote reply."""
+    last = recipient_from_json(queue_id, state).attempts[-1:]
+    return FailedRecipient(
+        s.recipient,
+        last[0].reply if last else None,
+        last[0].when if last else None,
+        expired=s.disposition is Disposition.EXPIRED,
+        note=s.note,
+    )
 
 
 def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:

@@ -200,3 +200,38 @@ def message_from_json(
         rcpts,
         tuple(env.get("options", ())),
     )
+
+
+def new_envelope(
+    sender: str,
+    arrived: datetime,
+    kind: str = "mail",
+    origin: str = "",
+    options: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The envelope record of a message entering the queue (`encode_message` adds the size)."""
+    return {
+        "sender": sender,
+        "arrived": to_us(arrived),
+        "kind": kind,
+        "origin": origin,
+        "options": list(options),
+    }
+
+
+def new_rcpt_state(
+    rcpt: str,
+    next_at: datetime,
+    first_failure: datetime | None,
+    tries: int,
+    attempts: list[Attempt],
+) -> dict[str, Any]:
+    """The state record of a recipient entering the queue, not leased."""
+    return {
+        "rcpt": rcpt,
+        "next_at": to_us(next_at),
+        "first_failure": None if first_failure is None else to_us(first_failure),
+        "tries": tries,
+        "attempts": [attempt_json(a) for a in attempts],
+        "leased_by": "",
+    }

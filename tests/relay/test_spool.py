@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -247,3 +248,30 @@ def test_map_full_raises_state_error(tmp_path: Path) -> None:
     with pytest.raises(StateError):
         spool.accept(big, T0)
     assert spool.get("BIG") is None  # nothing half-written
+
+
+def test_oldest_arrival_follows_the_queue(tmp_path: Path) -> None:
+    """The arrival index gives the oldest message, and forgets it when it leaves."""
+    spool = _spool(tmp_path)
+    assert spool.oldest_arrival() is None
+    later = T0 + timedelta(hours=1)
+    spool.accept(SpoolMessage("Z9", "a@a.example", DATA, later, (("b@b.example", SOFT),)), T0)
+    spool.accept(_msg("A1", deferred=(("c@b.example", SOFT),)), T0)  # older, later queue id
+    assert spool.oldest_arrival() == T0
+    spool.drop("A1", "test", dsn=False, now=T0)
+    assert spool.oldest_arrival() == later
+    spool.settle("Z9", [Settlement("b@b.example", Disposition.DELIVERED)], later)
+    assert spool.count() == (0, 0) and spool.oldest_arrival() is None
+
+
+def test_arrival_index_is_built_for_a_queue_written_without_it(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    spool.accept(_msg("Q1", deferred=(("b@b.example", SOFT),)), T0)
+    older = SpoolMessage("Q2", "a@a.example", DATA, T0 - timedelta(days=2))
+    spool.accept(replace(older, deferred=(("c@b.example", SOFT),)), T0)
+    env = spool.env
+    index = env.open_db(b"queue_arrived")
+    with env.begin(write=True) as txn:  # as an older bouncer left it: no arrival index
+        txn.drop(index, delete=False)
+    assert spool.oldest_arrival() is None
+    assert Spool(env).oldest_arrival() == T0 - timedelta(days=2)
