@@ -1,26 +1,69 @@
+# This module reads the config: TOML in, a validated `Config` out, every problem named
+# at once. The tree's shape and defaults are declared in relay/config_schema.py.
 """One config object, loaded from TOML and validated once, up front.
 
 `load_config(path)` returns a tree of frozen dataclasses or raises
 `ConfigError` naming every bad or unknown key. Nothing here opens files other
 than the config itself: stores, resolvers and sockets belong to `service.py`.
+The tree's classes are re-exported here, so `relay.config` is the one name
+callers import from.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from policy.address import is_valid_address, is_valid_domain
 from policy.escalation import SuppressionRules
+from relay.config_schema import (
+    ApiConfig,
+    Config,
+    DeliveryConfig,
+    DNSConfig,
+    IntakeConfig,
+    IPNetwork,
+    LogConfig,
+    MetricsConfig,
+    PolicyConfig,
+    QueueConfig,
+    ServerConfig,
+    StoreConfig,
+    VerpConfig,
+    default_state_dir,
+    parse_duration,
+    parse_hostport,
+)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = [
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "DNSConfig",
+    "DeliveryConfig",
+    "IPNetwork",
+    "IntakeConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "PolicyConfig",
+    "QueueConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "VerpConfig",
+    "config_from_dict",
+    "default_state_dir",
+    "load_config",
+    "parse_duration",
+    "parse_hostport",
+    "suppression_rules",
+]
 
 
 class ConfigError(Exception):
@@ -29,154 +72,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    listen: tuple[str, ...] = ("127.0.0.1:2525",)
-    hostname: str = "localhost"
-    allowed_clients: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    max_message_size: int = 36_700_160
-    max_recipients: int = 100
-    max_clients: int = 500  # concurrent client connections, all listeners together
-    idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: server timeout is at least 5 minutes
-    tls_cert: str = ""
-    tls_key: str = ""
-    users_file: str = ""  # "user:scrypt-hash" lines; AUTH offered only after STARTTLS
-    workers: int = 1  # processes sharing the listen sockets (SO_REUSEPORT)
-
-
-@dataclass(frozen=True)
-class DeliveryConfig:
-    helo: str = "localhost"
-    connect_timeout: float = 30.0
-    command_timeout: float = 60.0
-    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
-    port: int = 25  # the port MX hosts are reached on
-    max_sessions_per_destination: int = 10
-    session_idle_timeout: float = 30.0
-    drain_timeout: float = 30.0  # SIGTERM: how long in-flight work may take
-    routes: dict[str, str] = field(default_factory=dict)  # domain -> "host:port"
-
-
-@dataclass(frozen=True)
-class DNSConfig:
-    nameservers: tuple[str, ...] = ()
-    timeout: float = 5.0
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    path: str = field(default_factory=lambda: default_state_dir())
-    map_size: int = 1 << 30  # bytes; LMDB's fixed ceiling for the state files
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    soft_bounce: Literal["queue", "pass"] = "queue"
-    hard_suppress_days: float = 90.0
-    permanent_after_hard: int = 3
-    soft_streak_days: float = 21.0
-    soft_streak_min_attempts: int = 3
-    soft_suppress_days: tuple[float, ...] = (7.0, 30.0, 90.0)
-    history_size: int = 20
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    schedule: tuple[str, ...] = ("5m", "30m", "2h", "8h", "1d", "3d", "7d", "14d", "21d")
-    max_concurrent: int = 20  # retries in flight at once, so retries never starve live mail
-    poll_interval: float = 1.0
-    dsn_from: str = ""  # the From: of DSNs; default MAILER-DAEMON@<server.hostname>
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    format: Literal["postfix", "json"] = "postfix"
-    file: str = ""
-    level: str = "INFO"
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    listen: str = ""  # e.g. "127.0.0.1:9325"; empty = off
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    listen: str = ""  # e.g. "127.0.0.1:8025"; empty = off
-    token: str = ""
-
-
-@dataclass(frozen=True)
-class VerpConfig:
-    enabled: bool = False
-    prefix: str = "bounces"
-    bounce_domain: str = ""
-    secret: str = ""
-    max_age_days: int = 30  # a return path older than this is refused at the intake; 0 = never
-
-
-@dataclass(frozen=True)
-class IntakeConfig:
-    listen: str = ""  # empty = off
-    feedback_addresses: tuple[str, ...] = ()
-    forward: bool = False
-
-
-@dataclass(frozen=True)
-class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
-    dns: DNSConfig = field(default_factory=DNSConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    api: ApiConfig = field(default_factory=ApiConfig)
-    verp: VerpConfig = field(default_factory=VerpConfig)
-    intake: IntakeConfig = field(default_factory=IntakeConfig)
-
-    @property
-    def allowed_networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(ipaddress.ip_network(n, strict=False) for n in self.server.allowed_clients)
-
-    @property
-    def queue_schedule_seconds(self) -> tuple[float, ...]:
-        return tuple(parse_duration(s) for s in self.queue.schedule)
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """ "5m" -> 300.0; units s, m, h, d, w; a bare number is seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 2h, 1d)")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-
-
-def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """ "127.0.0.1:2525" / "[::1]:25" / "mx.example" -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":")
-        return host, _port(port) if port else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, _port(port)
-    return text, default_port
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:  # TCP ports are 16 bits
-        raise ValueError(f"port out of range: {port}")
-    return port
 
 
 def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
@@ -232,34 +127,55 @@ def _build(cls: Any, table: dict[str, Any], where: str, problems: list[str]) -> 
     return cls(**kwargs)
 
 
+def _check_each(
+    problems: list[str],
+    where: str,
+    values: tuple[str, ...] | dict[str, str],
+    check: Callable[[str], object],
+    what: str,
+) -> None:
+    """Run `check` on each value (a tuple is named where[i], a dict by its keys); each
+    ValueError becomes a problem: "name: what: 'value'", or "name: <the error>" without `what`.
+    """
+    named = (
+        values.items()
+        if isinstance(values, dict)
+        else ((f"{where}[{n}]", v) for n, v in enumerate(values))
+    )
+    for name, value in named:
+        try:
+            check(value)
+        except ValueError as exc:
+            problems.append(f"{name}: {what}: {value!r}" if what else f"{name}: {exc}")
+
+
+def _hostport(text: str) -> object:
+    return parse_hostport(text, 25)
+
+
+def _network(text: str) -> object:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _nameserver(text: str) -> object:
+    return ipaddress.ip_address(parse_hostport(text, 53)[0])
+
+
 def _validate(cfg: Config, problems: list[str]) -> None:
     """Checks that span more than a type: addresses, ranges, durations."""
-    for i, listen in enumerate(cfg.server.listen):
-        try:
-            parse_hostport(listen, 25)
-        except ValueError:
-            problems.append(f"server.listen[{i}]: not host:port: {listen!r}")
-    for i, net in enumerate(cfg.server.allowed_clients):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            problems.append(f"server.allowed_clients[{i}]: not an IP network: {net!r}")
-    for domain, target in cfg.delivery.routes.items():
-        try:
-            parse_hostport(target, 25)
-        except ValueError:
-            problems.append(f"delivery.routes.{domain}: not host:port: {target!r}")
-    for i, ns in enumerate(cfg.dns.nameservers):
-        try:
-            host, _ = parse_hostport(ns, 53)
-            ipaddress.ip_address(host)
-        except ValueError:
-            problems.append(f"dns.nameservers[{i}]: not an IP address or ip:port: {ns!r}")
-    for i, step in enumerate(cfg.queue.schedule):
-        try:
-            parse_duration(step)
-        except ValueError as exc:
-            problems.append(f"queue.schedule[{i}]: {exc}")
+    _check_each(problems, "server.listen", cfg.server.listen, _hostport, "not host:port")
+    _check_each(
+        problems,
+        "server.allowed_clients",
+        cfg.server.allowed_clients,
+        _network,
+        "not an IP network",
+    )
+    routes = {f"delivery.routes.{d}": t for d, t in cfg.delivery.routes.items()}
+    _check_each(problems, "", routes, _hostport, "not host:port")
+    what = "not an IP address or ip:port"
+    _check_each(problems, "dns.nameservers", cfg.dns.nameservers, _nameserver, what)
+    _check_each(problems, "queue.schedule", cfg.queue.schedule, parse_duration, "")
     if not cfg.queue.schedule:
         # SPEC §5: soft failures are retried; an empty schedule would expire them at once.
         problems.append('queue.schedule: needs at least one offset (e.g. ["5m"])')
@@ -314,10 +230,7 @@ def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
         if not is_valid_address(address):
             problems.append(f"intake.feedback_addresses[{n}]: not an address: {address!r}")
     if i.listen:
-        try:
-            parse_hostport(i.listen, 25)
-        except ValueError:
-            problems.append(f"intake.listen: not host:port: {i.listen!r}")
+        _check_each(problems, "", {"intake.listen": i.listen}, _hostport, "not host:port")
         if not (v.bounce_domain and v.secret) and not i.feedback_addresses:
             problems.append(
                 "intake.listen: needs verp.bounce_domain and verp.secret "
@@ -346,11 +259,6 @@ def config_from_dict(table: dict[str, Any]) -> Config:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def default_state_dir() -> str:
-    """systemd's StateDirectory= sets $STATE_DIRECTORY; otherwise ./bouncer-state."""
-    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "bouncer-state"
 
 
 def load_config(path: str | Path | None) -> Config:
