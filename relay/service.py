@@ -47,7 +47,7 @@ EXIT_OK, EXIT_STARTUP = 0, 3
 COMPONENTS: tuple[str, ...] = (
     "relay.ops:log_writer",  # first, so it sees the other components' events
     "relay.ops:counters",
-    "relay.runner:queue_runner",
+    "relay.runner_service:queue_runner",
     "relay.ops:metrics",
     "relay.ops:api",
     "relay.intake:intake_component",  # [intake] listen: late DSNs and ARF reports (issue 7)
