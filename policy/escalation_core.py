@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from policy.record_codec import CODE_ACTIVE, CODE_SUPPRESSED
 from policy.records import (
-    CODE_ACTIVE,
-    CODE_SUPPRESSED,
     MAX_REASON,
     HistoryEvent,
     Scope,

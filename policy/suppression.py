@@ -28,12 +28,8 @@ from policy.address import (
 )
 from policy.address import normalize_domain as _normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
-from policy.records import (
-    HEADER,
-    Scope,
-    SuppressionRecord,
-    encode,
-)
+from policy.record_codec import HEADER, encode
+from policy.records import Scope, SuppressionRecord
 from policy.reply import Reply
 from policy.suppression_bulk import (
     MAP_FULL,

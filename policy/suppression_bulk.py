@@ -18,7 +18,8 @@ import lmdb
 
 from policy import escalation as esc
 from policy.escalation import RuleError, SuppressionRules
-from policy.records import CODE_STATE, Scope, State, SuppressionRecord, decode, encode, peek
+from policy.record_codec import CODE_STATE, decode, encode, peek
+from policy.records import Scope, State, SuppressionRecord
 from policy.suppression_csv import ImportProblem, ImportRow, read_csv, write_csv
 from policy.verdict import Category
 

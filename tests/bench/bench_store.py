@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from policy.record_codec import encode  # noqa: E402
 from policy.records import (  # noqa: E402
     HistoryEvent,
     Scope,
     SoftStreak,
     State,
     SuppressionRecord,
-    encode,
 )
 from policy.reply import Reply  # noqa: E402
 from policy.suppression import ADDRESS_DB, DOMAIN_DB, SuppressionRules, SuppressionStore  # noqa: E402

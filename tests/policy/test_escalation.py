@@ -10,17 +10,14 @@ import pytest
 from policy import escalation as esc
 from policy.address import is_valid_address, normalize_address
 from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
+from policy.record_codec import STATE_CODE, decode, encode, peek
 from policy.records import (
-    STATE_CODE,
     HistoryEvent,
     Scope,
     SoftStreak,
     State,
     SuppressionRecord,
     as_dict,
-    decode,
-    encode,
-    peek,
     refusal_tail,
 )
 from policy.reply import Reply, parse_reply
@@ -485,7 +482,7 @@ def test_a_soft_streak_ending_during_a_hard_suppression_keeps_the_hard_cause() -
 def test_format_1_records_without_compression_still_decode() -> None:
     import zlib
 
-    from policy.records import _WBITS, _ZDICT, HEADER
+    from policy.record_codec import _WBITS, _ZDICT, HEADER
 
     rec = esc.apply_synthesized(hard(None, T0), RULES, T0 + days(1))
     raw = encode(rec)
