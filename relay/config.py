@@ -240,14 +240,10 @@ def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
 
 def suppression_rules(policy: PolicyConfig) -> SuppressionRules:
     """The [policy] numbers of SPEC §4 as the store's rules; raises ValueError when out of range."""
-    return SuppressionRules(
-        hard_suppress_days=policy.hard_suppress_days,
-        permanent_after_hard=policy.permanent_after_hard,
-        soft_streak_days=policy.soft_streak_days,
-        soft_streak_min_attempts=policy.soft_streak_min_attempts,
-        soft_suppress_days=policy.soft_suppress_days,
-        history_size=policy.history_size,
-    )
+    # [policy] names each of SuppressionRules' fields after it (config_schema derives
+    # their defaults from it), so the rules are read field by field, not listed again.
+    numbers = {f.name: getattr(policy, f.name) for f in fields(SuppressionRules)}
+    return SuppressionRules(**numbers)
 
 
 def config_from_dict(table: dict[str, Any]) -> Config:

@@ -52,3 +52,17 @@ def test_check_config_cli_rejects_unknown_key(
     good = tmp_path / "good.toml"
     good.write_text('[server]\nlisten = ["127.0.0.1:2526"]\n')
     assert main(["check-config", "--config", str(good)]) == 0
+
+
+def test_policy_section_carries_every_suppression_rule_with_its_default() -> None:
+    from dataclasses import fields
+
+    from policy.escalation import SuppressionRules
+    from relay.config import PolicyConfig, suppression_rules
+
+    assert suppression_rules(PolicyConfig()) == SuppressionRules()
+    cfg = config_from_dict({"policy": {"hard_suppress_days": 5, "soft_suppress_days": [1, 2]}})
+    rules = suppression_rules(cfg.policy)
+    assert rules.hard_suppress_days == 5.0 and rules.soft_suppress_days == (1.0, 2.0)
+    policy_keys = {f.name for f in fields(PolicyConfig)}
+    assert {f.name for f in fields(SuppressionRules)} <= policy_keys
