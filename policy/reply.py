@@ -1,3 +1,4 @@
+# SMTP replies as values, parsed once at the edge; this module decides nothing, no I/O.
 """SMTP replies as values: parse once at the edge, pass `Reply` everywhere else.
 
 This module decides nothing and performs no I/O.

@@ -1,3 +1,4 @@
+# This module parses the command line and hands off to a subcommand module; no decisions.
 """The `bouncer` command: parses arguments and hands off; it decides nothing itself.
 
 Each subcommand lives in its own module with a `register(subparsers)` that adds

@@ -1,3 +1,4 @@
+# This module defines the event records and delivers them to subscribers; it never blocks.
 """Event records: one per recipient outcome, plus connection and message records.
 
 The relay emits events; subscribers (the log writer, metrics, the stats

@@ -1,3 +1,4 @@
+# This module opens the one shared LMDB environment; each user opens its own named DBs.
 """The one LMDB environment in the state directory, shared by the store, queue and counters.
 
 Several processes (workers, the CLI beside a running server) may open it at
