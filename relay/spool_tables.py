@@ -93,15 +93,14 @@ class QueueTables:
 
     def oldest_arrival(self) -> datetime | None:
         """When the oldest queued message arrived: one cursor seek on the arrival index."""
-        with self.env.begin(db=self.arrived) as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                return None
-            return from_us(_TIME.unpack_from(bytes(cur.key()))[0])
+        return self._first_time(self.arrived)
 
     def first_due(self) -> datetime | None:
         """The earliest due time in the index (leased recipients at their lease's end)."""
-        with self.env.begin(db=self.due) as txn:
+        return self._first_time(self.due)
+
+    def _first_time(self, index: Any) -> datetime | None:
+        with self.env.begin(db=index) as txn:
             cur = txn.cursor()
             if not cur.first():
                 return None
