@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lmdb
 
-from policy.dsn import DsnContext, FailedRecipient, compose_dsn, is_null_sender
+from policy.dsn import FailedRecipient
 from policy.retry import DEFAULT_SCHEDULE, next_attempt, schedule_from_seconds
 from relay.config import Config
 from relay.spool_codec import (
@@ -46,6 +45,7 @@ from relay.spool_codec import (
     recipient_from_json,
     to_us,
 )
+from relay.spool_dsn import DsnSettings, Report, failed_recipient, queue_dsn
 from relay.spool_tables import QueueTables
 
 __all__ = [
@@ -70,16 +70,6 @@ HISTORY = 20  # attempts kept per recipient; `tries` still counts them all
 def new_queue_id() -> str:
     """A Postfix-looking queue id (12 hex digits): unique enough, readable in logs."""
     return secrets.token_hex(6).upper()
-
-
-@dataclass(frozen=True)
-class DsnSettings:
-    reporting_mta: str = "localhost"
-    dsn_from: str = ""  # default MAILER-DAEMON@reporting_mta
-
-    @property
-    def from_header(self) -> str:
-        return self.dsn_from or f"MAILER-DAEMON@{self.reporting_mta}"
 
 
 class Spool:
@@ -169,7 +159,7 @@ class Spool:
                     continue
                 self._t.delete_rcpt(txn, queue_id, s.recipient, state)
                 if s.wants_dsn:
-                    failed.append(_failed_recipient(queue_id, state, s))
+                    failed.append(failed_recipient(recipient_from_json(queue_id, state), s))
             if not self._t.has_recipients(txn, queue_id):
                 self._t.delete_message(txn, queue_id)
             return self._queue_dsn(
@@ -252,13 +242,6 @@ class Spool:
             ids = [bytes(k).decode() for k in cur.iternext(values=False)]
             return [m for m in (self._get(txn, q) for q in ids) if m is not None]
 
-    def count(self) -> tuple[int, int]:
-        """(messages, recipients) in the queue."""
-        with self.env.begin() as txn:
-            return txn.stat(self._t.msgs)["entries"], txn.stat(self._t.rcpts)["entries"]
-
-    # -- internals ------------------------------------------------------------------------
-
     def _queue_dsn(
         self,
         txn: lmdb.Transaction,
@@ -269,28 +252,13 @@ class Spool:
         failed: list[FailedRecipient],
         now: datetime,
     ) -> str | None:
-        if not failed or is_null_sender(sender):
-            return None
-        dsn_id = self.new_id()
-        ctx = DsnContext(self.dsn.reporting_mta, self.dsn.from_header, qid, dsn_id, sender, arrived)
-        raw = compose_dsn(ctx, failed, data, now)
-        if raw is None:
-            return None
-        self._t.put_message(txn, dsn_id, new_envelope("", now, kind="dsn", origin=qid), raw)
-        self._t.put_rcpt(txn, dsn_id, sender, new_rcpt_state(sender, now, None, 0, []))
-        return dsn_id
+        report = Report(qid, sender, data, arrived, failed)
+        return queue_dsn(self._t, txn, self.dsn, self.new_id, report, now)
 
-
-def _failed_recipient(queue_id: str, state: dict[str, Any], s: Settlement) -> FailedRecipient:
-    """A recipient leaving the queue with a DSN, reported with its last remote reply."""
-    last = recipient_from_json(queue_id, state).attempts[-1:]
-    return FailedRecipient(
-        s.recipient,
-        last[0].reply if last else None,
-        last[0].when if last else None,
-        expired=s.disposition is Disposition.EXPIRED,
-        note=s.note,
-    )
+    def count(self) -> tuple[int, int]:
+        """(messages, recipients) in the queue."""
+        with self.env.begin() as txn:
+            return txn.stat(self._t.msgs)["entries"], txn.stat(self._t.rcpts)["entries"]
 
 
 def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:
