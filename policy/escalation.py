@@ -37,7 +37,7 @@ from policy.escalation_core import (
 from policy.escalation_manual import apply_add, apply_remove
 from policy.records import Scope, SoftStreak, State, SuppressionRecord
 from policy.reply import Reply
-from policy.verdict import BounceClass, Verdict
+from policy.verdict import BounceClass, Category, Verdict
 
 __all__ = [
     "HARD_CATEGORIES",
@@ -143,7 +143,10 @@ def apply_soft(
     now = utc(now)
     r = _observe(rec, key, Scope.ADDRESS, verdict, reply, "soft", rules, now)
     s = r.streak
-    if s is not None and s.category == verdict.category:
+    # An expiry (SPEC §5) closes the run of failures it ends, so it extends that streak
+    # instead of starting a message-expired one that could never reach three weeks.
+    continues = verdict.category is Category.MESSAGE_EXPIRED
+    if s is not None and (s.category == verdict.category or continues):
         streak = SoftStreak(s.category, s.first, now, s.attempts + 1)
     else:
         streak = SoftStreak(verdict.category, now, now, 1)  # a new category starts a new streak
@@ -156,9 +159,9 @@ def apply_soft(
     # The streak is long enough: the next rung of the ladder, and a new streak from scratch.
     ladder = rules.soft_suppress_days
     until = now + timedelta(days=ladder[r.soft_level]) if r.soft_level < len(ladder) else None
-    reason = f"successive bounces, {verdict.category}: {reply.line()}"
+    reason = f"successive bounces, {streak.category}: {reply.line()}"
     r = replace(r, streak=None, soft_level=r.soft_level + 1)
-    return suppress(r, now, until, verdict.category, reason)
+    return suppress(r, now, until, streak.category, reason)
 
 
 def apply_other(

@@ -494,3 +494,18 @@ def test_format_1_records_without_compression_still_decode() -> None:
     assert len(raw) < len(v1)  # the deflated body is smaller
     with pytest.raises(ValueError, match="inflate"):
         decode(raw[:start] + b"\xff" * 20)
+
+
+def test_an_expiry_completes_the_streak_it_ends() -> None:
+    """SPEC §5: the expiry after three weeks of quota failures suppresses, as that streak's end."""
+    rules = SuppressionRules()
+    full = Reply(452, "4.2.2", "Mailbox full")
+    quota = Verdict(BounceClass.SOFT, Category.QUOTA_ISSUES, "code-x.2.2")
+    expired = Verdict(BounceClass.SOFT, Category.MESSAGE_EXPIRED, "queue-expired")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rec = esc.apply_soft(None, "a@b.example", quota, full, rules, t0)
+    rec = esc.apply_soft(rec, "a@b.example", quota, full, rules, t0 + timedelta(days=7))
+    rec = esc.apply_soft(rec, "a@b.example", expired, full, rules, t0 + timedelta(days=21))
+    assert rec.state is State.SUPPRESSED
+    assert rec.cause is Category.QUOTA_ISSUES  # the streak that ended, not the expiry
+    assert rec.until == t0 + timedelta(days=28)
