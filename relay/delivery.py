@@ -36,6 +36,7 @@ class RemoteTransaction:
     failure: Outcome | None = None
     accepted: list[str] = field(default_factory=list)
     done: bool = False
+    early: tuple[str, Reply] | None = None  # a pipelined first RCPT's reply, not yet asked for
 
     @property
     def relay(self) -> str:
@@ -45,7 +46,11 @@ class RemoteTransaction:
         if self.failure is not None or self.session is None:
             assert self.failure is not None
             return self.failure
-        reply = await self.session.rcpt(recipient)
+        early, self.early = self.early, None
+        if early is not None and early[0] == recipient:
+            reply = early[1]
+        else:
+            reply = await self.session.rcpt(recipient)
         if reply.is_success:
             self.accepted.append(recipient)
         return Outcome(reply, self.relay, "RCPT")
@@ -93,11 +98,18 @@ class Delivery:
         return await self.resolver.route(domain)
 
     async def open_transaction(
-        self, route: Route, sender: str, options: Sequence[str] = (), wait: bool = True
+        self,
+        route: Route,
+        sender: str,
+        options: Sequence[str] = (),
+        wait: bool = True,
+        first: str | None = None,
     ) -> RemoteTransaction:
         """Lend a session for `route` and send MAIL FROM; a reused session that turns out dead
         is replaced once by a fresh one. `wait=False`: fail at once when the destination's
-        session cap is reached (see SessionPool.acquire)."""
+        session cap is reached (see SessionPool.acquire). `first`: the first recipient, sent
+        with MAIL in one round trip when the remote pipelines; `rcpt(first)` then returns
+        that reply without traffic."""
         for attempt in range(2):
             session = await self.pool.acquire(route, wait=wait)
             if isinstance(session, Reply):
@@ -105,8 +117,19 @@ class Delivery:
                     self.pool, route, sender, failure=Outcome(session, "none", "connect")
                 )
             reused = session.transactions > 0
-            reply = await session.mail(sender, _mail_options(session, options))
+            mail_options = _mail_options(session, options)
             txn = RemoteTransaction(self.pool, route, sender, session=session)
+            try:
+                if first is None:
+                    reply = await session.mail(sender, mail_options)
+                else:
+                    reply, rcpt = await session.mail_rcpt(sender, mail_options, first)
+                    txn.early = None if rcpt is None else (first, rcpt)
+            except BaseException:
+                # Cancelled (the client vanished) before the caller holds the transaction:
+                # nobody else could give the session back. A cut-off step broke it: closed.
+                self.pool.release(session)
+                raise
             if reply.is_success:
                 return txn
             if reused and session.broken and attempt == 0:
@@ -148,7 +171,7 @@ class Delivery:
             groups.setdefault((route.key, remote_sender), (route, []))[1].append(rcpt)
 
         async def one(route: Route, remote_sender: str, rcpts: list[str]) -> None:
-            txn = await self.open_transaction(route, remote_sender, options)
+            txn = await self.open_transaction(route, remote_sender, options, first=rcpts[0])
             try:
                 for rcpt in rcpts:
                     outcome = await txn.rcpt(rcpt)

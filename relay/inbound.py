@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +33,17 @@ from relay.stock_replies import enhance
 
 log = logging.getLogger(__name__)
 
-# RFC 5321 §2.3.8: lines end in CRLF only; a lone CR or LF is how SMTP smuggling starts.
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+def has_bare_cr_or_lf(content: bytes) -> bool:
+    """RFC 5321 §2.3.8: lines end in CRLF only; a lone CR or LF is how SMTP smuggling starts.
+
+    Three counts instead of a regex with look-around (~7% of the CPU per message in the
+    benchmark profile): every CR and every LF belongs to a CRLF exactly when the counts agree.
+    """
+    crlf = content.count(b"\r\n")
+    return content.count(b"\r") != crlf or content.count(b"\n") != crlf
+
+
 MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
 # RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL (Postfix's wording and code).
 NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
@@ -185,7 +193,7 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, txn: ClientTransaction
     ) -> str:
         content = envelope.original_content or b""
-        if _BARE.search(content):
+        if has_bare_cr_or_lf(content):
             await self.pipeline.abort(txn)
             log.warning("%s: bare CR or LF in DATA from %s; refused", txn.queue_id, self.client)
             return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"

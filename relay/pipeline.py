@@ -141,7 +141,7 @@ class Pipeline:
             # sessions for: never wait for a slot it holds itself; over the cap it is soft.
             holding = any(k == route.key for k, _ in txn.remotes)
             remote = await self.delivery.open_transaction(
-                route, remote_sender, txn.options, wait=not holding
+                route, remote_sender, txn.options, wait=not holding, first=address
             )
             if remote.failure is not None and remote.failure.reply.enhanced == "4.4.5":
                 # not cached: a later recipient may find a slot

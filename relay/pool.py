@@ -53,6 +53,7 @@ class SessionPool:
         self._closing: set[asyncio.Task[None]] = set()
         self.opened = 0  # sessions opened, for tests and metrics
         self.reused = 0  # acquisitions served from the idle list
+        self._lent = 0  # sessions handed out and not yet released
 
     def _dest(self, key: str) -> _Destination:
         dest = self._dests.get(key)
@@ -77,6 +78,7 @@ class SessionPool:
                 timer.cancel()
                 if session.alive:
                     self.reused += 1
+                    self._lent += 1
                     return session
                 session.close()
             result = await self.opener(route)
@@ -87,12 +89,14 @@ class SessionPool:
             dest.slots.release()
         else:
             self.opened += 1
+            self._lent += 1
         return result
 
     def release(self, session: RemoteSession) -> None:
         """Give a session back: idle for reuse if healthy, closed otherwise. Never blocks."""
         dest = self._dest(session.key)
         dest.slots.release()
+        self._lent -= 1
         if not session.alive:
             self._close_later(session)
             return
@@ -112,7 +116,7 @@ class SessionPool:
         self._close_later(session)
 
     def _close_later(self, session: RemoteSession) -> None:
-        if not session.smtp.is_connected:
+        if not session.connected:
             session.close()
             return
         task = asyncio.get_running_loop().create_task(session.quit())
@@ -122,6 +126,11 @@ class SessionPool:
     @property
     def idle_count(self) -> int:
         return sum(len(d.idle) for d in self._dests.values())
+
+    @property
+    def open_count(self) -> int:
+        """Sessions open now: lent out plus idle (those closing with QUIT not counted)."""
+        return self._lent + self.idle_count
 
     async def close(self) -> None:
         """QUIT every idle session (shutdown); sessions still lent out close on release."""

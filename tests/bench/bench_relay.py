@@ -283,8 +283,11 @@ def main() -> int:
             for s in setups:
                 run_throughput(sink, ports[s] or 0, 200, 10, args.size)
             if args.profile:
+                # "x.txt": collapsed stacks (grep-able); "x.json": speedscope; else an SVG.
+                fmt = {".txt": "raw", ".json": "speedscope"}.get(Path(args.profile).suffix, "")
                 profiler = subprocess.Popen(
-                    ["py-spy", "record", "-o", args.profile, "-p", str(bouncer.pids()[-1])],
+                    ["py-spy", "record", "-o", args.profile, "-p", str(bouncer.pids()[-1])]
+                    + (["--format", fmt] if fmt else []),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
