@@ -59,11 +59,20 @@ def clean(text: str) -> str:
     return _CONTROL.sub(" ", text)
 
 
+_last_stamp: tuple[datetime, str] | None = None  # several lines per message share a second
+
+
 def syslog_time(when: datetime) -> str:
     """ "Nov 22 10:15:01", day space-padded as syslog writes it; aware times go to local time."""
-    if when.tzinfo is not None:
-        when = when.astimezone()
-    return f"{_MONTHS[when.month - 1]} {when.day:2d} {when:%H:%M:%S}"
+    global _last_stamp
+    second = when.replace(microsecond=0)
+    cached = _last_stamp
+    if cached is not None and cached[0] == second and cached[0].tzinfo is second.tzinfo:
+        return cached[1]
+    local = second.astimezone() if second.tzinfo is not None else second
+    text = f"{_MONTHS[local.month - 1]} {local.day:2d} {local:%H:%M:%S}"
+    _last_stamp = (second, text)
+    return text
 
 
 def postfix_delay(seconds: float) -> str:

@@ -20,6 +20,20 @@ def protocol_keyword(session: Session, envelope: Envelope) -> str:
     return base + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
 
 
+_HELO_UNSAFE = re.compile(r"[^\x21-\x7e]")
+_stamp: tuple[datetime, str] | None = None  # the last second formatted: one per second, not message
+
+
+def _date(when: datetime) -> str:
+    """RFC 5322 date-time of `when`, to the second, formatted once per second."""
+    global _stamp
+    second = when.replace(microsecond=0)
+    # Equal datetimes in different zones print differently: the zone is part of the key.
+    if _stamp is None or _stamp[0] != second or _stamp[0].tzinfo is not second.tzinfo:
+        _stamp = (second, format_datetime(second))
+    return _stamp[1]
+
+
 def received_header(
     *,
     helo: str,
@@ -31,12 +45,12 @@ def received_header(
     when: datetime,
 ) -> bytes:
     """RFC 5321 §4.4 trace line; "for" only with a single recipient (privacy, as Postfix)."""
-    helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255] or "unknown"
+    helo = _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
     lines = [
         f"Received: from {helo} (unknown [{client_ip}])",
         f"\tby {hostname} (bouncer) with {protocol} id {queue_id}",
     ]
-    stamp = format_datetime(when)
+    stamp = _date(when)
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>; {stamp}")
     else:
