@@ -124,6 +124,10 @@ class _Wire(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
 
+    def unsolicited(self) -> bool:
+        """Something arrived (or the connection ended) while no command was outstanding."""
+        return bool(self._replies or self._lines or self._buffer)
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -249,6 +253,12 @@ class RemoteSession:
                 return [_synthetic("4.4.2", f"refused to send {s}: control character in it")
                         for s in stages]  # fmt: skip
         replies: list[Reply] = []
+        if self.wire.unsolicited():
+            # A reply nobody asked for (an idle pooled session's 421, a closed connection):
+            # it would be read as the answer to this command. Not in step: never use it.
+            self.close()
+            failure = self._failed(stages[0], _Lost("connection closed by the remote"))
+            return [failure] * len(commands)
         try:
             self.wire.write(b"".join(c + b"\r\n" for c in commands))
             for _ in commands:

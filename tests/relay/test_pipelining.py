@@ -165,3 +165,16 @@ async def test_pool_open_count_counts_lent_and_idle_sessions(pipe_mx: Pipelining
     pool.release(again)
     await pool.close()
     assert pool.open_count == 0
+
+
+async def test_an_unsolicited_reply_breaks_the_session_instead_of_answering_the_next_command(
+    pipe_mx: PipeliningMX,
+) -> None:
+    session = await open_session(route(pipe_mx), settings())
+    assert isinstance(session, RemoteSession)
+    # As the transport delivers it: a remote's idle-timeout notice while the session sat idle.
+    session.wire.data_received(b"421 4.4.2 pipe.test idle too long\r\n")
+    reply = await session.mail("a@s.test")
+    assert (reply.code, reply.enhanced, reply.host) == (451, "4.4.2", None)
+    assert session.broken and not session.alive
+    assert not any(line.startswith(b"MAIL") for line in pipe_mx.lines)  # never sent
