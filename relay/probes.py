@@ -21,14 +21,7 @@ Probe = Callable[[], float | None]
 
 
 def _open_sessions(pool: Any) -> float:
-    if hasattr(pool, "open_count"):
-        return float(pool.open_count)
-    idle: int = pool.idle_count
-    in_use = 0
-    for dest in getattr(pool, "_dests", {}).values():
-        # Each lent session holds one slot of the destination's semaphore.
-        in_use += pool.max_per_destination - dest.slots._value
-    return float(in_use + idle)
+    return float(pool.open_count)  # SessionPool.open_count: lent out plus idle
 
 
 def _oldest_age(spool: Any) -> float:
