@@ -156,10 +156,7 @@ class Pipeline:
         for rt in txn.remotes.values():
             if rt not in sending:
                 await rt.abort()
-        if len(sending) == 1:  # the usual case: no gather, no task per message
-            timed = [await _timed(sending[0].data(message))]
-        else:
-            timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
+        timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
         by_address: dict[str, tuple[Outcome, float]] = {}
         results = []
         for rt, (outcome, took) in zip(sending, timed, strict=True):

@@ -68,13 +68,10 @@ class SessionPool:
         busy = Reply(451, "4.4.5", f"too many concurrent sessions to {route.key}, try later")
         if not wait and dest.slots.locked():
             return busy
-        if not dest.slots.locked():
-            await dest.slots.acquire()  # free: returns at once (no wait_for task per message)
-        else:
-            try:
-                await asyncio.wait_for(dest.slots.acquire(), self.wait_timeout)
-            except TimeoutError:
-                return busy
+        try:
+            await asyncio.wait_for(dest.slots.acquire(), self.wait_timeout)
+        except TimeoutError:
+            return busy
         try:
             while dest.idle:
                 session, timer = dest.idle.pop()
