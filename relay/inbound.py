@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from policy.address import is_valid_address, normalize_address
 from policy.reply import Reply
@@ -50,6 +50,8 @@ NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 # aiosmtpd closes the connection after too many unknown commands with a 502; a server that
 # closes the channel says 421 (RFC 5321 §3.8), so the client knows to stop.
 _BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"
+_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd's, for MAIL and RCPT alike
+BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 CLOSING_BOGUS = "421 4.7.0 Too many unrecognized commands, closing connection"
 
 
@@ -173,7 +175,7 @@ class InboundHandler:
         if len(txn.recipients) >= self.server.max_recipients:
             return "452 4.5.3 Error: too many recipients"
         if not is_valid_address(address):
-            return "501 5.1.3 Bad recipient address syntax"
+            return BAD_RCPT_SYNTAX
         if not (address.isascii() or envelope.smtp_utf8):
             return NEEDS_SMTPUTF8
         try:
@@ -265,10 +267,22 @@ class InboundSMTP(SMTP):
             names = self._HOOKS[cls] = _hook_names(cls, ("auth_", "smtp_"))
         return names
 
+    _in_rcpt = False
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._in_rcpt = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._in_rcpt = False
+
     async def push(self, status: Any) -> None:
         # aiosmtpd's stock replies lack the RFC 3463 code we advertise (relay/stock_replies).
         if isinstance(status, str) and status.startswith(_BOGUS_GOODBYE):
             status = CLOSING_BOGUS  # it hangs up after this one: RFC 5321 §3.8 wants a 421
+        elif self._in_rcpt and status == _MALFORMED:
+            status = BAD_RCPT_SYNTAX  # SPEC §2: a recipient that does not parse is 501 5.1.3
         await super().push(enhance(status) if isinstance(status, str) else status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -280,7 +294,7 @@ class InboundSMTP(SMTP):
             return super()._getaddr(arg)
         except (IndexError, ValueError):
             # The stdlib header parser aiosmtpd uses raises on input such as "0@" instead of
-            # HeaderParseError: treat it as the malformed address it is (553 5.1.3).
+            # HeaderParseError: treat it as the malformed address it is.
             return None, None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -26,11 +26,6 @@ async def test_invalid_address_found_by_bouncer_is_501_5_1_3(
     assert fake_mx.rcpts == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="addresses aiosmtpd's parser refuses get its 553 5.1.3, not SPEC §2's 501 5.1.3 "
-    "(relay/inbound.py, audit.md §2 row 2)",
-)
 @pytest.mark.parametrize(
     "address", [b"<two@@example.test>", b"<a@example..test>", b"<@example.test>", b"<0@>"]
 )
