@@ -108,7 +108,23 @@ def classify_at(reply: Reply, stage: str, rules: RuleSet | None = None) -> Verdi
     at DATA becomes block/content-related: never a reason to suppress anyone.
     """
     verdict = classify(reply, rules)
-    if stage.upper() in ("DATA", ".", "END OF DATA") and verdict.klass is BounceClass.HARD:
+    if stage.upper() in ("DATA", ".", "END OF DATA"):
+        return _not_hard_at_data(verdict)
+    return verdict
+
+
+def shared_data_verdict(verdict: Verdict, recipients: int) -> Verdict:
+    """The verdict of a DATA reply for each of the `recipients` it answered at once.
+
+    With one recipient the reply is plainly about that address (Yahoo refuses unknown
+    accounts after DATA). With several, a hard verdict cannot be pinned on any one of them,
+    so none is suppressed for it: it reads as classify_at() reads DATA.
+    """
+    return _not_hard_at_data(verdict) if recipients > 1 else verdict
+
+
+def _not_hard_at_data(verdict: Verdict) -> Verdict:
+    if verdict.klass is BounceClass.HARD:
         return Verdict(BounceClass.BLOCK, Category.CONTENT_RELATED, f"{verdict.rule}@data")
     return verdict
 

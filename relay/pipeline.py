@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from functools import partial
 
 from policy.address import domain_of
+from policy.classify import shared_data_verdict
 from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
 from policy.reply import Reply
+from policy.verdict import Verdict
 from relay.delivery import Delivery, RemoteTransaction
 from relay.events import EventBus, MessageEvent, RecipientEvent, Status
 from relay.spool_codec import SpoolMessage
@@ -157,12 +159,12 @@ class Pipeline:
             if rt not in sending:
                 await rt.abort()
         timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
-        by_address: dict[str, tuple[Outcome, float]] = {}
+        by_address: dict[str, tuple[Outcome, float, int]] = {}
         results = []
         for rt, (outcome, took) in zip(sending, timed, strict=True):
             results.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
-                by_address[address] = (outcome, took)
+                by_address[address] = (outcome, took, len(rt.accepted))
         queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
         plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
         now = self.clock()
@@ -187,7 +189,7 @@ class Pipeline:
     async def _record(
         self,
         txn: ClientTransaction,
-        by_address: dict[str, tuple[Outcome, float]],
+        by_address: dict[str, tuple[Outcome, float, int]],
         reply: Reply,
         now: datetime,
     ) -> None:
@@ -205,7 +207,7 @@ class Pipeline:
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
                 self._event(txn, r.key, status, soft, now, r.delays)
                 continue
-            outcome, took = sent
+            outcome, took, shared = sent
             a, b, c, d = r.delays
             delays = (a, b, c, d + took)
             if outcome.reply.is_success:
@@ -219,9 +221,10 @@ class Pipeline:
                 status = Status.BOUNCED
             else:
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
-            self._event(txn, r.key, status, outcome, now, delays)
+            # One DATA reply answers for all `shared` recipients of its remote transaction.
+            verdict = shared_data_verdict(self.classify(outcome.reply), shared)
+            self._event(txn, r.key, status, outcome, now, delays, verdict)
             if self.store is not None:
-                verdict = self.classify(outcome.reply)
                 record = partial(self.store.record_verdict, r.key, verdict, outcome.reply, now)
                 writes.append((r.key, record))
         if writes:
@@ -256,8 +259,10 @@ class Pipeline:
         outcome: Outcome,
         now: datetime,
         delays: Delays,
+        verdict: Verdict | None = None,
     ) -> None:
-        verdict = None if outcome.reply.is_success else self.classify(outcome.reply)
+        if verdict is None and not outcome.reply.is_success:
+            verdict = self.classify(outcome.reply)
         self.events.emit(
             RecipientEvent(
                 queue_id=txn.queue_id,

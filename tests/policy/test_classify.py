@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.classify import classify, classify_at
+from policy.classify import classify, classify_at, shared_data_verdict
 from policy.reply import Reply, parse_reply
 from policy.rule_index import TextIndex, split_alternatives
 from policy.rules import CLASS_OF, RuleError, default_rules, load_rules, parse_rules
@@ -280,3 +280,14 @@ def test_property_5xx_class_follows_category(words: list[str]) -> None:
     verdict = classify(Reply(550, None, " ".join(words)))
     assert verdict.klass is CLASS_OF[verdict.category]
     assert verdict.klass is not BounceClass.DELIVERED
+
+
+def test_a_data_reply_shared_by_several_recipients_is_never_hard() -> None:
+    verdict = classify(parse_reply("550 5.1.1 mailbox unavailable"))
+    assert verdict.klass is BounceClass.HARD
+    assert shared_data_verdict(verdict, 1) == verdict
+    shared = shared_data_verdict(verdict, 2)
+    assert (shared.klass, shared.category) == (BounceClass.BLOCK, Category.CONTENT_RELATED)
+    assert shared.rule == f"{verdict.rule}@data"
+    soft = classify(parse_reply("452 4.2.2 mailbox full"))
+    assert shared_data_verdict(soft, 3) == soft

@@ -18,7 +18,7 @@ from policy.classify import classify
 from policy.reply import Reply, parse_reply
 from policy.retry import DEFAULT_SCHEDULE
 from policy.suppression import SuppressionStore
-from policy.verdict import Category
+from policy.verdict import BounceClass, Category
 from relay.config import PolicyConfig, suppression_rules
 from relay.events import Event, EventBus, MessageEvent, RecipientEvent, Status
 from relay.runner import RetryWorker, RunnerSettings
@@ -39,6 +39,7 @@ class Script:
         self.calls: list[tuple[str, tuple[str, ...], str]] = []
         self.options: list[tuple[str, ...]] = []
         self.gate: asyncio.Event | None = None
+        self.data_reply: str | None = None  # one reply at DATA for every recipient, as a remote
 
     async def __call__(
         self,
@@ -52,6 +53,9 @@ class Script:
         self.options.append(tuple(options))
         if self.gate is not None:
             await self.gate.wait()
+        if self.data_reply is not None:
+            shared = Outcome(parse_reply(self.data_reply), "mx[127.0.0.1]:25", "DATA")
+            return dict.fromkeys(rcpts, shared)
         out = {}
         for r in rcpts:
             reply = parse_reply(self.replies.get(r, "250 2.0.0 Ok")).with_host("mx[127.0.0.1]")
@@ -240,3 +244,23 @@ async def test_per_domain_share_leaves_sessions_for_live_mail(parts: Any) -> Non
     await _settle(worker)
     assert len(script.calls) == 3 and spool.messages() == []
     assert worker._domains == {}  # no per-domain state left behind
+
+
+@pytest.mark.parametrize(
+    "rcpts, hard", [(("b@b.example",), True), (("b@b.example", "c@b.example"), False)]
+)
+async def test_a_data_refusal_is_hard_only_for_a_lone_recipient(
+    parts: Any, rcpts: tuple[str, ...], hard: bool
+) -> None:
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, tuple((r, SOFT) for r in rcpts)), T0)
+    script.data_reply = "550 5.1.1 mailbox unavailable"
+    clock["now"] = T0 + DEFAULT_SCHEDULE[0] + timedelta(seconds=1)
+    assert await worker.run_once(clock["now"]) == len(rcpts)
+    await _settle(worker)
+    bounced = [e for e in events if isinstance(e, RecipientEvent)]
+    assert [e.status for e in bounced] == [Status.BOUNCED] * len(rcpts)
+    for event in bounced:
+        assert event.verdict is not None
+        assert (event.verdict.klass is BounceClass.HARD) is hard
+        assert (store.check(event.recipient, clock["now"]) is not None) is hard

@@ -124,8 +124,7 @@ async def test_null_mx_is_a_bad_domain_hard_bounce_remembered_for_the_domain(
 async def test_refusal_at_data_is_recorded_per_verdict(fake_mx: FakeMX, relay_service: Any) -> None:
     """§2: DATA, one remote session refused -> its reply verbatim, store per verdict.
 
-    Which class a 5.1.1 at DATA gets (hard, or block as policy.classify.classify_at says)
-    is left open here (audit.md); the row requires the verdict to be recorded at all.
+    With one recipient the DATA reply is about that address: a 5.1.1 is hard.
     """
     fake_mx.data_reply = "550 5.1.1 <gone@example.test>: mailbox unavailable"
     svc = await relay_service(routes(example_test=fake_mx))
@@ -137,7 +136,25 @@ async def test_refusal_at_data_is_recorded_per_verdict(fake_mx: FakeMX, relay_se
     rec = svc.store.get("gone@example.test")
     assert rec is not None and rec.last_reply is not None
     assert rec.last_reply.code == 550 and "mailbox unavailable" in rec.last_reply.text
-    assert rec.hard + rec.other == 1  # counted once, as hard or as block
+    assert (rec.hard, rec.other) == (1, 0)
+    assert svc.store.check("gone@example.test", svc.clock()) is not None
+
+
+async def test_a_data_refusal_shared_by_recipients_suppresses_none(
+    fake_mx: FakeMX, relay_service: Any
+) -> None:
+    """One DATA reply answers for every recipient of the remote transaction: a 5.1.1 there
+    cannot be pinned on either address, so both are recorded as block, neither suppressed."""
+    fake_mx.data_reply = "550 5.1.1 mailbox unavailable"
+    svc = await relay_service(routes(example_test=fake_mx))
+    rcpts = ["one@example.test", "two@example.test"]
+    got = await send(*where(svc), SENDER, rcpts)
+    assert got.data is not None and got.data[0] == 550
+    assert svc.store is not None
+    for address in rcpts:
+        rec = svc.store.get(address)
+        assert rec is not None and (rec.hard, rec.other) == (0, 1), rec
+        assert svc.store.check(address, svc.clock()) is None
 
 
 async def test_quit_mid_transaction_leaves_no_remote_transaction_open(
