@@ -12,8 +12,9 @@ handshake fails; "required" refuses a target without TLS with `451 4.7.4` (Postf
 "encrypt": soft, so the message is retried, not lost); "off" never tries.
 
 aiosmtplib opens the session (connect, greeting, EHLO, STARTTLS); then the transport
-goes to `_Wire`, our own small reply reader, because aiosmtplib pipelines nothing and
-costs a lock, a wait_for and two regex passes over the message per step. With a
+goes to `Wire` (relay/smtp_wire.py), our own small reply reader, because aiosmtplib
+pipelines nothing and costs a lock, a wait_for and two regex passes over the message
+per step. With a
 remote that advertises PIPELINING, MAIL FROM and the first RCPT TO go in one write
 (RFC 2920): one round trip less per message.
 """
@@ -24,7 +25,6 @@ import asyncio
 import logging
 import re
 import ssl
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -32,6 +32,7 @@ from typing import cast
 import aiosmtplib
 
 from policy.reply import Reply, split_enhanced
+from relay.smtp_wire import Wire, WireLost, wire_message
 from relay.transaction import Route, Target
 
 log = logging.getLogger(__name__)
@@ -77,122 +78,8 @@ class SessionError(Exception):
         self.reply = reply
 
 
-class _Lost(Exception):
-    """The connection closed or a reply was malformed (internal to this module)."""
-
-
-class _Wire(asyncio.Protocol):
-    """The transaction half of a session: writes commands, queues replies in order.
-
-    aiosmtplib's protocol keeps one reply waiter and drops data that arrives while a
-    parsed reply waits for pickup, so it cannot pipeline; after the greeting, EHLO and
-    STARTTLS the transport is handed to this protocol (`transport.set_protocol`).
-    """
-
-    def __init__(self, transport: asyncio.Transport, command_timeout: float) -> None:
-        self.transport = transport
-        self.command_timeout = command_timeout
-        self._loop = asyncio.get_running_loop()
-        self._buffer = bytearray()
-        self._lines: list[bytes] = []  # the lines so far of a multi-line reply
-        self._replies: deque[tuple[int, str] | Exception] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self.lost = False
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        start = 0
-        while (end := self._buffer.find(b"\n", start)) != -1:
-            line = bytes(self._buffer[start : end + 1])
-            start = end + 1
-            self._lines.append(line)
-            if line[3:4] == b"-" and len(self._lines) < MAX_REPLY_LINES:
-                continue
-            lines, self._lines = self._lines, []
-            self._replies.append(_parse(lines))
-        del self._buffer[:start]
-        if len(self._buffer) > MAX_LINE:
-            self._replies.append(_Lost("reply line too long"))
-            self.transport.close()
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._replies.append(_Lost(f"connection closed{f': {exc}' if exc else ''}"))
-        self._wake()
-
-    def eof_received(self) -> bool:
-        return False  # close our side too; connection_lost follows
-
-    def unsolicited(self) -> bool:
-        """Something arrived (or the connection ended) while no command was outstanding."""
-        return bool(self._replies or self._lines or self._buffer)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def write(self, data: bytes) -> None:
-        if self.lost or self.transport.is_closing():
-            raise _Lost("connection closed")
-        self.transport.write(data)
-
-    async def reply(self) -> tuple[int, str]:
-        """The next reply in order; raises _Lost, or TimeoutError after the command timeout."""
-        if not self._replies:
-            waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(self.command_timeout, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-        item = self._replies.popleft()
-        if isinstance(item, Exception):
-            self._replies.appendleft(item)  # every later read fails the same way
-            raise item
-        return item
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
-# A reply line is at most 512 octets (RFC 5321 §4.5.3.1.5); be generous with odd servers,
-# but bound the memory a remote can make us hold (aiosmtplib's limits).
-MAX_LINE = 8192
-MAX_REPLY_LINES = 100
 # Control characters in a command argument would smuggle a second command.
 _INJECTION = re.compile(rb"[\x00-\x1f\x7f]")
-# RFC 5321 §4.5.2: a line starting with "." gets one more (after CRLF normalisation).
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-
-
-def _parse(lines: list[bytes]) -> tuple[int, str] | Exception:
-    try:
-        code = int(lines[-1][:3])
-    except ValueError:
-        return _Lost(f"malformed reply {lines[-1][:80]!r}")
-    text = b"\n".join(line[4:].strip(b" \t\r\n") for line in lines)
-    return code, text.decode("utf-8", "surrogateescape")
-
-
-def wire_message(content: bytes) -> bytes:
-    """`content` as DATA transmits it: CRLF line endings, dot-stuffed, ending in CRLF . CRLF.
-
-    The common case (CRLF only, which bouncer's own intake guarantees) costs three counts
-    and one replace, not two regex passes over the message.
-    """
-    crlf = content.count(b"\r\n")
-    if content.count(b"\r") != crlf or content.count(b"\n") != crlf:
-        content = _LINE_ENDINGS.sub(b"\r\n", content)
-    if not content.endswith(b"\r\n"):
-        content += b"\r\n"
-    content = content.replace(b"\r\n.", b"\r\n..")
-    if content.startswith(b"."):
-        content = b"." + content
-    return content + b".\r\n"
 
 
 class RemoteSession:
@@ -209,7 +96,7 @@ class RemoteSession:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, smtp.transport)
         self.extensions = dict(smtp.esmtp_extensions)
-        self.wire = _Wire(transport, command_timeout)
+        self.wire = Wire(transport, command_timeout)
         transport.set_protocol(self.wire)  # from here on, aiosmtplib's protocol is out
         self.target = target
         self.key = key  # the route key the pool files it under
@@ -257,7 +144,7 @@ class RemoteSession:
             # A reply nobody asked for (an idle pooled session's 421, a closed connection):
             # it would be read as the answer to this command. Not in step: never use it.
             self.close()
-            failure = self._failed(stages[0], _Lost("connection closed by the remote"))
+            failure = self._failed(stages[0], WireLost("connection closed by the remote"))
             return [failure] * len(commands)
         try:
             self.wire.write(b"".join(c + b"\r\n" for c in commands))
@@ -268,7 +155,7 @@ class RemoteSession:
             # way and would be read as the answer to our next command. Never reuse this one.
             self.broken = True
             raise
-        except (_Lost, TimeoutError, OSError) as exc:
+        except (WireLost, TimeoutError, OSError) as exc:
             failure = self._failed(stages[len(replies)], exc)
             replies += [failure] * (len(commands) - len(replies))
         return replies
@@ -305,7 +192,7 @@ class RemoteSession:
         except asyncio.CancelledError:
             self.broken = True  # same as in _exchange: the stream is out of step now
             raise
-        except (_Lost, TimeoutError, OSError) as exc:
+        except (WireLost, TimeoutError, OSError) as exc:
             return self._failed("message", exc)
 
     async def rset(self) -> bool:

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from relay.delivery import Delivery
 from relay.inbound import has_bare_cr_or_lf
 from relay.mx import MXResolver, build_resolver
-from relay.outbound import OutboundSettings, RemoteSession, open_session, wire_message
+from relay.outbound import OutboundSettings, RemoteSession, open_session
 from relay.pool import SessionPool
+from relay.smtp_wire import wire_message
 from relay.transaction import Route, Target
 
 
