@@ -117,7 +117,10 @@ class RemoteSession:
         return extension.lower() in self.extensions
 
     def _failed(self, stage: str, exc: BaseException) -> Reply:
-        self.broken = True
+        # Out of step with the remote (a timed-out command's reply may still come and would
+        # be read as the answer to the next one, e.g. a late RCPT 250 taken for DATA's):
+        # close now, so nothing more is sent or read on this session.
+        self.close()
         if isinstance(exc, TimeoutError):
             text = f"conversation with {self.target.host} timed out while sending {stage}"
         else:
