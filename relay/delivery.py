@@ -60,7 +60,10 @@ class RemoteTransaction:
         assert self.session is not None and self.accepted
         reply = await self.session.data(content)
         outcome = Outcome(reply, self.relay, "DATA")
-        self.finish()
+        if self.session.in_transaction:
+            await self.abort()  # DATA refused before 354: RSET before the pool lends it again
+        else:
+            self.finish()
         return outcome
 
     def finish(self) -> None:

@@ -103,6 +103,9 @@ class RemoteSession:
         self.tls = tls
         self.transactions = 0  # how many MAIL transactions it has carried
         self.broken = False  # a step failed at the connection level: never reuse
+        # MAIL accepted and not yet ended by DATA's final reply or RSET: the remote holds
+        # a transaction (Postfix keeps it after refusing the DATA command itself).
+        self.in_transaction = False
         self.pipelining = "pipelining" in self.extensions  # RFC 2920
 
     @property
@@ -165,7 +168,9 @@ class RemoteSession:
 
     async def mail(self, sender: str, options: Sequence[str] = ()) -> Reply:
         self.transactions += 1
-        return (await self._exchange(["MAIL FROM"], [_mail(sender, options)]))[0]
+        reply = (await self._exchange(["MAIL FROM"], [_mail(sender, options)]))[0]
+        self.in_transaction = reply.is_success
+        return reply
 
     async def rcpt(self, recipient: str) -> Reply:
         return (await self._exchange(["RCPT TO"], [_rcpt(recipient)]))[0]
@@ -183,15 +188,18 @@ class RemoteSession:
         mail, rcpt = await self._exchange(
             ["MAIL FROM", "RCPT TO"], [_mail(sender, options), _rcpt(recipient)]
         )
+        self.in_transaction = mail.is_success
         return mail, (rcpt if mail.is_success else None)
 
     async def data(self, content: bytes) -> Reply:
         start = (await self._exchange(["DATA"], [b"DATA"]))[0]
         if start.code != 354:
-            return start
+            return start  # the DATA command refused: still in_transaction
         try:
             self.wire.write(wire_message(content))
-            return self._answer(*await self.wire.reply())
+            reply = self._answer(*await self.wire.reply())
+            self.in_transaction = False
+            return reply
         except asyncio.CancelledError:
             self.broken = True  # same as in _exchange: the stream is out of step now
             raise
@@ -205,6 +213,8 @@ class RemoteSession:
         reply = (await self._exchange(["RSET"], [b"RSET"]))[0]
         if reply.code != 250:
             self.broken = True
+        else:
+            self.in_transaction = False
         return not self.broken
 
     async def noop(self) -> bool:
