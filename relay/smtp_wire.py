@@ -35,6 +35,11 @@ class Wire(asyncio.Protocol):
         self._buffer += data
         start = 0
         while (end := self._buffer.find(b"\n", start)) != -1:
+            if end - start > MAX_LINE or len(self._replies) >= MAX_PENDING_REPLIES:
+                # A line longer than any reply's, or far more replies than we ever have
+                # commands outstanding: a remote streaming at us. Hold none of it.
+                self._give_up("reply line too long, or too many replies nobody asked for")
+                return
             line = bytes(self._buffer[start : end + 1])
             start = end + 1
             self._lines.append(line)
@@ -44,8 +49,16 @@ class Wire(asyncio.Protocol):
             self._replies.append(_parse(lines))
         del self._buffer[:start]
         if len(self._buffer) > MAX_LINE:
-            self._replies.append(WireLost("reply line too long"))
-            self.transport.close()
+            self._give_up("reply line too long")
+            return
+        self._wake()
+
+    def _give_up(self, why: str) -> None:
+        """The remote broke the protocol's bounds: drop what it sent and the connection."""
+        self._buffer.clear()
+        self._lines = []
+        self._replies.append(WireLost(why))
+        self.transport.close()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,6 +108,8 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 # but bound the memory a remote can make us hold (aiosmtplib's limits).
 MAX_LINE = 8192
 MAX_REPLY_LINES = 100
+# We pipeline at most MAIL + RCPT (RFC 2920): more replies waiting than this is a flood.
+MAX_PENDING_REPLIES = 100
 # RFC 5321 §4.5.2: a line starting with "." gets one more (after CRLF normalisation).
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
