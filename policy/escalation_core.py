@@ -9,7 +9,7 @@ next write materialises the re-admission in the history (`base`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
 from policy.record_codec import CODE_ACTIVE, CODE_SUPPRESSED
@@ -93,9 +93,25 @@ def refusal_text(address: str, rec: SuppressionRecord) -> str:
     return f"<{address}>: {refusal_tail(rec)}"
 
 
+# refusal_reply runs at every refused RCPT: setting Reply's slots directly costs half of
+# its frozen dataclass __init__ (an object.__setattr__ per field). Unpacking fails at import
+# if Reply's fields change, rather than leaving a new one unset.
+_SET_CODE, _SET_ENHANCED, _SET_TEXT, _SET_HOST = (
+    Reply.__dict__[f.name].__set__ for f in fields(Reply)
+)
+
+
 def refusal_reply(address: str, scope: Scope, tail: str) -> Reply:
-    """SPEC §2: `550 5.1.1` for an address, `550 5.1.2` for a domain; `tail` from the record."""
-    return Reply(550, "5.1.2" if scope is Scope.DOMAIN else "5.1.1", f"<{address}>: {tail}")
+    """SPEC §2: `550 5.1.1` for an address, `550 5.1.2` for a domain; `tail` from the record.
+
+    The same value as `Reply(550, "5.1.1" or "5.1.2", f"<{address}>: {tail}")`.
+    """
+    r: Reply = object.__new__(Reply)
+    _SET_CODE(r, 550)
+    _SET_ENHANCED(r, "5.1.2" if scope is Scope.DOMAIN else "5.1.1")
+    _SET_TEXT(r, f"<{address}>: {tail}")
+    _SET_HOST(r, None)
+    return r
 
 
 def effective(rec: SuppressionRecord, rules: SuppressionRules, now: datetime) -> SuppressionRecord:

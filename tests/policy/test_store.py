@@ -14,10 +14,11 @@ import lmdb
 import pytest
 
 from policy.records import State
-from policy.reply import parse_reply
+from policy.reply import Reply, parse_reply
 from policy.suppression import (
     ForceRequired,
     NotFound,
+    Refusal,
     StoreError,
     SuppressionRules,
     SuppressionStore,
@@ -91,6 +92,25 @@ def test_bad_domain_is_a_domain_record(store: SuppressionStore) -> None:
     dom = store.get("gone.example")
     assert dom is not None and dom.synthesized == 1 and store.get("a@gone.example") is None
     assert store.check("a@other.example", T0) is None
+
+
+def test_refusals_equal_values_built_the_ordinary_way(store: SuppressionStore) -> None:
+    # check() sets the frozen dataclasses' slots directly; the values must be indistinguishable.
+    store.record_verdict("bob@example.com", HARD, R550, T0)
+    store.record_verdict("a@gone.example", BAD_DOMAIN, parse_reply("550 5.1.2 no such domain"), T0)
+    for addr, scope, enhanced in (
+        ("bob@example.com", "address", "5.1.1"),
+        ("x@gone.example", "domain", "5.1.2"),
+    ):
+        refusal = store.check(addr, T0 + days(1))
+        assert refusal is not None
+        reply = Reply(550, enhanced, refusal.reply.text)
+        expected = Refusal(addr, scope, reply, refusal.reason)
+        assert refusal == expected and hash(refusal) == hash(expected)
+        assert repr(refusal) == repr(expected) and refusal.reply.host is None
+        assert type(refusal.scope) is str and refusal.reply.text.startswith(f"<{addr}>: ")
+        with pytest.raises(AttributeError):
+            refusal.reply.code = 250  # type: ignore[misc]
 
 
 def test_idn_domains_share_one_key(store: SuppressionStore) -> None:
