@@ -261,7 +261,12 @@ async def _connect(target: Target, settings: OutboundSettings) -> aiosmtplib.SMT
         validate_certs=False,
     )
     await smtp.connect(timeout=settings.connect_timeout)
-    await _hello(smtp, settings)
+    try:
+        await _hello(smtp, settings)
+    except BaseException:
+        # Refused, or cancelled (our client vanished): nobody else holds this connection.
+        smtp.close()
+        raise
     return smtp
 
 
@@ -307,6 +312,9 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
                 _synthetic("4.7.5", f"Cannot start TLS with {host}: handshake failed: {exc}")
             ) from exc
         log.info("STARTTLS with %s failed (%s); retrying in clear text", host, exc)
+    except BaseException:
+        smtp.close()  # cancelled mid-handshake: as in _connect, close what nobody holds
+        raise
     # Opportunistic: a fresh plain connection (the old one is unusable after a failed handshake).
     plain = OutboundSettings(
         settings.helo, settings.connect_timeout, settings.command_timeout, "off"
