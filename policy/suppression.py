@@ -11,6 +11,7 @@ and never crashes. Both the CLI and the HTTP API use the admin methods below
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -139,6 +140,8 @@ class SuppressionStore(SuppressionBulk):
                 txn.abort()
         except lmdb.Error as exc:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise StoreError(f"unreadable suppression record for {addr}: {exc}") from exc
         reason, tail = hit
         return _refusal(addr, scope_name, esc.refusal_reply(addr, scope, tail), reason)
 

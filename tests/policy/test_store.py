@@ -352,6 +352,10 @@ def test_a_corrupt_record_is_a_store_error(store: SuppressionStore, env: lmdb.En
         store.record_verdict("c@example.com", HARD, R550, T0)
     with pytest.raises(StoreError):
         list(store.scan(T0))
+    with env.begin(write=True) as txn:  # too short for even the header check() reads
+        txn.put(b"c@example.com", b"\x63", db=env.open_db(b"suppression", txn=txn))
+    with pytest.raises(StoreError, match="unreadable"):
+        store.check("c@example.com", T0)
 
 
 def test_import_keeps_going_past_rows_the_rules_refuse(store: SuppressionStore) -> None:
