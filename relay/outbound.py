@@ -32,7 +32,7 @@ from typing import cast
 import aiosmtplib
 
 from policy.reply import Reply, split_enhanced
-from relay.smtp_wire import Wire, WireLost, wire_message
+from relay.smtp_wire import Wire, WireLost, data_done_timeout, wire_message
 from relay.transaction import Route, Target
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,10 @@ class RemoteSession:
         if start.code != 354:
             return start  # the DATA command refused: still in_transaction
         try:
-            self.wire.write(wire_message(content))
-            reply = self._answer(*await self.wire.reply())
+            wired = wire_message(content)
+            self.wire.write(wired)
+            timeout = data_done_timeout(self.wire.command_timeout, len(wired))
+            reply = self._answer(*await self.wire.reply(timeout))
             self.in_transaction = False
             return reply
         except asyncio.CancelledError:

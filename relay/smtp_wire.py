@@ -82,11 +82,13 @@ class Wire(asyncio.Protocol):
             raise WireLost("connection closed")
         self.transport.write(data)
 
-    async def reply(self) -> tuple[int, str]:
-        """The next reply in order; raises WireLost, or TimeoutError after the command timeout."""
+    async def reply(self, limit: float | None = None) -> tuple[int, str]:
+        """The next reply in order; raises WireLost, or TimeoutError after `limit` seconds
+        (default: the command timeout). A timer, not asyncio.timeout: this is per command."""
         if not self._replies:
             waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(self.command_timeout, _expire, waiter)
+            wait = self.command_timeout if limit is None else limit
+            timer = self._loop.call_later(wait, _expire, waiter)
             try:
                 await waiter
             finally:
@@ -121,6 +123,18 @@ def _parse(lines: list[bytes]) -> tuple[int, str] | Exception:
         return WireLost(f"malformed reply {lines[-1][:80]!r}")
     text = b"\n".join(line[4:].strip(b" \t\r\n") for line in lines)
     return code, text.decode("utf-8", "surrogateescape")
+
+
+# The slowest transfer a remote is granted for DATA (bytes/s; 512 kbit/s): the message sits in
+# our transport buffer while it drains, so the wait for the final reply must cover that time
+# too (RFC 5321 §4.5.3.2.5-6 give the whole transfer 3 + 10 minutes; Postfix's
+# smtp_data_xfer_timeout / smtp_data_done_timeout).
+DATA_MIN_RATE = 64 * 1024
+
+
+def data_done_timeout(command_timeout: float, size: int) -> float:
+    """Seconds to wait for the reply to "." after sending `size` bytes of message."""
+    return command_timeout + size / DATA_MIN_RATE
 
 
 def wire_message(content: bytes) -> bytes:

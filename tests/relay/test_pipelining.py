@@ -22,7 +22,7 @@ from relay.inbound import has_bare_cr_or_lf
 from relay.mx import MXResolver, build_resolver
 from relay.outbound import OutboundSettings, RemoteSession, open_session
 from relay.pool import SessionPool
-from relay.smtp_wire import wire_message
+from relay.smtp_wire import data_done_timeout, wire_message
 from relay.transaction import Route, Target
 
 
@@ -179,3 +179,10 @@ async def test_an_unsolicited_reply_breaks_the_session_instead_of_answering_the_
     assert (reply.code, reply.enhanced, reply.host) == (451, "4.4.2", None)
     assert session.broken and not session.alive
     assert not any(line.startswith(b"MAIL") for line in pipe_mx.lines)  # never sent
+
+
+def test_the_wait_after_data_grows_with_the_message() -> None:
+    # A 35 MB message at the slowest rate granted needs more than a minute to drain.
+    assert data_done_timeout(60.0, 0) == 60.0
+    assert data_done_timeout(60.0, 36_700_160) == pytest.approx(60.0 + 560.0)
+    assert data_done_timeout(1.0, 5_000) < 1.1  # small messages keep the command timeout
