@@ -38,7 +38,7 @@ from policy.suppression import NotFound, StoreError, SuppressionStore
 from policy.suppression_csv import EXPORT_FIELDS, parse_when, record_row
 from policy.verdict import Category
 from relay.counters import read_stats, stats_document
-from relay.httpserve import serve_app
+from relay.httpserve import bind_component, serve_app
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +266,7 @@ class Api:
         self._write = service.writer.run
         self.clock = service.clock
         if self.listen:
-            try:
-                port = await self.serve(self.listen)
-            except OSError as exc:
-                from relay.service import StartupError  # exit 3, like the SMTP listener
-
-                raise StartupError(f"cannot listen on [api] {self.listen}: {exc}") from exc
+            port = await bind_component(self.serve, self.listen, "api")
             log.info("HTTP API on %s (port %d)", self.listen, port)
 
     async def stop(self) -> None:

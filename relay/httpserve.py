@@ -8,6 +8,7 @@ real port without reaching into aiohttp's internals.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -30,3 +31,13 @@ async def serve_app(
         await runner.cleanup()
         raise
     return runner, int(sock.getsockname()[1])
+
+
+async def bind_component(serve: Callable[[str], Awaitable[int]], listen: str, section: str) -> int:
+    """Run a component's `serve(listen)`; a port that cannot be bound is a startup error."""
+    try:
+        return await serve(listen)
+    except OSError as exc:
+        from relay.service import StartupError  # exit 3, like the SMTP listener
+
+        raise StartupError(f"cannot listen on [{section}] {listen}: {exc}") from exc

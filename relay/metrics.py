@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.events import ConnectEvent, Event, MessageEvent, RecipientEvent
-from relay.httpserve import serve_app
+from relay.httpserve import bind_component, serve_app
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,7 @@ class Metrics:
         service.events.subscribe(self)
         wire_service(self, service)
         if self.listen:
-            try:
-                port = await self.serve(self.listen)
-            except OSError as exc:
-                from relay.service import StartupError  # exit 3, like the SMTP listener
-
-                raise StartupError(f"cannot listen on [metrics] {self.listen}: {exc}") from exc
+            port = await bind_component(self.serve, self.listen, "metrics")
             log.info("metrics and /healthz on %s (port %d)", self.listen, port)
 
     async def stop(self) -> None:
