@@ -59,7 +59,7 @@ async def relay_service(
 
     started: list[Service] = []
 
-    async def start(overrides: dict[str, Any] | None = None) -> Service:
+    async def start(overrides: dict[str, Any] | None = None, clock: Any = None) -> Service:
         table: dict[str, Any] = {
             "server": {"listen": ["127.0.0.1:0"], "hostname": "relay.test"},
             "delivery": {
@@ -73,7 +73,8 @@ async def relay_service(
         }
         for section, values in (overrides or {}).items():
             table.setdefault(section, {}).update(values)
-        svc = Service(config_from_dict(table))
+        config = config_from_dict(table)
+        svc = Service(config) if clock is None else Service(config, clock=clock)
         await svc.startup()
         started.append(svc)
         return svc

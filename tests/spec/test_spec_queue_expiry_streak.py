@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from policy.records import State
 from policy.retry import DEFAULT_SCHEDULE
-from relay.config import config_from_dict
-from relay.service import Service
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
 
@@ -34,53 +31,41 @@ async def _until(check: Any, what: str, deadline: float = 10.0) -> None:
 
 @pytest.mark.timeout(60)
 async def test_three_weeks_of_soft_failures_suppress_the_address(
-    fake_mx: FakeMX, tmp_path: Path
+    fake_mx: FakeMX, relay_service: Any
 ) -> None:
     fake_mx.rcpt_replies[FULL] = "452 4.2.2 Mailbox full"
     t0 = datetime.now(UTC)
     clock = {"now": t0}
-    table: dict[str, Any] = {
-        "server": {"listen": ["127.0.0.1:0"], "hostname": "relay.test"},
-        "delivery": {
-            "helo": "relay.test",
-            "connect_timeout": 2,
-            "command_timeout": 5,
-            "drain_timeout": 2,
-            "routes": {"example.test": fake_mx.address, "sender.test": fake_mx.address},
-        },
-        "store": {"path": str(tmp_path / "state")},
+    overrides = {
+        "delivery": {"routes": {"example.test": fake_mx.address, "sender.test": fake_mx.address}},
         "queue": {"poll_interval": 0.02},
     }
-    svc = Service(config_from_dict(table), clock=lambda: clock["now"])
-    await svc.startup()
-    try:
-        host, port = svc.addresses[0]
-        got = await send(host, port, "app@sender.test", [FULL])
-        assert got.data is not None and got.data[0] == 250  # queued: soft_bounce = "queue"
-        assert svc.store is not None
-        spool = svc.spool
-        assert spool is not None
+    svc = await relay_service(overrides, clock=lambda: clock["now"])
+    host, port = svc.addresses[0]
+    got = await send(host, port, "app@sender.test", [FULL])
+    assert got.data is not None and got.data[0] == 250  # queued: soft_bounce = "queue"
+    assert svc.store is not None
+    spool = svc.spool
+    assert spool is not None
 
-        def settled() -> bool:
-            # Advance the clock only once the last attempt is on disk: the runner schedules
-            # from the time it settles, and a later clock would skip a slot of the schedule.
-            return not any(
-                r.recipient == FULL and (r.leased_by or r.next_at <= clock["now"])
-                for m in spool.messages()
-                for r in m.recipients
-            )
+    def settled() -> bool:
+        # Advance the clock only once the last attempt is on disk: the runner schedules
+        # from the time it settles, and a later clock would skip a slot of the schedule.
+        return not any(
+            r.recipient == FULL and (r.leased_by or r.next_at <= clock["now"])
+            for m in spool.messages()
+            for r in m.recipients
+        )
 
-        for n, offset in enumerate(DEFAULT_SCHEDULE, start=2):
-            await _until(settled, f"attempt {n - 1} settled")
-            clock["now"] = t0 + offset + timedelta(seconds=1)
-            await _until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
-        # The last attempt failed: the recipient expired and its DSN went to the sender.
-        await _until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
-        assert fake_mx.rcpts.count(FULL) == len(DEFAULT_SCHEDULE) + 1
-        rec = svc.store.get(FULL)
-        assert rec is not None and rec.soft == len(DEFAULT_SCHEDULE) + 1
-        # 10 soft bounces over 21 days with no success between: SPEC §4 suppresses for 7 days.
-        assert rec.state is State.SUPPRESSED, rec
-        assert svc.store.check(FULL, clock["now"]) is not None
-    finally:
-        await svc.shutdown()
+    for n, offset in enumerate(DEFAULT_SCHEDULE, start=2):
+        await _until(settled, f"attempt {n - 1} settled")
+        clock["now"] = t0 + offset + timedelta(seconds=1)
+        await _until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
+    # The last attempt failed: the recipient expired and its DSN went to the sender.
+    await _until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
+    assert fake_mx.rcpts.count(FULL) == len(DEFAULT_SCHEDULE) + 1
+    rec = svc.store.get(FULL)
+    assert rec is not None and rec.soft == len(DEFAULT_SCHEDULE) + 1
+    # 10 soft bounces over 21 days with no success between: SPEC §4 suppresses for 7 days.
+    assert rec.state is State.SUPPRESSED, rec
+    assert svc.store.check(FULL, clock["now"]) is not None
