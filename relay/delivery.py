@@ -59,7 +59,7 @@ class RemoteTransaction:
         """Send the message to the accepted recipients; the session goes back to the pool."""
         assert self.session is not None and self.accepted
         reply = await self.session.data(content)
-        outcome = Outcome(reply, self.relay, "DATA")
+        outcome = Outcome(reply, self.relay, "DATA", len(self.accepted))
         if self.session.in_transaction:
             await self.abort()  # DATA refused before 354: RSET before the pool lends it again
         else:

@@ -159,12 +159,12 @@ class Pipeline:
             if rt not in sending:
                 await rt.abort()
         timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
-        by_address: dict[str, tuple[Outcome, float, int]] = {}
+        by_address: dict[str, tuple[Outcome, float]] = {}
         results = []
         for rt, (outcome, took) in zip(sending, timed, strict=True):
             results.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
-                by_address[address] = (outcome, took, len(rt.accepted))
+                by_address[address] = (outcome, took)
         queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
         plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
         now = self.clock()
@@ -189,7 +189,7 @@ class Pipeline:
     async def _record(
         self,
         txn: ClientTransaction,
-        by_address: dict[str, tuple[Outcome, float, int]],
+        by_address: dict[str, tuple[Outcome, float]],
         reply: Reply,
         now: datetime,
     ) -> None:
@@ -207,7 +207,7 @@ class Pipeline:
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
                 self._event(txn, r.key, status, soft, now, r.delays)
                 continue
-            outcome, took, shared = sent
+            outcome, took = sent
             a, b, c, d = r.delays
             delays = (a, b, c, d + took)
             if outcome.reply.is_success:
@@ -221,8 +221,7 @@ class Pipeline:
                 status = Status.BOUNCED
             else:
                 status = Status.QUEUED if reply.is_success else Status.DEFERRED
-            # One DATA reply answers for all `shared` recipients of its remote transaction.
-            verdict = shared_data_verdict(self.classify(outcome.reply), shared)
+            verdict = shared_data_verdict(self.classify(outcome.reply), outcome.answered)
             self._event(txn, r.key, status, outcome, now, delays, verdict)
             if self.store is not None:
                 record = partial(self.store.record_verdict, r.key, verdict, outcome.reply, now)

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import secrets
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -172,12 +171,7 @@ class RetryWorker:
             log.exception("queue %s: delivery attempt failed", msg.queue_id)
             outcomes = {}
         now = self.clock()
-        # deliver_message hands one Outcome object to all the recipients one DATA reply answered.
-        sharing = Counter(id(o) for o in outcomes.values())
-        results = [
-            self._judge(r, outcomes.get(r.recipient), sharing[id(outcomes.get(r.recipient))], now)
-            for r in msg.recipients
-        ]
+        results = [self._judge(r, outcomes.get(r.recipient), now) for r in msg.recipients]
         try:
             dsn_id = await self.run_write(lambda: self._record(msg.queue_id, results, now))
         except StateError:
@@ -219,13 +213,9 @@ class RetryWorker:
             else:
                 self._domains[domain] = (sem, users - 1)
 
-    def _judge(
-        self, r: QueuedRecipient, out: Outcome | None, sharing: int, now: datetime
-    ) -> _Result:
+    def _judge(self, r: QueuedRecipient, out: Outcome | None, now: datetime) -> _Result:
         out = out or Outcome(INTERNAL)
-        verdict = self.classify(out.reply)
-        if out.stage == "DATA":
-            verdict = shared_data_verdict(verdict, sharing)
+        verdict = shared_data_verdict(self.classify(out.reply), out.answered)
         attempt = Attempt(now, out.reply, out.relay, out.stage)
         if out.reply.is_success:
             s = Settlement(r.recipient, Disposition.DELIVERED, attempt)

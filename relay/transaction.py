@@ -53,6 +53,7 @@ class Outcome:
     reply: Reply  # `.host` is set when a remote said it
     relay: str = "none"  # "host[ip]:port", or "none" when no remote was reached
     stage: str = "RCPT"  # "connect", "MAIL", "RCPT", "DATA"
+    answered: int = 1  # recipients this one reply answers (a DATA reply covers them all)
 
 
 # The remote envelope sender for (sender, recipient, queue id); identity unless VERP.

@@ -54,7 +54,8 @@ class Script:
         if self.gate is not None:
             await self.gate.wait()
         if self.data_reply is not None:
-            shared = Outcome(parse_reply(self.data_reply), "mx[127.0.0.1]:25", "DATA")
+            reply = parse_reply(self.data_reply)
+            shared = Outcome(reply, "mx[127.0.0.1]:25", "DATA", len(rcpts))
             return dict.fromkeys(rcpts, shared)
         out = {}
         for r in rcpts:
