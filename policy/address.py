@@ -123,8 +123,8 @@ def is_valid_address(address: str) -> bool:
     """
     a = strip_brackets(address)
     local, at, domain = a.rpartition("@")
-    if not at or not local or not domain:
-        return False
+    if not at or not local or not domain or not a.isprintable():
+        return False  # also a lone surrogate: bytes that were not UTF-8 (surrogateescape)
     if len(a.encode("utf-8")) > MAX_PATH - 2 or len(local.encode("utf-8")) > MAX_LOCAL_PART:
         return False
     if not (_DOT_STRING.match(local) or _QUOTED_STRING.match(local)):

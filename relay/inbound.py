@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -53,6 +54,11 @@ _BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"
 _MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd's, for MAIL and RCPT alike
 BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 CLOSING_BOGUS = "421 4.7.0 Too many unrecognized commands, closing connection"
+INTERNAL_PROBLEM = "451 4.3.0 Error: internal problem, try again later"
+# RFC 5321 §4.1.2: no path or parameter has a control character (Quoted-string and
+# esmtp-value are printable ASCII); aiosmtpd decodes command arguments as UTF-8 with
+# surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF.
+_BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def reply_line(reply: Reply) -> str:
@@ -186,7 +192,7 @@ class InboundHandler:
             raise
         except Exception:  # the one catch-all of a transaction: 451 and keep serving
             log.exception("%s: RCPT %s failed", txn.queue_id, address)
-            return "451 4.3.0 Error: internal problem, try again later"
+            return INTERNAL_PROBLEM
         if len(txn.recipients) > len(envelope.rcpt_tos):
             envelope.rcpt_tos.append(address)
         return reply_line(reply)
@@ -226,7 +232,7 @@ class InboundHandler:
         except Exception:
             log.exception("%s: DATA failed", txn.queue_id)
             await self.pipeline.abort(txn)
-            return "451 4.3.0 Error: internal problem, try again later"
+            return INTERNAL_PROBLEM
         return reply_line(reply)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -241,6 +247,13 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, arg: str
     ) -> str:
         return "250 2.0.0 Ok"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's catch-all for an error no hook handled: its own reply would be
+        "500 Error: (ExcName) text", Python's words to a client. Log it, answer 451 4.3.0."""
+        queue_id = self.txn.queue_id if self.txn is not None else "NOQUEUE"
+        log.error("%s: internal error in a session from %s", queue_id, self.client, exc_info=error)
+        return INTERNAL_PROBLEM
 
     async def handle_VRFY(
         self, server: SMTP, session: Session, envelope: Envelope, arg: str
@@ -290,11 +303,14 @@ class InboundSMTP(SMTP):
         fast = simple_path(arg, self.local_part_limit)
         if fast is not None:
             return fast
+        if _BAD_PATH_CHAR.search(arg):
+            return None, None  # bytes that are not UTF-8, or a control character: malformed
         try:
             return super()._getaddr(arg)
-        except (IndexError, ValueError):
-            # The stdlib header parser aiosmtpd uses raises on input such as "0@" instead of
-            # HeaderParseError: treat it as the malformed address it is.
+        except Exception:
+            # The stdlib header parser aiosmtpd uses raises on input such as "0@"
+            # (IndexError) or "<a@[300" (AttributeError) instead of HeaderParseError:
+            # whatever it raises, the address is malformed.
             return None, None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
