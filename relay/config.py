@@ -12,6 +12,7 @@ callers import from.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 import types
@@ -98,6 +99,9 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a table")
             return {}
+        for k in value:
+            if _CONTROL.search(k):
+                problems.append(f"{where}: control characters not allowed in key {k!r}")
         return {str(k): _convert(v, val_t, f"{where}.{k}", problems) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         return value
@@ -105,10 +109,20 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{where}: expected a number, got {value!r}")
             return 0.0
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means either
+            problems.append(f"{where}: must be a finite number, got {value}")
         return float(value)
     if hint in (int, str, bool) and (type(value) is not hint):
         problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
+    elif hint is str and _CONTROL.search(value):
+        problems.append(f"{where}: control characters (CR, LF, ...) not allowed: {value!r}")
     return value
+
+
+# C0 and C1 controls, DEL, and the Unicode line separators. A string setting may end up in
+# a reply line (hostname in the greeting), a header (dsn_from, Received:) or a log line,
+# where a CR or LF would start a new one: header and reply injection.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _build(cls: Any, table: dict[str, Any], where: str, problems: list[str]) -> Any:
@@ -187,6 +201,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         "delivery.connect_timeout": cfg.delivery.connect_timeout,
         "delivery.command_timeout": cfg.delivery.command_timeout,
         "delivery.max_sessions_per_destination": cfg.delivery.max_sessions_per_destination,
+        "delivery.session_idle_timeout": cfg.delivery.session_idle_timeout,
         "dns.timeout": cfg.dns.timeout,
         "store.map_size": cfg.store.map_size,
         "queue.max_concurrent": cfg.queue.max_concurrent,
@@ -197,6 +212,19 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     for name, value in positive.items():
         if not 0 < value < float("inf"):  # also refuses TOML's nan and inf
             problems.append(f"{name}: must be a finite number greater than 0, got {value}")
+    if cfg.delivery.drain_timeout < 0:
+        problems.append(
+            f"delivery.drain_timeout: must be 0 or more, got {cfg.delivery.drain_timeout}"
+        )
+    # Names we say to others: the greeting and Received: (hostname), EHLO (helo), DSNs' From:.
+    for name, value in (
+        ("server.hostname", cfg.server.hostname),
+        ("delivery.helo", cfg.delivery.helo),
+    ):
+        if not is_valid_domain(value):
+            problems.append(f"{name}: not a domain name or address literal: {value!r}")
+    if cfg.queue.dsn_from and not is_valid_address(cfg.queue.dsn_from):
+        problems.append(f"queue.dsn_from: not an address: {cfg.queue.dsn_from!r}")
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
     try:
@@ -210,9 +238,12 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     _validate_verp_intake(cfg, problems)
     if cfg.api.listen and not cfg.api.token:
         problems.append("api.token: required when api.listen is set")
+    elif cfg.api.token and len(cfg.api.token) < MIN_API_TOKEN:
+        problems.append(f"api.token: use at least {MIN_API_TOKEN} characters")
 
 
 MIN_VERP_SECRET = 16  # characters; the HMAC is only as strong as its key
+MIN_API_TOKEN = 16  # characters; a short bearer token is guessed
 
 
 def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
@@ -263,9 +294,14 @@ def load_config(path: str | Path | None) -> Config:
         return config_from_dict({})
     try:
         with open(path, "rb") as fh:
-            table = tomllib.load(fh)
+            data = fh.read()
+        table = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0 "Spec")
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start : exc.end].hex()
+        raise ConfigError([f"{path}: line {line}: not UTF-8 (byte 0x{bad})"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     return config_from_dict(table)

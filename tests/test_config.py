@@ -66,3 +66,74 @@ def test_policy_section_carries_every_suppression_rule_with_its_default() -> Non
     assert rules.hard_suppress_days == 5.0 and rules.soft_suppress_days == (1.0, 2.0)
     policy_keys = {f.name for f in fields(PolicyConfig)}
     assert {f.name for f in fields(SuppressionRules)} <= policy_keys
+
+
+# --- issue 10 item 9: strings that reach a header or reply, numbers, encoding, token ---
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("server", "hostname", "relay.test\r\n250 fake"),  # a fake line in the greeting
+        ("delivery", "helo", "relay.test\nX: y"),
+        ("queue", "dsn_from", "postmaster@relay.test\r\nBcc: victim@example.test"),
+        ("log", "level", "INFO\x00"),
+        ("verp", "prefix", "bounces\u2028"),
+    ],
+)
+def test_control_characters_in_a_string_setting_are_refused(
+    section: str, key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({section: {key: value}})
+    assert any(p.startswith(f"{section}.{key}: control characters") for p in err.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("server", "hostname", "relay test"),
+        ("delivery", "helo", "a..b"),
+        ("queue", "dsn_from", "x"),
+    ],
+)
+def test_names_said_to_others_must_be_domains_or_addresses(
+    section: str, key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({section: {key: value}})
+    assert any(p.startswith(f"{section}.{key}: not a") for p in err.value.problems), err.value
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 0, -1])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("delivery", "session_idle_timeout"), ("server", "idle_timeout"), ("dns", "timeout")],
+)
+def test_timeouts_are_finite_and_positive(section: str, key: str, value: float) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({section: {key: value}})
+    assert any(p.startswith(f"{section}.{key}: must be") for p in err.value.problems)
+
+
+def test_policy_days_must_be_finite() -> None:
+    with pytest.raises(ConfigError, match="finite"):
+        config_from_dict({"policy": {"hard_suppress_days": float("inf")}})
+
+
+def test_a_short_api_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least 16"):
+        config_from_dict({"api": {"listen": "127.0.0.1:0", "token": "x"}})
+    assert config_from_dict({"api": {"listen": "127.0.0.1:0", "token": "x" * 16}})
+
+
+def test_a_config_that_is_not_utf8_is_exit_3_naming_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\nhostname = "relay.test"\n# caf\xe9\n')
+    with pytest.raises(SystemExit) as info:
+        main(["check-config", "--config", str(path)])
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert f"{path}: line 3: not UTF-8" in err and "Traceback" not in err, err

@@ -14,7 +14,7 @@ from relay.service import Service
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 
 
 def _component(svc: Service, kind: type) -> Any:
