@@ -20,6 +20,7 @@ hard rate = hard / sent, soft rate = soft / sent (None when nothing was sent).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
@@ -105,16 +106,24 @@ def day_of(when: datetime) -> date:
     return when.date()
 
 
+MAX_SINCE_DAYS = 36_600  # a century of counts is more than anyone keeps; also date's range
+_PERIOD = re.compile(r"([0-9]{1,9})([dw])")
+
+
 def parse_since(text: str, now: datetime) -> date:
-    """ "7d" -> the first day counted, `now`'s UTC day included; "2026-11-01" as is."""
+    """ "7d" -> the first day counted, `now`'s UTC day included; "2026-11-01" as is.
+
+    Raises ValueError with a message for a person (a period out of range included).
+    """
     text = text.strip()
-    if text.endswith("d") and text[:-1].isdigit():
-        days = int(text[:-1])
+    m = _PERIOD.fullmatch(text)
+    if m:
+        days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
         if days < 1:
             raise ValueError("--since needs at least 1d")
+        if days > MAX_SINCE_DAYS:
+            raise ValueError(f"--since goes back at most {MAX_SINCE_DAYS}d, got {text!r}")
         return day_of(now) - timedelta(days=days - 1)
-    if text.endswith("w") and text[:-1].isdigit():
-        return day_of(now) - timedelta(days=7 * int(text[:-1]) - 1)
     try:
         return date.fromisoformat(text)
     except ValueError as exc:

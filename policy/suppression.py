@@ -60,6 +60,9 @@ _HEAD_SIZE = HEADER.size
 _ADDRESS, _DOMAIN = Scope.ADDRESS.value, Scope.DOMAIN.value
 
 
+_MAX_KEY = 511  # bytes: LMDB's default key size limit (mdb_env_get_maxkeysize)
+
+
 class NotFound(LookupError):
     """No record for this address or domain."""
 
@@ -249,9 +252,12 @@ class SuppressionStore(SuppressionBulk):
     def _target(self, key: str) -> tuple[Any, str, Scope]:
         """An address, or a bare domain for a domain-level record."""
         k = key.strip()
-        if "@" in k:
-            return self._addr, normalize_address(k), Scope.ADDRESS
-        return self._dom, _normalize_domain(k), Scope.DOMAIN
+        db, scope = (self._addr, Scope.ADDRESS) if "@" in k else (self._dom, Scope.DOMAIN)
+        k = normalize_address(k) if scope is Scope.ADDRESS else _normalize_domain(k)
+        if not 0 < len(k.encode("utf-8", "surrogatepass")) <= _MAX_KEY:
+            # "" (from "..", say) or longer than LMDB keys go: never a record, not a store fault
+            raise AddressError(f"not a valid address or domain: {key!r}")
+        return db, k, scope
 
     def get(self, key: str, now: datetime | None = None) -> SuppressionRecord | None:
         """The record for an address or a bare domain; with `now`, as of then (expiry applied)."""

@@ -121,21 +121,17 @@ class SuppressionBulk:
 
     def import_csv(self, lines: Iterable[str], now: datetime, why: str = "import") -> ImportResult:
         """Add every row of a CSV (our export format, or one address per line)."""
-        now = esc.utc(now)
-        added, skipped, problems = 0, 0, []
-        batch: list[ImportRow] = []
-        for item in read_csv(lines, now):
-            if isinstance(item, ImportProblem):
-                skipped += 1
-                problems.append(f"line {item.line}: {item.problem}")
-                continue
-            batch.append(item)
-            if len(batch) >= _IMPORT_BATCH:
-                a, p = self._import_batch(batch, now, why)
-                added, skipped, problems = added + a, skipped + len(p), problems + p
-                batch = []
-        a, p = self._import_batch(batch, now, why)
-        return ImportResult(added + a, skipped + len(p), tuple(problems + p))
+        job = self.import_job(lines, now, why)
+        while job.step():
+            pass
+        return job.result()
+
+    def import_job(
+        self, lines: Iterable[str], now: datetime, why: str = "import", batch: int = _IMPORT_BATCH
+    ) -> ImportJob:
+        """An import done a batch of rows per `step()`, one write transaction each; a caller
+        with one writer thread runs each step as its own job, so other writes go between."""
+        return ImportJob(self, lines, esc.utc(now), why, batch)
 
     def _import_batch(
         self, rows: list[ImportRow], now: datetime, why: str
@@ -160,6 +156,42 @@ class SuppressionBulk:
         except lmdb.Error as exc:
             raise StoreError(f"suppression import failed: {exc}") from exc
         return added, problems
+
+
+class ImportJob:
+    """A CSV import in steps: each `step()` reads up to `batch` good rows and writes them in
+    one transaction. Not thread-safe: call its steps one after another (the writer thread)."""
+
+    def __init__(
+        self, store: SuppressionBulk, lines: Iterable[str], now: datetime, why: str, batch: int
+    ) -> None:
+        self._store = store
+        self._rows = read_csv(lines, now)
+        self._now = now
+        self._why = why
+        self._batch = batch
+        self.added = 0
+        self.problems: list[str] = []
+
+    def step(self) -> bool:
+        """Import the next batch; False once the input is used up (nothing left to do)."""
+        rows: list[ImportRow] = []
+        for item in self._rows:
+            if isinstance(item, ImportProblem):
+                self.problems.append(f"line {item.line}: {item.problem}")
+                continue
+            rows.append(item)
+            if len(rows) >= self._batch:
+                break
+        if not rows:
+            return False
+        added, problems = self._store._import_batch(rows, self._now, self._why)
+        self.added += added
+        self.problems.extend(problems)
+        return True
+
+    def result(self) -> ImportResult:
+        return ImportResult(self.added, len(self.problems), tuple(self.problems))
 
 
 def _import_rule(

@@ -10,6 +10,7 @@ optional `category` and `until` columns, and turns each row into an
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,8 +54,11 @@ def iso(when: datetime | None) -> str:
 def parse_when(text: str) -> datetime:
     """ "2027-01-30" (midnight UTC) or an ISO 8601 date-time; naive means UTC."""
     t = text.strip()
-    when = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        when = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: 9999-12-31T23:00-05:00
+        raise ValueError(f"not a date: {text!r} (use e.g. 2027-01-30)") from exc
 
 
 # OWASP "CSV injection": a cell starting with one of these is a formula to a spreadsheet.
@@ -102,6 +106,9 @@ def write_csv(records: Iterable[SuppressionRecord], out: TextIO) -> int:
         w.writerow(record_row(rec))
         n += 1
     return n
+
+
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")  # lone surrogates: surrogateescape'd bytes
 
 
 @dataclass(frozen=True)
@@ -161,11 +168,27 @@ def _row(cells: dict[str, str], line: int, now: datetime) -> ImportRow | ImportP
 def read_csv(lines: Iterable[str], now: datetime) -> Iterator[ImportRow | ImportProblem]:
     """Rows of an export (header naming `address`), or of a bare address[,category[,until]] list.
 
-    Blank lines and lines starting with "#" are skipped.
+    Blank lines and lines starting with "#" are skipped. A line the csv module cannot read
+    (a field over its size limit) or holding bytes that were not UTF-8 (read with
+    errors="surrogateescape") is a problem naming the line, and reading goes on.
     """
     columns: list[str] | None = None
-    for n, cells in enumerate(csv.reader(lines), start=1):
+    reader = csv.reader(lines)
+    n = 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            n += 1
+            yield ImportProblem(n, f"not CSV: {exc}")
+            continue
+        n += 1
         if not cells or not "".join(cells).strip() or cells[0].lstrip().startswith("#"):
+            continue
+        if any(_NOT_UTF8.search(c) for c in cells):
+            yield ImportProblem(n, "not UTF-8")
             continue
         if columns is None:
             lowered = [c.strip().lower() for c in cells]

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024 * 1024  # an import of a few hundred thousand addresses
 STREAM_CHUNK = 500  # records per write when listing
+IMPORT_BATCH = 200  # rows per write transaction (one writer job) when importing
 
 
 class ApiError(Exception):
@@ -129,10 +130,15 @@ class Api:
     async def _body(request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
+        raw = await request.read()
         try:
-            data = await request.json()
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "body is not UTF-8") from exc
         except json.JSONDecodeError as exc:
             raise ApiError(400, f"body is not JSON: {exc}") from exc
+        except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack
+            raise ApiError(400, "body is not JSON: nested too deeply") from exc
         if not isinstance(data, dict):
             raise ApiError(400, "body must be a JSON object")
         return data
@@ -192,9 +198,11 @@ class Api:
     async def put_suppression(self, request: web.Request) -> web.StreamResponse:
         store = self._store()
         body = await self._body(request)
-        category = Category(body.get("category", Category.BAD_MAILBOX.value))
-        until = parse_when(str(body["until"])) if body.get("until") else None
-        why = str(body.get("why", body.get("reason", "added through the API")))
+        category = Category(_field(body, "category", Category.BAD_MAILBOX.value))
+        # Only an absent or null "until" means permanent: {"until": {}} or "" is a mistake.
+        until_text = _field(body, "until", None)
+        until = None if until_text is None else parse_when(until_text)
+        why = _field(body, "why", _field(body, "reason", "added through the API"))
         rec = await self.write(
             store.add, request.match_info["key"], category, self.clock(), until, why
         )
@@ -213,11 +221,15 @@ class Api:
 
     async def import_suppressions(self, request: web.Request) -> web.StreamResponse:
         store = self._store()
-        text = await request.text()
+        # Bytes that are not UTF-8 become a problem on their line, not a 500 for the file.
+        text = (await request.read()).decode("utf-8-sig", "surrogateescape")
         why = request.query.get("why", "import through the API")
-        result = await self.write(
-            store.import_csv, io.StringIO(text, newline=""), self.clock(), why
-        )
+        job = store.import_job(io.StringIO(text, newline=""), self.clock(), why, IMPORT_BATCH)
+        # One writer job per batch, not one for the file: an RCPT that must record a
+        # refusal waits for one batch at most, not for a 300k-row import.
+        while await self.write(job.step):
+            pass
+        result = job.result()
         return _json(
             {"added": result.added, "skipped": result.skipped, "problems": list(result.problems)}
         )
@@ -273,6 +285,16 @@ class Api:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _field(body: dict[str, Any], name: str, default: Any) -> Any:
+    """body[name] as a string (null or absent: `default`); any other JSON type is a 400."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name!r} must be a string")
+    return value
 
 
 def _remove(store: SuppressionStore, key: str, now: datetime, force: bool, why: str) -> Any:

@@ -9,7 +9,7 @@ import getpass
 import sys
 from typing import Any
 
-from relay.auth import hash_password
+from relay.auth import MAX_PASSWORD_BYTES, hash_password
 
 
 def _passwd(args: argparse.Namespace) -> int:
@@ -26,6 +26,13 @@ def _passwd(args: argparse.Namespace) -> int:
             return 1
     if not password:
         print("bouncer: passwd: empty password refused", file=sys.stderr)
+        return 1
+    if len(password.encode("utf-8", "surrogateescape")) > MAX_PASSWORD_BYTES:
+        # AUTH refuses a longer password unhashed (relay/auth.py): such a line never logs in.
+        print(
+            f"bouncer: passwd: password longer than {MAX_PASSWORD_BYTES} bytes refused",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.user}:{hash_password(password)}")
     return 0

@@ -217,12 +217,10 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             f"delivery.drain_timeout: must be 0 or more, got {cfg.delivery.drain_timeout}"
         )
     # Names we say to others: the greeting and Received: (hostname), EHLO (helo), DSNs' From:.
-    for name, value in (
-        ("server.hostname", cfg.server.hostname),
-        ("delivery.helo", cfg.delivery.helo),
-    ):
-        if not is_valid_domain(value):
-            problems.append(f"{name}: not a domain name or address literal: {value!r}")
+    names = {"server.hostname": cfg.server.hostname, "delivery.helo": cfg.delivery.helo}
+    for name, host in names.items():
+        if not is_valid_domain(host):
+            problems.append(f"{name}: not a domain name or address literal: {host!r}")
     if cfg.queue.dsn_from and not is_valid_address(cfg.queue.dsn_from):
         problems.append(f"queue.dsn_from: not an address: {cfg.queue.dsn_from!r}")
     if not 0 < cfg.delivery.port <= 65535:
