@@ -202,10 +202,14 @@ def parse_rules(data: Mapping[str, Any]) -> RuleSet:
 def load_rules(path: Path | str) -> RuleSet:
     """Read and compile a rule file; RuleError on a bad table, OSError on a missing file."""
     with open(path, "rb") as fh:
-        try:
-            data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise RuleError([f"{path}: {exc}"]) from exc
+        raw = fh.read()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise RuleError([f"{path}: line {line}: not UTF-8"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError([f"{path}: {exc}"]) from exc
     return parse_rules(data)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,20 +30,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(handler=_list)
     p = sub.add_parser("show", help="one message: envelope, recipients, every attempt")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", type=queue_id)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_show)
     p = sub.add_parser("retry", help="make messages due now; a running server picks them up")
-    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("ids", nargs="*", metavar="ID", type=queue_id)
     p.add_argument("--all", action="store_true", help="every queued message")
     p.set_defaults(handler=_retry)
     p = sub.add_parser("drop", help="remove messages from the queue (logged)")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID", type=queue_id)
     p.add_argument("--why", required=True, metavar="TEXT", help="reason, logged and in the DSN")
     p.add_argument("--dsn", action="store_true", help="tell the sender with a failure DSN")
     p.set_defaults(handler=_drop)
     for parser in sub.choices.values():
         add_config_option(parser)
+
+
+def queue_id(text: str) -> str:
+    """An ID as `queue list` prints it; anything else (empty, a path) is a usage error."""
+    if not re.fullmatch(r"[A-Za-z0-9]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"not a queue ID: {text!r}")
+    return text
 
 
 @contextmanager

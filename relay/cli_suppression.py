@@ -10,6 +10,7 @@ at the edge, is the clock read.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import sys
@@ -146,7 +147,13 @@ def _remove(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        fh = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", newline="")
+        # surrogateescape: a byte that is not UTF-8 is refused on its line (read_csv), the
+        # other lines still import.
+        fh = (
+            io.TextIOWrapper(sys.stdin.buffer, "utf-8-sig", "surrogateescape", newline="")
+            if args.file == "-"
+            else open(args.file, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        )
     except OSError as exc:
         print(f"bouncer: {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED

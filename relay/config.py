@@ -11,6 +11,7 @@ callers import from.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import re
@@ -190,6 +191,12 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     what = "not an IP address or ip:port"
     _check_each(problems, "dns.nameservers", cfg.dns.nameservers, _nameserver, what)
     _check_each(problems, "queue.schedule", cfg.queue.schedule, parse_duration, "")
+    for n, offset in enumerate(cfg.queue.schedule):
+        with contextlib.suppress(ValueError):  # a bad one was named just above
+            if parse_duration(offset) > MAX_SCHEDULE_SECONDS:
+                problems.append(f"queue.schedule[{n}]: at most 3650d, got {offset!r}")
+    if cfg.log.level.upper() not in LOG_LEVELS:
+        problems.append(f"log.level: one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
     if not cfg.queue.schedule:
         # SPEC §5: soft failures are retried; an empty schedule would expire them at once.
         problems.append('queue.schedule: needs at least one offset (e.g. ["5m"])')
@@ -240,6 +247,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append(f"api.token: use at least {MIN_API_TOKEN} characters")
 
 
+MAX_SCHEDULE_SECONDS = 3650 * 86400  # ten years: beyond, the date arithmetic overflows
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_VERP_SECRET = 16  # characters; the HMAC is only as strong as its key
 MIN_API_TOKEN = 16  # characters; a short bearer token is guessed
 

@@ -137,3 +137,11 @@ def test_a_config_that_is_not_utf8_is_exit_3_naming_file_and_line(
     assert info.value.code == 3
     err = capsys.readouterr().err
     assert f"{path}: line 3: not UTF-8" in err and "Traceback" not in err, err
+
+
+def test_a_schedule_offset_past_ten_years_and_an_unknown_log_level_are_refused() -> None:
+    # 99999999999999d once passed check-config and overflowed the retry date arithmetic.
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"queue": {"schedule": ["99999999999999d"]}, "log": {"level": "LOUD"}})
+    assert any(p.startswith("queue.schedule[0]: at most") for p in err.value.problems)
+    assert any(p.startswith("log.level: one of") for p in err.value.problems)
