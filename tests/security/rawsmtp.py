@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from dataclasses import dataclass
 
 READ_TIMEOUT = 15.0
@@ -66,3 +68,38 @@ class RawClient:
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
             pass
+
+
+# A reply line as RFC 5321 §4.2 has it: three digits, then space (last line) or hyphen.
+REPLY_LINE = re.compile(r"^[2-5]\d\d[ -]")
+
+
+class LineClient:
+    """The blocking twin of RawClient for hypothesis tests (which run outside the loop):
+    sends exactly the given bytes, returns each reply as its lines (decoded with
+    "replace"), and fails on a line that is not a reply line."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT)
+        self.file = self.sock.makefile("rb")
+        assert self.reply()[0].startswith("220")
+
+    def reply(self) -> list[str]:
+        lines = []
+        while True:
+            raw = self.file.readline()
+            if not raw:
+                raise ConnectionResetError(f"closed after {lines}")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            assert REPLY_LINE.match(line), f"malformed reply line {line!r}"
+            lines.append(line)
+            if line[3] == " ":
+                return lines
+
+    def cmd(self, line: bytes) -> list[str]:
+        self.sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()

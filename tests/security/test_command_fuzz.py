@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.security.rawsmtp import LineClient
 from tests.support.postfix import free_port
 from tests.support.serve import BouncerProcess, bouncer_process
 
-REPLY = re.compile(r"^[2-5]\d\d[ -]")
 CRASH = re.compile(r"^500 .*Error: \(|^451 4\.3\.0 .*internal")
 
 
@@ -31,33 +30,6 @@ def bouncer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BouncerProcess
     }
     with bouncer_process(Path(tmp_path_factory.mktemp("fuzz")), table) as b:
         yield b
-
-
-class Session:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        assert self.reply()[0].startswith("220")
-
-    def reply(self) -> list[str]:
-        lines = []
-        while True:
-            raw = self.file.readline()
-            if not raw:
-                raise ConnectionResetError(f"closed after {lines}")
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            assert REPLY.match(line), f"malformed reply line {line!r}"
-            lines.append(line)
-            if line[3] == " ":
-                return lines
-
-    def cmd(self, line: bytes) -> list[str]:
-        self.sock.sendall(line + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 VERBS = [
@@ -89,7 +61,7 @@ commands = st.builds(
 )
 @given(st.lists(commands, min_size=1, max_size=6))
 def test_any_command_sequence_gets_a_clean_reply(bouncer: BouncerProcess, lines: list[str]) -> None:
-    s = Session(bouncer.port)
+    s = LineClient(bouncer.port)
     try:
         assert s.cmd(b"EHLO fuzz.test")[-1].startswith("250")
         for line in lines:
@@ -110,7 +82,7 @@ def test_any_command_sequence_gets_a_clean_reply(bouncer: BouncerProcess, lines:
 
 def test_no_traceback_in_the_server_log(bouncer: BouncerProcess) -> None:
     # Runs after the property test in this module (same process): nothing escaped.
-    s = Session(bouncer.port)
+    s = LineClient(bouncer.port)
     s.cmd(b"QUIT")
     s.close()
     assert "Traceback" not in bouncer.log_text(), bouncer.log_text()[-3000:]
