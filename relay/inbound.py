@@ -296,7 +296,14 @@ class InboundSMTP(SMTP):
             status = CLOSING_BOGUS  # it hangs up after this one: RFC 5321 §3.8 wants a 421
         elif self._in_rcpt and status == _MALFORMED:
             status = BAD_RCPT_SYNTAX  # SPEC §2: a recipient that does not parse is 501 5.1.3
-        await super().push(enhance(status) if isinstance(status, str) else status)
+        if isinstance(status, str):
+            if _BAD_PATH_CHAR.search(status):
+                # aiosmtpd echoes some arguments ("502 Could not VRFY <arg>"): a client's
+                # control bytes or non-UTF-8 bytes must not reach the reply (nor fail its
+                # encoding, which became an exception reply).
+                status = _BAD_PATH_CHAR.sub("?", status)
+            status = enhance(status)
+        await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The plain "<a@b.c>" path by regex, the rest by aiosmtpd's parser (relay/smtp_path).

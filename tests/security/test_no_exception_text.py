@@ -60,6 +60,15 @@ async def test_bad_path_bytes_are_refused_in_smtp_words(
     await c.close()
 
 
+async def test_an_echoed_argument_carries_no_control_or_non_utf8_bytes(relay_service: Any) -> None:
+    svc: Service = await relay_service()
+    c = await RawClient.connect("127.0.0.1", svc.addresses[0][1])
+    reply = await c.cmd(b"VRFY <\xff\x00@[300")
+    assert reply.code == 502 and "\x00" not in str(reply) and "\ufffd" not in str(reply), reply
+    assert (await c.cmd(b"NOOP")).code == 250
+    await c.close()
+
+
 async def test_an_unexpected_error_is_451_and_logged_with_the_queue_id(
     relay_service: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -134,10 +143,12 @@ def test_no_reply_to_mail_or_rcpt_bytes_carries_exception_text(
     s = LineClient(bouncer.port)
     try:
         assert s.cmd(b"EHLO fuzz.test")[-1].startswith("250")
-        for line in (b"MAIL FROM:" + mail, b"RCPT TO:" + rcpt, b"RCPT TO:<" + rcpt + b">"):
+        lines = (b"MAIL FROM:" + mail, b"RCPT TO:" + rcpt, b"RCPT TO:<" + rcpt + b">")
+        for line in (*lines, b"VRFY " + rcpt):  # aiosmtpd echoes a VRFY it cannot parse
             text = " | ".join(s.cmd(line))
             assert not LEAK.search(text), f"{line!r} -> {text!r}"
             assert not text.startswith("500 5.5.2 Error"), f"{line!r} -> {text!r}"
+            assert "451 4.3.0" not in text, f"{line!r} -> {text!r}"  # an unexpected error
         assert s.cmd(b"RSET")[-1].startswith("250")  # the session still works
     finally:
         s.close()
