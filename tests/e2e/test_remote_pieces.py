@@ -1,0 +1,58 @@
+"""End to end: a remote that writes every reply in pieces gets exactly its verdicts relayed.
+
+Real TCP cuts a remote's writes anywhere; loopback tests never did, so a reply reader that
+took "part of a line arrived" for "a reply arrived" (and answered 451 4.3.0) went unseen.
+Here the fake MX writes every reply (greeting, EHLO, MAIL, RCPT, 354, the DATA reply) in
+pieces 30 ms apart: cut in thirds (mid-line, mid-code) or a line at a time (Gmail's
+three-line 550). bouncer runs on uvloop as in production, and on asyncio's loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.relay.test_relay_e2e import MSG, converse, routes, send
+from tests.support.fake_mx import FakeMX, by_line, in_thirds
+
+# Gmail's answer for a mailbox that does not exist, as it writes it (three lines).
+GMAIL_NO_USER = (
+    "550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n"
+    "550-5.1.1 double-checking the recipient's email address for typos or\r\n"
+    "550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser"
+)
+DATA_OK = "250-2.0.0 Ok: queued as PIECES\r\n250 2.0.0 Thank you"
+
+
+@pytest.mark.parametrize("cut", [in_thirds, by_line], ids=["thirds", "lines"])
+async def test_replies_in_pieces_are_relayed_exactly(
+    make_fake_mx: Any, relay_service: Any, cut: Any
+) -> None:
+    mx: FakeMX = await make_fake_mx(pieces=cut, data_reply=DATA_OK)
+    mx.rcpt_replies["dead@example.test"] = GMAIL_NO_USER
+    svc = await relay_service(routes(example_test=mx))
+    for i in range(2):
+        body = MSG + f"message {i}\r\n".encode()
+        out = await converse(
+            svc, send("a@sender.test", [f"live{i}@example.test", "dead@example.test"], body)
+        )
+        assert out["rcpt"][f"live{i}@example.test"][0] == 250
+        if i == 0:  # the remote's own words, from all three lines
+            code, text = out["rcpt"]["dead@example.test"]
+            assert code == 550 and text.startswith(b"5.1.1 host 127.0.0.1[127.0.0.1] said:")
+            assert b"reach does not exist. Please try double-checking" in text
+            assert text.endswith(
+                b"unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser"
+            )
+        else:  # the hard bounce was recorded: now refused from the store, no remote traffic
+            code, text = out["rcpt"]["dead@example.test"]
+            assert code == 550 and text.startswith(b"5.1.1"), text
+        assert out["data"][0] == 250, out["data"]
+    # Exactly one delivery per message, nothing queued for a retry that would duplicate it.
+    for i, m in enumerate(mx.messages):
+        assert m.data.endswith(MSG + f"message {i}\r\n".encode())
+    assert len(mx.messages) == 2, mx.commands
+    assert [m.rcpt_tos for m in mx.messages] == [("live0@example.test",), ("live1@example.test",)]
+    assert mx.rcpts.count("dead@example.test") == 1
+    assert svc.spool is not None and not list(svc.spool.messages())
