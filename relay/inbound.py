@@ -7,8 +7,8 @@ aiosmtpd pitfalls handled here: it advertises neither PIPELINING nor
 ENHANCEDSTATUSCODES (added in handle_EHLO); SMTPUTF8 is off by default on `SMTP`
 (enabled explicitly); a client that disconnects while a slow hook (our RCPT waits
 for the remote) runs cancels that hook (remote transactions are aborted then, and on
-connection_lost); it does not refuse bare CR / bare LF in DATA (we do: 550 5.5.2,
-SMTP smuggling).
+connection_lost); it does not refuse bare CR / bare LF or NUL in DATA (we do: 550
+5.5.2, SMTP smuggling).
 """
 
 from __future__ import annotations
@@ -209,6 +209,12 @@ class InboundHandler:
             await self.pipeline.abort(txn)
             log.warning("%s: bare CR or LF in DATA from %s; refused", txn.queue_id, self.client)
             return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
+        if b"\x00" in content:
+            # A receiver that drops NUL reads "<CRLF>NUL.<CRLF>" as the end of the data: the
+            # same smuggling as a bare LF. SMTP text never holds NUL (RFC 5321 §4.5.2).
+            await self.pipeline.abort(txn)
+            log.warning("%s: NUL in DATA from %s; refused", txn.queue_id, self.client)
+            return "550 5.5.2 Error: NUL character in message data"
         header = received_header(
             helo=session.host_name or "unknown",
             client_ip=str(self.ip) if self.ip else "unknown",

@@ -84,6 +84,26 @@ async def test_bare_cr_or_lf_inside_a_line_is_refused(
     assert fake_mx.messages == []
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"\r\n\x00.\r\n" + SMUGGLED, b"\x00\r\n", b"a NUL\x00inside\r\n"],
+    ids=["crlf-nul-dot-crlf", "nul-line", "nul-inside"],
+)
+async def test_nul_in_data_is_refused_like_bare_cr_or_lf(
+    relay: Service, fake_mx: FakeMX, bad: bytes
+) -> None:
+    # A receiver that drops NUL reads "\r\n\x00.\r\n" as the end of the data: a second,
+    # smuggled message. RFC 5321 §4.5.2 text is US-ASCII without NUL; refuse the message.
+    c = await start_data(relay)
+    c.send(HEADER + bad + b".\r\n")
+    reply = await c.reply()
+    assert reply.code == 550 and reply.text.startswith("5.5.2"), str(reply)
+    assert "NUL" in reply.text
+    assert (await c.cmd(b"NOOP")).code == 250  # the session goes on
+    await c.close()
+    assert fake_mx.messages == [] and "DATA" not in fake_mx.commands
+
+
 async def test_clean_message_after_a_refused_one_is_delivered_once(
     relay: Service, fake_mx: FakeMX
 ) -> None:
