@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from policy.address import is_valid_address, normalize_address
 from policy.reply import Reply
+from policy.routing import hop_refusal
 from relay.auth import ehlo_without_empty_auth
 from relay.config import IPNetwork
 from relay.events import ConnectEvent
@@ -215,6 +216,11 @@ class InboundHandler:
             await self.pipeline.abort(txn)
             log.warning("%s: NUL in DATA from %s; refused", txn.queue_id, self.client)
             return "550 5.5.2 Error: NUL character in message data"
+        looping = hop_refusal(content, self.server.max_hops)  # RFC 5321 §6.3
+        if looping is not None:
+            await self.pipeline.abort(txn)
+            log.warning("%s: from %s: %s", txn.queue_id, self.client, looping.line())
+            return reply_line(looping)
         header = received_header(
             helo=session.host_name or "unknown",
             client_ip=str(self.ip) if self.ip else "unknown",
@@ -340,6 +346,7 @@ class InboundServer:
         max_clients: int,
         idle_timeout: float,
         security: dict[str, Any] | None = None,
+        max_hops: int = 30,
     ) -> None:
         self.pipeline = pipeline
         self.hostname = hostname
@@ -348,6 +355,7 @@ class InboundServer:
         self.max_recipients = max_recipients
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
+        self.max_hops = max_hops
         self.security = security or {
             "auth_require_tls": True,
             "auth_exclude_mechanism": ["PLAIN", "LOGIN"],
