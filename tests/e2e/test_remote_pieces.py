@@ -9,10 +9,15 @@ three-line 550). bouncer runs on uvloop as in production, and on asyncio's loop.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 
+from relay.delivery import Delivery
+from relay.mx import MXResolver, build_resolver
+from relay.outbound import OutboundSettings, open_session
+from relay.pool import SessionPool
 from tests.relay.test_relay_e2e import MSG, converse, routes, send
 from tests.support.fake_mx import FakeMX, by_line, in_thirds
 
@@ -23,6 +28,7 @@ GMAIL_NO_USER = (
     "550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser"
 )
 DATA_OK = "250-2.0.0 Ok: queued as PIECES\r\n250 2.0.0 Thank you"
+SETTINGS = OutboundSettings("relay.test", 2.0, 5.0, "off")
 
 
 @pytest.mark.parametrize("cut", [in_thirds, by_line], ids=["thirds", "lines"])
@@ -56,3 +62,26 @@ async def test_replies_in_pieces_are_relayed_exactly(
     assert [m.rcpt_tos for m in mx.messages] == [("live0@example.test",), ("live1@example.test",)]
     assert mx.rcpts.count("dead@example.test") == 1
     assert svc.spool is not None and not list(svc.spool.messages())
+
+
+async def test_the_queue_runners_delivery_reads_replies_in_pieces(make_fake_mx: Any) -> None:
+    # Retries and DSNs go through Delivery.deliver_message: the same reader, the same verdicts.
+    mx: FakeMX = await make_fake_mx(pieces=in_thirds, data_reply=DATA_OK)
+    mx.rcpt_replies["dead@example.test"] = GMAIL_NO_USER
+    resolver = MXResolver(build_resolver(["127.0.0.1:9"], 0.2), routes={"example.test": mx.address})
+    delivery = Delivery(resolver, SessionPool(partial(open_session, settings=SETTINGS)))
+    try:
+        out = await delivery.deliver_message(
+            "a@sender.test", ["dead@example.test", "ok@example.test"], MSG
+        )
+    finally:
+        await delivery.pool.close()
+    dead, ok = out["dead@example.test"], out["ok@example.test"]
+    assert (dead.reply.code, dead.reply.enhanced, dead.stage) == (550, "5.1.1", "RCPT")
+    assert len(dead.reply.text.split("\n")) == 3
+    assert (ok.reply.code, ok.stage, ok.reply.text) == (
+        250,
+        "DATA",
+        "Ok: queued as PIECES\nThank you",
+    )
+    assert [m.rcpt_tos for m in mx.messages] == [("ok@example.test",)]
