@@ -20,5 +20,7 @@ def pytest_asyncio_loop_factories(
 @pytest.fixture(autouse=True)
 async def _on_the_loop_its_id_names(request: pytest.FixtureRequest) -> None:
     """A test marked [uvloop] that ran on asyncio's loop would prove nothing: check it."""
-    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
-    assert on_uvloop == ("uvloop" in request.node.callspec.id.split("-"))
+    callspec = getattr(request.node, "callspec", None)  # absent for a synchronous test
+    if callspec is not None:
+        on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        assert on_uvloop == ("uvloop" in callspec.id.split("-"))

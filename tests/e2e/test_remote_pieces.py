@@ -9,6 +9,7 @@ three-line 550). bouncer runs on uvloop as in production, and on asyncio's loop.
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -16,8 +17,9 @@ import pytest
 
 from relay.delivery import Delivery
 from relay.mx import MXResolver, build_resolver
-from relay.outbound import OutboundSettings, open_session
+from relay.outbound import OutboundSettings, RemoteSession, open_session
 from relay.pool import SessionPool
+from relay.transaction import Route, Target
 from tests.relay.test_relay_e2e import MSG, converse, routes, send
 from tests.support.fake_mx import FakeMX, by_line, in_thirds
 
@@ -85,3 +87,33 @@ async def test_the_queue_runners_delivery_reads_replies_in_pieces(make_fake_mx: 
         "Ok: queued as PIECES\nThank you",
     )
     assert [m.rcpt_tos for m in mx.messages] == [("ok@example.test",)]
+
+
+async def test_a_reply_whose_code_changes_mid_reply_is_soft_and_ends_the_session() -> None:
+    # RFC 5321 §4.2.1: one code on every line. "550-... / 250 ..." could be read as either;
+    # bouncer guesses neither: the command gets a soft 4.4.2 (retried), the session closes.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 odd.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-odd.test\r\n250 PIPELINING\r\n")
+        await reader.readline()  # MAIL and RCPT, pipelined
+        await reader.readline()
+        writer.write(b"250 2.1.0 Ok\r\n550-5.1.1 no such")
+        await writer.drain()
+        await asyncio.sleep(0.03)
+        writer.write(b" user\r\n250 2.1.5 Ok\r\n")
+        await reader.read()  # until bouncer hangs up
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        route = Route("odd.test", (Target("odd.test", "127.0.0.1", port),))
+        session = await open_session(route, SETTINGS)
+        assert isinstance(session, RemoteSession)
+        mail, rcpt = await session.mail_rcpt("a@sender.test", [], "b@odd.test")
+        assert mail.code == 250
+        assert rcpt is not None and (rcpt.code, rcpt.enhanced) == (451, "4.4.2"), rcpt
+        assert "reply code changed" in rcpt.text and not session.alive
+    finally:
+        server.close()

@@ -125,28 +125,31 @@ _text = st.text(
 
 
 @st.composite
-def _reply_bytes(draw: st.DrawFn) -> bytes:
+def _reply_bytes(draw: st.DrawFn) -> tuple[bytes, int]:
     code = draw(st.integers(200, 599))
     enhanced = draw(st.none() | st.sampled_from(["2.0.0", "4.4.2", "5.1.1", "5.7.1"]))
     texts = draw(st.lists(_text, min_size=1, max_size=4))
     prefix = f"{enhanced} " if enhanced else ""
     lines = [f"{code}{'-' if i < len(texts) - 1 else ' '}{prefix}{t}".rstrip() for i, t in
              enumerate(texts)]  # fmt: skip
-    return "".join(line + "\r\n" for line in lines).encode("utf-8")
+    return "".join(line + "\r\n" for line in lines).encode("utf-8"), len(lines)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_reply_bytes(), min_size=1, max_size=6), st.data())
 def test_any_chunking_of_any_replies_gives_the_same_replies(
-    replies: list[bytes], data: st.DataObject
+    replies: list[tuple[bytes, int]], data: st.DataObject
 ) -> None:
-    stream = b"".join(replies)
+    stream = b"".join(r for r, _ in replies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     expected = whole(stream)
     assert len(expected) == len(replies)
     assert parse(pieces) == expected
-    assert [r.code for r in expected] == [int(r[:3]) for r in replies]
+    # Independently of the parser: each reply's code, and one text line per wire line.
+    assert [(r.code, r.text.count("\n") + 1) for r in expected] == [
+        (int(raw[:3]), lines) for raw, lines in replies
+    ]
 
 
 # --- errors and bounds: the replies before the error come out, then the error for good ---
