@@ -45,6 +45,18 @@ def has_bare_cr_or_lf(content: bytes) -> bool:
     return content.count(b"\r") != crlf or content.count(b"\n") != crlf
 
 
+def content_refusal(content: bytes, max_hops: int) -> str | None:
+    """The reply refusing a message before it goes anywhere, or None to pass it on."""
+    if has_bare_cr_or_lf(content):
+        return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
+    if b"\x00" in content:
+        # A receiver that drops NUL reads "<CRLF>NUL.<CRLF>" as the end of the data: the
+        # same smuggling as a bare LF. SMTP text never holds NUL (RFC 5321 §4.5.2).
+        return "550 5.5.2 Error: NUL character in message data"
+    looping = hop_refusal(content, max_hops)  # RFC 5321 §6.3: a mail loop
+    return None if looping is None else reply_line(looping)
+
+
 MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
 # RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL (Postfix's wording and code).
 NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
@@ -206,21 +218,11 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, txn: ClientTransaction
     ) -> str:
         content = envelope.original_content or b""
-        if has_bare_cr_or_lf(content):
+        refusal = content_refusal(content, self.server.max_hops)
+        if refusal is not None:
             await self.pipeline.abort(txn)
-            log.warning("%s: bare CR or LF in DATA from %s; refused", txn.queue_id, self.client)
-            return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
-        if b"\x00" in content:
-            # A receiver that drops NUL reads "<CRLF>NUL.<CRLF>" as the end of the data: the
-            # same smuggling as a bare LF. SMTP text never holds NUL (RFC 5321 §4.5.2).
-            await self.pipeline.abort(txn)
-            log.warning("%s: NUL in DATA from %s; refused", txn.queue_id, self.client)
-            return "550 5.5.2 Error: NUL character in message data"
-        looping = hop_refusal(content, self.server.max_hops)  # RFC 5321 §6.3
-        if looping is not None:
-            await self.pipeline.abort(txn)
-            log.warning("%s: from %s: %s", txn.queue_id, self.client, looping.line())
-            return reply_line(looping)
+            log.warning("%s: from %s: %s", txn.queue_id, self.client, refusal)
+            return refusal
         header = received_header(
             helo=session.host_name or "unknown",
             client_ip=str(self.ip) if self.ip else "unknown",
