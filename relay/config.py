@@ -186,6 +186,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         _network,
         "not an IP network",
     )
+    literals = cfg.delivery.allowed_address_literals
+    what = "not an IP network"
+    _check_each(problems, "delivery.allowed_address_literals", literals, _network, what)
     routes = {f"delivery.routes.{d}": t for d, t in cfg.delivery.routes.items()}
     _check_each(problems, "", routes, _hostport, "not host:port")
     what = "not an IP address or ip:port"
@@ -205,6 +208,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         "server.max_recipients": cfg.server.max_recipients,
         "server.max_clients": cfg.server.max_clients,
         "server.workers": cfg.server.workers,
+        "server.max_hops": cfg.server.max_hops,
         "delivery.connect_timeout": cfg.delivery.connect_timeout,
         "delivery.command_timeout": cfg.delivery.command_timeout,
         "delivery.max_sessions_per_destination": cfg.delivery.max_sessions_per_destination,

@@ -34,6 +34,7 @@ class ServerConfig:
     tls_key: str = ""
     users_file: str = ""  # "user:scrypt-hash" lines; AUTH offered only after STARTTLS
     workers: int = 1  # processes sharing the listen sockets (SO_REUSEPORT)
+    max_hops: int = 30  # Received: headers a message may carry in (RFC 5321 §6.3: loops)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class DeliveryConfig:
     session_idle_timeout: float = 30.0
     drain_timeout: float = 30.0  # SIGTERM: how long in-flight work may take
     routes: dict[str, str] = field(default_factory=dict)  # domain -> "host:port"
+    # Networks an address literal (user@[192.0.2.1]) may be delivered to; none by default.
+    allowed_address_literals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,11 @@ class Config:
     @property
     def allowed_networks(self) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.server.allowed_clients)
+
+    @property
+    def literal_networks(self) -> tuple[IPNetwork, ...]:
+        nets = self.delivery.allowed_address_literals
+        return tuple(ipaddress.ip_network(n, strict=False) for n in nets)
 
     @property
     def queue_schedule_seconds(self) -> tuple[float, ...]:

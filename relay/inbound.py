@@ -7,8 +7,8 @@ aiosmtpd pitfalls handled here: it advertises neither PIPELINING nor
 ENHANCEDSTATUSCODES (added in handle_EHLO); SMTPUTF8 is off by default on `SMTP`
 (enabled explicitly); a client that disconnects while a slow hook (our RCPT waits
 for the remote) runs cancels that hook (remote transactions are aborted then, and on
-connection_lost); it does not refuse bare CR / bare LF in DATA (we do: 550 5.5.2,
-SMTP smuggling).
+connection_lost); it does not refuse bare CR / bare LF or NUL in DATA (we do: 550
+5.5.2, SMTP smuggling).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from policy.address import is_valid_address, normalize_address
 from policy.reply import Reply
+from policy.routing import hop_refusal
 from relay.auth import ehlo_without_empty_auth
 from relay.config import IPNetwork
 from relay.events import ConnectEvent
@@ -43,6 +44,18 @@ def has_bare_cr_or_lf(content: bytes) -> bool:
     """
     crlf = content.count(b"\r\n")
     return content.count(b"\r") != crlf or content.count(b"\n") != crlf
+
+
+def content_refusal(content: bytes, max_hops: int) -> str | None:
+    """The reply refusing a message before it goes anywhere, or None to pass it on."""
+    if has_bare_cr_or_lf(content):
+        return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
+    if b"\x00" in content:
+        # A receiver that drops NUL reads "<CRLF>NUL.<CRLF>" as the end of the data: the
+        # same smuggling as a bare LF. SMTP text never holds NUL (RFC 5321 §4.5.2).
+        return "550 5.5.2 Error: NUL character in message data"
+    looping = hop_refusal(content, max_hops)  # RFC 5321 §6.3: a mail loop
+    return None if looping is None else reply_line(looping)
 
 
 MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
@@ -211,10 +224,11 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, txn: ClientTransaction
     ) -> str:
         content = envelope.original_content or b""
-        if has_bare_cr_or_lf(content):
+        refusal = content_refusal(content, self.server.max_hops)
+        if refusal is not None:
             await self.pipeline.abort(txn)
-            log.warning("%s: bare CR or LF in DATA from %s; refused", txn.queue_id, self.client)
-            return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
+            log.warning("%s: from %s: %s", txn.queue_id, self.client, refusal)
+            return refusal
         header = received_header(
             helo=session.host_name or "unknown",
             client_ip=str(self.ip) if self.ip else "unknown",
@@ -357,6 +371,7 @@ class InboundServer:
         max_clients: int,
         idle_timeout: float,
         security: dict[str, Any] | None = None,
+        max_hops: int = 30,
     ) -> None:
         self.pipeline = pipeline
         self.hostname = hostname
@@ -365,6 +380,7 @@ class InboundServer:
         self.max_recipients = max_recipients
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
+        self.max_hops = max_hops
         self.security = security or {
             "auth_require_tls": True,
             "auth_exclude_mechanism": ["PLAIN", "LOGIN"],

@@ -5,7 +5,8 @@
 Static `[delivery.routes]` win over DNS (like Postfix transport_maps; the target is
 used as is, no MX lookup, as Postfix's "[host]:port"). Otherwise: MX records by
 preference, random order among equal preferences, implicit MX (the domain's own
-A/AAAA) when there is no MX, null MX -> `556 5.1.10`, NXDOMAIN -> `550 5.1.2`,
+A/AAAA) when there is no MX, null MX -> `556 5.1.10`, NXDOMAIN -> `550 5.1.2`, an address
+literal outside `[delivery] allowed_address_literals` -> `550 5.7.1` (policy/routing.py),
 SERVFAIL or timeout -> `451 4.4.3`. Answers are cached for their TTL by dnspython's
 cache. Domains are looked up in their IDNA A-label form.
 """
@@ -27,6 +28,7 @@ import dns.resolver
 
 from policy.address import AddressError, normalize_domain
 from policy.reply import Reply
+from policy.routing import IPNetwork, literal_refusal
 from relay.config import parse_hostport
 from relay.transaction import Route, Target
 
@@ -69,8 +71,10 @@ class MXResolver:
         routes: Mapping[str, str] | None = None,
         port: int = 25,
         rng: random.Random | None = None,
+        literal_networks: Sequence[IPNetwork] = (),
     ) -> None:
         self.resolver = resolver
+        self.literal_networks = tuple(literal_networks)  # where address literals may go
         self.routes = {normalize_domain(d): t for d, t in (routes or {}).items()}
         self.port = port
         self.rng = rng or random.Random()
@@ -85,6 +89,11 @@ class MXResolver:
         if static is not None:
             return await self._static(domain, static)
         if domain.startswith("["):  # address literal: RFC 5321 §4.1.3, deliver to that IP
+            # ... only in an allowed network: the one place a literal becomes a connection
+            # (live RCPT, queue retries and DSNs alike). Else 550 5.7.1, nothing connects.
+            refusal = literal_refusal(domain, self.literal_networks)
+            if refusal is not None:
+                return refusal
             ip = domain[1:-1].removeprefix("IPv6:").removeprefix("ipv6:")
             return Route(domain, (Target(ip, ip, self.port),))
         return await self._mx(domain)

@@ -31,7 +31,8 @@ from typing import cast
 
 import aiosmtplib
 
-from policy.reply import Reply, split_enhanced
+from policy.reply import Reply
+from relay.reply_parser import make_reply
 from relay.smtp_wire import Wire, WireLost, data_done_timeout, wire_message
 from relay.transaction import Route, Target
 
@@ -55,14 +56,6 @@ def _tls_context() -> ssl.SSLContext:
 
 
 _TLS = _tls_context()
-
-
-def _reply(code: int, message: str, host: str) -> Reply:
-    # Multi-line replies repeat the enhanced code on every line (RFC 2034 §4): keep it once.
-    lines = message.replace("\r", "").split("\n")
-    enhanced, first = split_enhanced(lines[0])
-    rest = [split_enhanced(line)[1] if enhanced else line for line in lines[1:]]
-    return Reply(code, enhanced, "\n".join([first, *rest]), host)
 
 
 def _synthetic(enhanced: str, text: str, host: str | None = None) -> Reply:
@@ -96,7 +89,7 @@ class RemoteSession:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, smtp.transport)
         self.extensions = dict(smtp.esmtp_extensions)
-        self.wire = Wire(transport, command_timeout)
+        self.wire = Wire(transport, command_timeout, target.host)
         transport.set_protocol(self.wire)  # from here on, aiosmtplib's protocol is out
         self.target = target
         self.key = key  # the route key the pool files it under
@@ -130,10 +123,10 @@ class RemoteSession:
             text = f"lost connection with {self.target.host} while sending {stage}: {exc}"
         return _synthetic("4.4.2", text)
 
-    def _answer(self, code: int, message: str) -> Reply:
-        if code == 421:
+    def _answer(self, reply: Reply) -> Reply:
+        if reply.code == 421:
             self.broken = True  # RFC 5321 §3.8: the remote is closing the channel
-        return _reply(code, message, self.target.host)
+        return reply
 
     async def _exchange(self, stages: Sequence[str], commands: Sequence[bytes]) -> list[Reply]:
         """Write `commands` in one go and read one reply per command, in order (RFC 2920).
@@ -155,7 +148,7 @@ class RemoteSession:
         try:
             self.wire.write(b"".join(c + b"\r\n" for c in commands))
             for _ in commands:
-                replies.append(self._answer(*await self.wire.reply()))
+                replies.append(self._answer(await self.wire.reply()))
         except asyncio.CancelledError:
             # Cancelled mid-command (our client vanished): the remote's reply is still on its
             # way and would be read as the answer to our next command. Never reuse this one.
@@ -199,7 +192,7 @@ class RemoteSession:
             wired = wire_message(content)
             self.wire.write(wired)
             timeout = data_done_timeout(self.wire.command_timeout, len(wired))
-            reply = self._answer(*await self.wire.reply(timeout))
+            reply = self._answer(await self.wire.reply(timeout))
             self.in_transaction = False
             return reply
         except asyncio.CancelledError:
@@ -287,9 +280,11 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
     try:
         smtp = await _connect(target, settings)
     except aiosmtplib.SMTPConnectResponseError as exc:
-        raise SessionError(_reply(exc.code, exc.message, host)) from exc  # a 4xx/5xx greeting
+        # a 4xx/5xx greeting
+        raise SessionError(make_reply(exc.code, exc.message, host)) from exc
     except aiosmtplib.SMTPResponseException as exc:
-        raise SessionError(_reply(exc.code, exc.message, host)) from exc  # EHLO and HELO refused
+        # EHLO and HELO refused
+        raise SessionError(make_reply(exc.code, exc.message, host)) from exc
     except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:
         raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: timed out")) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:

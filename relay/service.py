@@ -134,6 +134,7 @@ class Service:
             max_clients=s.max_clients,
             idle_timeout=s.idle_timeout,
             security=security,
+            max_hops=s.max_hops,
         )
         loop = asyncio.get_running_loop()
         for listen in s.listen:
@@ -216,7 +217,10 @@ def build_delivery(cfg: Config) -> Delivery:
     d = cfg.delivery
     settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls)
     resolver = MXResolver(
-        build_resolver(cfg.dns.nameservers, cfg.dns.timeout), routes=d.routes, port=d.port
+        build_resolver(cfg.dns.nameservers, cfg.dns.timeout),
+        routes=d.routes,
+        port=d.port,
+        literal_networks=cfg.literal_networks,
     )
 
     async def opener(route: Route) -> Any:

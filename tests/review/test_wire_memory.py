@@ -43,7 +43,7 @@ async def test_a_flood_of_unsolicited_replies_is_bounded_and_closes_the_session(
             await asyncio.sleep(0.01)
             if not session.connected:
                 break
-        assert len(session.wire._replies) <= 1000, len(session.wire._replies)
+        assert session.wire.parser.pending <= 1000, session.wire.parser.pending
         assert not session.alive
     finally:
         stop.set()

@@ -72,16 +72,29 @@ async def test_smuggling_variants_are_refused_and_never_forwarded(
     assert "DATA" not in fake_mx.commands
 
 
-@pytest.mark.parametrize("bad", [b"bare\nlf", b"bare\rcr", b"trailing cr\r"], ids=str)
-async def test_bare_cr_or_lf_inside_a_line_is_refused(
+# A receiver that drops NUL reads "<CRLF>NUL.<CRLF>" as the end of the data: a second,
+# smuggled message. RFC 5321 §4.5.2 text never holds NUL; refused like a bare CR or LF.
+BAD_DATA = {
+    "bare-lf": b"bare\nlf",
+    "bare-cr": b"bare\rcr",
+    "trailing-cr": b"trailing cr\r",
+    "crlf-nul-dot-crlf": b"\x00.\r\n" + SMUGGLED.removesuffix(b"\r\n"),
+    "nul-inside": b"a NUL\x00inside",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_DATA.values()), ids=list(BAD_DATA))
+async def test_bare_cr_or_lf_or_nul_inside_a_line_is_refused(
     relay: Service, fake_mx: FakeMX, bad: bytes
 ) -> None:
     c = await start_data(relay)
     c.send(HEADER + bad + b"\r\n.\r\n")
     reply = await c.reply()
     assert reply.code == 550 and reply.text.startswith("5.5.2"), str(reply)
+    assert ("NUL" in reply.text) == (b"\x00" in bad)
+    assert (await c.cmd(b"NOOP")).code == 250  # the session goes on
     await c.close()
-    assert fake_mx.messages == []
+    assert fake_mx.messages == [] and "DATA" not in fake_mx.commands
 
 
 async def test_clean_message_after_a_refused_one_is_delivered_once(

@@ -24,6 +24,10 @@ Knobs (all may be changed while the server runs):
   speak), or a reply line such as "421 4.3.2 Busy" (sent, then the connection closes).
 - ``rcpt_delay`` / ``data_delay``: seconds to wait before answering (timeouts).
 - ``tls_context``: an ``ssl.SSLContext`` to offer STARTTLS with.
+- ``pieces``: write every reply (greeting, EHLO lines, MAIL, RCPT, DATA...) cut by this
+  function, one write per piece, ``piece_gap`` seconds apart (default 30 ms), as real TCP
+  delivers them: ``in_thirds`` cuts mid-line, ``by_line`` one line of a multi-line reply at
+  a time. Reply lines may be multi-line strings ("550-5.1.1 a\r\n550 5.1.1 b").
 
 Records: ``connections`` (TCP connections accepted), ``messages`` (one
 ``ReceivedMessage`` per accepted DATA), ``rcpts`` (every RCPT address seen, in
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +46,20 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 DEFAULT_DATA_REPLY = "250 2.0.0 Ok: queued as FAKE"
 DEFAULT_RCPT_REPLY = "250 2.1.5 Ok"
+
+Cutter = Callable[[bytes], list[bytes]]
+
+
+def in_thirds(reply: bytes) -> list[bytes]:
+    """Three writes cut at a third and two thirds of the bytes: mid-line, mid-code even."""
+    n = len(reply)
+    return [reply[: n // 3], reply[n // 3 : 2 * n // 3], reply[2 * n // 3 :]]
+
+
+def by_line(reply: bytes) -> list[bytes]:
+    """One write per line, and the last line cut in two after its code's first digit."""
+    lines = reply.splitlines(keepends=True)
+    return [*lines[:-1], lines[-1][:1], lines[-1][1:]]
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,24 @@ class _Handler:
         return responses[:-1] + ["250-ENHANCEDSTATUSCODES", "250-PIPELINING", responses[-1]]
 
 
+class _PiecesSMTP(SMTP):
+    """aiosmtpd's server writing each reply in pieces, with a pause between them."""
+
+    def __init__(self, *args: Any, cut: Cutter, gap: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cut = cut
+        self.gap = gap
+
+    async def push(self, status: Any) -> None:
+        response = status.encode("utf-8") if isinstance(status, str) else status
+        pieces = [p for p in self.cut(response + b"\r\n") if p]
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(self.gap)  # the point: separate TCP segments
+            self._writer.write(piece)
+            await self._writer.drain()
+
+
 class _SilentProtocol(asyncio.Protocol):
     """A peer that accepts TCP and never says a word: the hanging greeting."""
 
@@ -157,6 +194,8 @@ class FakeMX:
     rcpt_delay: float = 0.0
     data_delay: float = 0.0
     tls_context: ssl.SSLContext | None = None
+    pieces: Cutter | None = None
+    piece_gap: float = 0.03
     # Records.
     connections: int = 0
     messages: list[ReceivedMessage] = field(default_factory=list)
@@ -174,12 +213,17 @@ class FakeMX:
             return _SilentProtocol(self)
         if self.greeting != "ok":
             return _RefusingProtocol(self.greeting)
-        proto = SMTP(
-            _Handler(self, self.connections),
-            hostname=self.hostname,
-            enable_SMTPUTF8=True,
-            tls_context=self.tls_context,
-            loop=asyncio.get_running_loop(),
+        handler = _Handler(self, self.connections)
+        options: dict[str, Any] = {
+            "hostname": self.hostname,
+            "enable_SMTPUTF8": True,
+            "tls_context": self.tls_context,
+            "loop": asyncio.get_running_loop(),
+        }
+        proto = (
+            SMTP(handler, **options)
+            if self.pieces is None
+            else _PiecesSMTP(handler, cut=self.pieces, gap=self.piece_gap, **options)
         )
         self._protocols.append(proto)
         return proto
