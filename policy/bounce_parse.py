@@ -140,8 +140,10 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
 #   Not when the bounce says the reply answered DATA (m-FILTER writes the command).
 # A backup MX, a gateway or an Exchange server that accepted the message and then learnt
 # from the mailbox server that the mailbox does not exist writes its reply in these forms.
+# Without proof the verdict is undetermined with that reason: the message failed and the
+# address is not suppressed. Not content-related: nothing says the content was refused.
 UNVERIFIED_USER_UNKNOWN = Verdict(
-    BounceClass.BLOCK, Category.CONTENT_RELATED, "late-user-unknown-without-proof"
+    BounceClass.UNDETERMINED, Category.OTHER, "late-user-unknown-without-proof"
 )
 DIRECTORY_FORMATS = frozenset({"exchange", "notes", "domino", "imail"})
 DIRECTORY_RULES = frozenset(
@@ -158,9 +160,17 @@ _SUBJECT_1 = re.compile(r"(?<![\d.])[45]\.1\.\d{1,3}(?![\d.]*\d)")
 _AFTER_RECIPIENT = re.compile(r">?(?::|\.\.\.)[ \t]*([a-z][^<>()]*)", re.IGNORECASE)
 
 
+# Classifier rules that read a "user unknown" as a recipient's filter refusing the message
+# (block/content-related for a live reply). In a late report that is the same case as a
+# user unknown without proof: undetermined, the rule kept as the reason.
+RECIPIENT_FILTER_RULES = frozenset({"kddi-filter-user-unknown"})
+
+
 def _unverified_user_unknown(
     verdict: Verdict, reply: Reply, finding: Finding, rules: RuleSet | None
 ) -> Verdict:
+    if verdict.rule in RECIPIENT_FILTER_RULES:
+        return Verdict(BounceClass.UNDETERMINED, Category.OTHER, verdict.rule)
     if verdict.klass is not BounceClass.HARD or verdict.category is not Category.BAD_MAILBOX:
         return verdict
     enhanced = reply.enhanced or ""
