@@ -66,7 +66,10 @@ def find(msg: Message) -> list[Finding]:
     if bounce or not auto:
         hits = bounce_text.scan(notice, _excluded(msg, parts), _failed(msg))
         source = bounce_text.format_name(parts.notice)
-        texts = [_from_hit(h, source) for h in hits if bounce or h.code >= 400 or h.status]
+        delayed = bounce_text.says_delayed(notice)
+        texts = [
+            _from_hit(h, source, delayed) for h in hits if bounce or h.code >= 400 or h.status
+        ]
         if not any(h.code or h.status for h in hits):
             # A notice with no reason that returns a bounce (a gateway passing on the DSN
             # it got, lhost-x5-01): the returned report says who failed and why.
@@ -212,6 +215,9 @@ def _reply(finding: Finding) -> Reply:
     """
     quoted = parse_reply(finding.diagnostic) if finding.diagnostic else Reply(0, None, "")
     code, enhanced = quoted.code, quoted.enhanced
+    if code < 400 and finding.action != "delivered" and bounce_text.reply_parts(finding.diagnostic)[0]:
+        # A session transcript opens with the greeting (220) and the 250s before the refusal.
+        code, enhanced = 0, None
     if not code or code >= 600:
         code, enhanced_text = bounce_text.reply_parts(finding.diagnostic)
         enhanced = enhanced or enhanced_text or None
@@ -250,14 +256,19 @@ def _with_text_diagnostics(found: list[Finding], msg: Message, parts: Parts) -> 
     return out
 
 
-def _from_hit(hit: bounce_text.TextHit, source: str) -> Finding:
+def _from_hit(hit: bounce_text.TextHit, source: str, delayed: bool = False) -> Finding:
+    action = ""
+    if hit.code >= 500 or hit.status.startswith("5"):
+        action = "failed"
+    elif delayed:
+        action = "delayed"  # a warning notice: the reply quoted (if any) was not final
     return Finding(
         recipient=hit.recipient,
         kind=Kind.DSN,
         source=source,
         status=hit.status,
         diagnostic=hit.diagnostic,
-        action="failed" if hit.code >= 500 or hit.status.startswith("5") else "",
+        action=action,
         stage=hit.stage,
     )
 
@@ -297,11 +308,21 @@ def _excluded(msg: Message, parts: Parts) -> set[str]:
 
 
 def _returned_recipients(parts: Parts) -> list[str]:
-    """To/Cc of the returned message: its own part, or its headers quoted after the notice."""
-    if parts.original is not None:
-        return bounce_dsn.original_recipients(parts.original)
-    rest = bounce_text.returned_text(parts.notice)
-    return bounce_dsn.original_recipients(load(rest.encode())) if rest else []
+    """To/Cc of the returned message: its own part, or its headers quoted after the notice.
+
+    None for list mail: its To is the list, not the subscriber whose delivery failed.
+    """
+    original = parts.original
+    if original is None:
+        rest = bounce_text.returned_text(parts.notice)
+        original = load(rest.encode()) if rest else None
+    if original is None or any(header(original, name) for name in LIST_HEADERS):
+        return []
+    return bounce_dsn.original_recipients(original)
+
+
+# RFC 2369 / RFC 2919 list headers, and Mailman's X-BeenThere: the message went to a list.
+LIST_HEADERS = ("List-Id", "List-Post", "X-BeenThere")
 
 
 def _failed(msg: Message) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from policy.bounce_mime import ADDRESS
+from policy.bounce_mime import ADDRESS, clean_address
 
 # Where the returned message starts: nothing after it is the notice. One row per format.
 ORIGINAL_MARKERS: tuple[str, ...] = (
@@ -23,6 +23,8 @@ ORIGINAL_MARKERS: tuple[str, ...] = (
     r"^(?:Original message follows|Message headers follow)",  # IMail, DragonFly
     r"^Original message headers:",  # Exchange 2007
     r"^-+ ?Returned Message",  # Lotus Notes
+    r"^-+ ?START OF RETURNED MESSAGE",  # Demon Internet's Exim 2 (flufl.bounce bounce_03)
+    r"^Original message details:",  # Vade Secure (flufl.bounce simple_45)
     r"^-+ ?Original message header",  # various
     r"^-+ ?The header of the original message",  # Yahoo, KDDI
     r"^-+ ?Undelivered message headers follow",  # Postfix (no MIME)
@@ -62,7 +64,8 @@ _IGNORE_LINE = re.compile(
     re.IGNORECASE,
 )
 # A line that starts with the address is a recipient line in nearly every format.
-_LEADING = re.compile(r"^[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?(" + ADDRESS.pattern + ")")
+# Not a positive reply quoting an address ("250 <a@b>, Sender ok" in a session transcript).
+_LEADING = re.compile(r"^(?![\s>]*[23]\d\d[ -])[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?(" + ADDRESS.pattern + ")")
 _QUOTE = re.compile(r"^[ \t]*>+ ?", re.MULTILINE)
 # Sendmail's "<code> <host> (<mailer>)... <reply>" line: the status of the host that the
 # recipient line after it was sent to (sendmail V5 transcripts, corpus lhost-v5sendmail).
@@ -86,6 +89,30 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("MAIL", r"in reply to MAIL|after MAIL FROM|>>> MAIL"),
 )
 _STAGES = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in STAGES)
+
+
+# Notices that say delivery is still being tried: a warning, not a failure (RFC 3464
+# §2.3.3 "delayed"). One row per wording; the first four are Exim's and Sendmail's.
+DELAY_NOTICES: tuple[str, ...] = (
+    r"has not yet been delivered",
+    r"(?:delivery|message) (?:to the following recipients? )?(?:has been|was) delayed",
+    r"will continue (?:to )?(?:try|attempt)",
+    r"delivery attempts will continue",
+    r"(?:is|was) still awaiting delivery",
+    r"this is (?:just |only )?a warning|warning message only|advisory[- ]only",
+    r"has been postponed",
+    r"will be retried|will (?:retry|try again) (?:for|until|later)",
+)
+_DELAY = re.compile("|".join(DELAY_NOTICES), re.IGNORECASE)
+# The alias a failed address was reached through, which Sendmail names as failed too:
+# "b (expanded from: a)". Exim's "(generated from a)" under a failed forward target is
+# not (Sisimai labels only the target, corpus rhost-franceptt-03).
+_ALIAS = re.compile(r"\(expanded from:?\s*<?(" + ADDRESS.pattern + r")>?\s*\)")
+
+
+def says_delayed(notice: str) -> bool:
+    """True when the notice is a delay warning (delivery is still being tried)."""
+    return _DELAY.search(" ".join(notice.split())) is not None
 
 
 @dataclass(frozen=True)
@@ -157,9 +184,9 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
         lead = _LEADING.match(line)
         if lead:
             # A recipient line counts even for an excluded address: people mail themselves.
-            leading.add(lead.group(1).rstrip(".").lower())
+            leading.add(clean_address(lead.group(1)))
         for m in ADDRESS.finditer(line):
-            addr = m.group(0).rstrip(".").lower()
+            addr = clean_address(m.group(0))
             if addr.split("@")[0] in _ROBOTS or (addr in exclude and addr not in leading):
                 continue
             first_line.setdefault(addr, i)
@@ -188,6 +215,13 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
             before = _paragraph_before(lines, start)
             diagnostic = "\n".join(x for x in (_reply_line(notice), before, diagnostic) if x)
         hits.append(TextHit(addr, diagnostic, code, status, stage_of(diagnostic)))
+    named = {h.recipient for h in hits}
+    for hit in list(hits):
+        for m in _ALIAS.finditer(hit.diagnostic):
+            alias = clean_address(m.group(1))
+            if alias not in named and alias not in exclude:
+                named.add(alias)
+                hits.append(TextHit(alias, hit.diagnostic, hit.code, hit.status, hit.stage))
     return hits
 
 

@@ -7,10 +7,11 @@ Per part (rules written / held out) and per parser:
 - recall: expected recipients reported / expected recipients;
 - extra: reported recipients the source does not expect (per file, summed);
 - files exact: files whose reported set equals the expected set;
-- permanent read as a failure: expected permanent recipients reported with a
-  definite verdict (ours: hard or block; flufl.bounce: in its permanent set);
-  ours "undetermined" is counted apart;
-- temporary read as temporary: expected temporary recipients reported soft.
+- permanent read as permanent: expected permanent recipients reported as a final
+  failure (ours: Action failed, or no delay and no 4xx code or status; flufl.bounce: in its permanent
+  set), of which ours says "undetermined" (SPEC §3: nothing clear about the address);
+- temporary read as temporary: expected temporary recipients reported as a delay
+  (ours: Action delayed, a delay notice, or a 4xx code or status).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ HELD_OUT_FAMILIES = (
     "newmailru_",
 )
 
-# recipient -> "permanent" | "temporary" | "undetermined"
+# recipient -> "permanent" | "permanent-undetermined" | "temporary"
 Result = dict[str, str]
 
 
@@ -94,8 +95,8 @@ class Score:
                 self.temporary_soft += got[r] == "temporary"
             else:
                 self.permanent += 1
-                self.permanent_failed += got[r] == "permanent"
-                self.permanent_undetermined += got[r] == "undetermined"
+                self.permanent_failed += got[r].startswith("permanent")
+                self.permanent_undetermined += got[r] == "permanent-undetermined"
         if case.temporary:
             self.temporary += len(want - set(got))
         else:
@@ -107,11 +108,11 @@ class Score:
         def pct(a: int, b: int) -> str:
             return f"{a}/{b} ({a / b:.1%})" if b else "-"
 
-        und = f", undetermined {self.permanent_undetermined}" if self.permanent_undetermined else ""
+        und = f" (undetermined {self.permanent_undetermined})" if self.permanent_undetermined else ""
         return (
             f"  {name:13} recall {pct(self.found, self.expected):17} extra {self.extra:3}  "
             f"files exact {pct(self.exact, self.files):16} "
-            f"permanent read as failure {pct(self.permanent_failed, self.permanent)}{und}; "
+            f"permanent as permanent {pct(self.permanent_failed, self.permanent)}{und}; "
             f"temporary as temporary {pct(self.temporary_soft, self.temporary)}"
         )
 
@@ -123,15 +124,16 @@ def ours(data: bytes) -> Result:
             continue
         if r.action in ("delivered", "relayed", "expanded"):
             continue
-        klass = r.verdict.klass
-        if klass in (BounceClass.HARD, BounceClass.BLOCK):
-            read = "permanent"
-        elif klass is BounceClass.SOFT:
-            read = "temporary"
-        elif klass is BounceClass.DELIVERED:
+        if r.verdict.klass is BounceClass.DELIVERED:
             continue
+        code = r.reply.code
+        temporary_code = r.status.startswith("4") or 400 <= code < 500
+        if r.action == "delayed" or (r.action != "failed" and temporary_code):
+            read = "temporary"
+        elif r.verdict.klass is BounceClass.UNDETERMINED:
+            read = "permanent-undetermined"  # failed, and nothing clear about the address
         else:
-            read = "undetermined"
+            read = "permanent"
         # Several blocks for one recipient: the most definite reading counts.
         if out.get(r.recipient) != "permanent":
             out[r.recipient] = read
