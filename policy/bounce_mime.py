@@ -35,6 +35,7 @@ def clean_address(found: str) -> str:
     (notices write 'user@dom') or an address-type prefix."""
     return _TYPE_PREFIX.sub("", found.rstrip(".").lstrip("'`")).lower()
 
+
 # Parts that carry the returned original message (RFC 3462 §1: third part of a report).
 ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 REPORT_TYPES = (

@@ -67,9 +67,7 @@ def find(msg: Message) -> list[Finding]:
         hits = bounce_text.scan(notice, _excluded(msg, parts), _failed(msg))
         source = bounce_text.format_name(parts.notice)
         delayed = bounce_text.says_delayed(notice)
-        texts = [
-            _from_hit(h, source, delayed) for h in hits if bounce or h.code >= 400 or h.status
-        ]
+        texts = [_from_hit(h, source, delayed) for h in hits if bounce or h.code >= 400 or h.status]
         if not any(h.code or h.status for h in hits):
             # A notice with no reason that returns a bounce (a gateway passing on the DSN
             # it got, lhost-x5-01): the returned report says who failed and why.
@@ -133,8 +131,9 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
 # - an RFC 3463 x.1.x or x.2.1 code, or a refusal at RCPT or MAIL;
 # - a format in which the mailbox server reports its own directory look-up;
 # - a classifier rule whose phrasing only a provider's own directory writes (DIRECTORY_RULES);
-# - the mailbox host's local delivery agent says so (sendmail's "mail.local: unknown user"):
-#   the message was accepted and handed to the mailbox's own machine, which has no such user;
+# - the mailbox host's local delivery agent says so (sendmail's "mail.local: unknown user",
+#   "local user", "local mailbox"): the message was accepted and handed to the mailbox's
+#   own machine, which has no such user;
 # - the reply names the bounced recipient the way an RCPT reply does, "<rcpt>: User
 #   unknown" or "rcpt... No such user" (Postfix, sendmail). A reply to DATA covers every
 #   recipient of the transaction and names none: au/KDDI's filter answers "550 : User
@@ -156,7 +155,13 @@ DIRECTORY_RULES = frozenset(
         "ms-dbeb-access-denied",  # Exchange Online Directory Based Edge Blocking
     }
 )
-_LOCAL_AGENT = re.compile(r"\bmail\.local: unknown user", re.IGNORECASE)
+_LOCAL_AGENT = re.compile(
+    r"\bmail\.local: unknown user"
+    # The mailbox host speaking of its own users: "local user", "our local address",
+    # "Local mailbox x is unavailable" (flufl.bounce simple_23, simple_26, simple_39).
+    r"|\blocal (?:user|mailbox|address|recipient)\b",
+    re.IGNORECASE,
+)
 _SUBJECT_1 = re.compile(r"(?<![\d.])[45]\.1\.\d{1,3}(?![\d.]*\d)")
 # After "<rcpt>:" or "rcpt...": the reply's own words, up to the next angle bracket or
 # parenthesis; they must start with a letter (a digit would be another reply quoted there).
@@ -215,7 +220,8 @@ def _reply(finding: Finding) -> Reply:
     """
     quoted = parse_reply(finding.diagnostic) if finding.diagnostic else Reply(0, None, "")
     code, enhanced = quoted.code, quoted.enhanced
-    if code < 400 and finding.action != "delivered" and bounce_text.reply_parts(finding.diagnostic)[0]:
+    refused = bounce_text.reply_parts(finding.diagnostic)[0] if code < 400 else 0
+    if refused and finding.action != "delivered":
         # A session transcript opens with the greeting (220) and the 250s before the refusal.
         code, enhanced = 0, None
     if not code or code >= 600:

@@ -65,7 +65,11 @@ _IGNORE_LINE = re.compile(
 )
 # A line that starts with the address is a recipient line in nearly every format.
 # Not a positive reply quoting an address ("250 <a@b>, Sender ok" in a session transcript).
-_LEADING = re.compile(r"^(?![\s>]*[23]\d\d[ -])[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?(" + ADDRESS.pattern + ")")
+_LEADING = re.compile(
+    r"^(?![\s>]*[23]\d\d[ -])[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?("
+    + ADDRESS.pattern
+    + ")"
+)
 _QUOTE = re.compile(r"^[ \t]*>+ ?", re.MULTILINE)
 # Sendmail's "<code> <host> (<mailer>)... <reply>" line: the status of the host that the
 # recipient line after it was sent to (sendmail V5 transcripts, corpus lhost-v5sendmail).

@@ -14,7 +14,6 @@ from policy.bounce_types import BounceReport, Kind
 from policy.verdict import BounceClass
 from tests.support.sisimai import Label, corpus_dir, expected_verdict, load_labels
 
-
 LATE_FILTER_RULES = RECIPIENT_FILTER_RULES | {UNVERIFIED_USER_UNKNOWN.rule}
 
 
