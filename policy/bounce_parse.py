@@ -310,6 +310,10 @@ def _excluded(msg: Message, parts: Parts) -> set[str]:
     if parts.original is not None:
         for name in ("From", "Sender", "Reply-To", "Return-Path"):
             out.update(addresses(header(parts.original, name)))
+        if _is_list_mail(parts.original):
+            # The list's own addresses, named in a sentence, are not the subscriber's.
+            for name in ("To", *LIST_HEADERS):
+                out.update(addresses(header(parts.original, name)))
     return out
 
 
@@ -322,13 +326,17 @@ def _returned_recipients(parts: Parts) -> list[str]:
     if original is None:
         rest = bounce_text.returned_text(parts.notice)
         original = load(rest.encode()) if rest else None
-    if original is None or any(header(original, name) for name in LIST_HEADERS):
+    if original is None or _is_list_mail(original):
         return []
     return bounce_dsn.original_recipients(original)
 
 
 # RFC 2369 / RFC 2919 list headers, and Mailman's X-BeenThere: the message went to a list.
 LIST_HEADERS = ("List-Id", "List-Post", "X-BeenThere")
+
+
+def _is_list_mail(original: Message) -> bool:
+    return any(header(original, name) for name in LIST_HEADERS)
 
 
 def _failed(msg: Message) -> list[str]:

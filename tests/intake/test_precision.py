@@ -4,6 +4,8 @@
 # one, written small.
 from __future__ import annotations
 
+import pytest
+
 from policy.bounce_parse import parse_bounce
 from policy.bounce_types import Kind
 from policy.verdict import BounceClass
@@ -211,3 +213,28 @@ Your message has encountered delivery problems to local user gone.
     assert report.recipient == "gone@dest.example"
     assert report.verdict is not None
     assert report.verdict.klass is BounceClass.HARD, report.verdict
+
+
+def test_list_address_named_in_a_sentence_is_not_a_recipient() -> None:
+    data = (RETURNED_TO_LIST % b"List-Id: <list.lists.sender.example>").replace(
+        b"The following mail could not be delivered.",
+        b"Your message to list@lists.sender.example could not be delivered to\n"
+        b"the recipient gone@dest.example: 550 5.1.1 user unknown.",
+    )
+    assert _recipients(data) == ["gone@dest.example"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "RCPT TO:<gone@dest.example>: 550 5.1.1 unknown",
+        "<gone@dest.example>: 550 5.1.1 unknown",
+        "gone@dest.example... 550 5.1.1 unknown",
+        "SMTP;gone@dest.example 550 5.1.1 unknown",
+        "smtp:gone@dest.example 550 5.1.1 unknown",
+        "RFC822=gone@dest.example 550 5.1.1 unknown",
+        "rfc822;<gone@dest.example> 550 5.1.1 unknown",
+    ],
+)
+def test_vendor_prefixes_are_not_read_as_part_of_the_address(line: str) -> None:
+    assert _recipients(_exchange(line.encode())) == ["gone@dest.example"]
