@@ -25,7 +25,7 @@ def test_rules_part_every_expected_recipient_and_one_extra_at_most() -> None:
 def test_held_out_part_floor() -> None:
     s = _score(held_out=True)
     print(s.line("held out"))
-    assert s.files == 40
-    # Measured 55/59 recall, 5 extra (flufl.bounce 59/59 and 0: its own test data).
-    assert s.found >= 55, s.wrong
+    assert s.files == 42
+    # Measured 57/61 recall, 5 extra (flufl.bounce 60/61 and 0, mostly its own test data).
+    assert s.found >= 57, s.wrong
     assert s.extra <= 5, s.wrong
