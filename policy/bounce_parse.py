@@ -280,17 +280,25 @@ def _from_hit(hit: bounce_text.TextHit, source: str, delayed: bool = False) -> F
 
 
 def _returned_report(parts: Parts) -> list[Finding]:
-    """The RFC 3464 findings of a returned message that is itself a bounce (one level)."""
-    if parts.original is None:
+    """The RFC 3464 findings of a returned message that is itself a bounce (one level).
+
+    The returned message is its own MIME part, or quoted in the notice after a marker
+    (a bounce forwarded as text, corpus lhost-postfix-49).
+    """
+    original = parts.original
+    if original is None:
+        rest = bounce_text.returned_text(parts.notice)
+        original = load(rest.encode()) if rest else None
+    if original is None:
         return []
-    inner = split(parts.original)
+    inner = split(original)
     found = [
         f
         for ctype, text in inner.structured
         if "delivery-status" in ctype
         for f in bounce_dsn.delivery_status(text)
     ]
-    return _with_text_diagnostics(found, parts.original, inner) if found else []
+    return _with_text_diagnostics(found, original, inner) if found else []
 
 
 def _excluded(msg: Message, parts: Parts) -> set[str]:

@@ -57,9 +57,10 @@ FORMATS: tuple[tuple[str, str], ...] = (
 )
 _FORMATS = tuple((name, re.compile(p, re.IGNORECASE | re.MULTILINE)) for name, p in FORMATS)
 
-# Lines that name an address but not a recipient: help desks, our own headers.
+# Lines that name an address but not a recipient: help desks (Japanese renraku, "contact",
+# and toiawase, "inquiry", corpus lhost-postfix-49), our own headers.
 _IGNORE_LINE = re.compile(
-    r"contact|assistance|questions|^\s*(?:from|reply-to|sender|return-path|message-id"
+    r"contact|assistance|questions|\u9023\u7d61|\u554f\u3044?\u5408\u308f?\u305b|^\s*(?:from|reply-to|sender|return-path|message-id"
     r"|in-reply-to|references|received|envelope-from|x-[\w-]+)\s*:|MAIL FROM\s*:",
     re.IGNORECASE,
 )
@@ -78,7 +79,8 @@ _NEXT_HOST = re.compile(r"^\s*[45]\d\d \S+ \(\w+\)\.\.\. ")
 # Reply code, enhanced status, qmail's "(#5.1.1)" (RFC 5321 §4.2, RFC 3463 §2).
 _CODE_ENHANCED = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
 _ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
+# Zoho writes "ERROR_CODE :550, ERROR_CODE :Requested action ..." (corpus lhost-zoho-03).
+_CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ ,-]|$)", re.MULTILINE)
 MAX_SEGMENT_LINES = 15
 # Bounds on work per message: the intake reads mail from anyone, and a notice is short.
 MAX_NOTICE_CHARS = 64 * 1024
@@ -232,11 +234,16 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
 def _paragraph_before(lines: list[str], start: int, limit: int = 3) -> str:
     """Up to `limit` non-blank lines of the paragraph right above line `start`.
 
-    When line `start` is the bare address, blank lines above it are skipped first
-    (au/EZweb writes "The user(s) account is disabled.", a blank line, the address).
+    When line `start` is the bare address, or past the end, blank lines above it are
+    skipped first (au/EZweb writes "The user(s) account is disabled.", a blank line, the
+    address).
     """
     out: list[str] = []
     bare = start < len(lines) and ADDRESS.fullmatch(lines[start].strip().strip("<>")) is not None
+    # A recipient the notice never names (X-Failed-Recipients only, Exim's "save to xxxx"
+    # for a local delivery, lhost-exim-07): the reason is the notice's last paragraph.
+    bare = bare or start >= len(lines)
+    start = min(start, len(lines))
     while bare and start > 0 and not lines[start - 1].strip():
         start -= 1
     for line in reversed(lines[max(0, start - limit) : start]):
