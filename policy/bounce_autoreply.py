@@ -63,11 +63,16 @@ def is_autoreply(msg: Message) -> bool:
 
 
 def looks_like_bounce(msg: Message) -> bool:
-    """From a mailer daemon, or titled like a bounce.
+    """From a mailer daemon, a delivery-status report, or titled like a bounce.
 
     A null Return-Path alone proves nothing: RFC 3834 §3.3 asks auto-replies
     to use it too.
     """
     if BOUNCE_SENDERS.search(header(msg, "From")):
+        return True
+    # RFC 3462: a multipart/report of delivery status is a bounce whatever it is titled.
+    if msg.get_content_type() == "multipart/report" and "delivery-status" in (
+        msg.get_param("report-type") or ""
+    ):
         return True
     return bool(BOUNCE_SUBJECTS.search(header(msg, "Subject")))

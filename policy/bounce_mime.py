@@ -17,10 +17,24 @@ from dataclasses import dataclass
 
 Message = email.message.Message
 
-# A conservative addr-spec finder for free text (RFC 5322 §3.4.1 dot-atom local parts).
+# A conservative addr-spec finder for free text (RFC 5322 §3.4.1 dot-atom local parts, and
+# the doubled or trailing dots some mobile carriers allowed: "neko....nyaan....@", corpus
+# lhost-postfix-32). The lookbehind keeps a match from starting inside a longer atom run.
 ADDRESS = re.compile(
+    r"(?<![A-Za-z0-9!#$%&'*+/=?^_`{|}~.-])"
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~][A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
 )
+# Address-type prefixes some MTAs glue to an address (Exchange "SMTP=user@dom", X.400
+# gateways "RFC822=user@dom"): the type, not part of the local part (RFC 3464 §2.3.2
+# writes it "rfc822;").
+_TYPE_PREFIX = re.compile(r"^(?:smtp|rfc822|internet|x400)=", re.IGNORECASE)
+
+
+def clean_address(found: str) -> str:
+    """A matched address lower-cased, without a trailing dot, an opening single quote
+    (notices write 'user@dom') or an address-type prefix."""
+    return _TYPE_PREFIX.sub("", found.rstrip(".").lstrip("'`")).lower()
+
 
 # Parts that carry the returned original message (RFC 3462 §1: third part of a report).
 ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
@@ -95,7 +109,7 @@ def addresses(text: str) -> list[str]:
     """Every address in `text`, lower-cased, in order, without duplicates."""
     seen: dict[str, None] = {}
     for m in ADDRESS.finditer(text):
-        seen.setdefault(m.group(0).rstrip(".").lower(), None)
+        seen.setdefault(clean_address(m.group(0)), None)
     return list(seen)
 
 

@@ -66,7 +66,8 @@ def find(msg: Message) -> list[Finding]:
     if bounce or not auto:
         hits = bounce_text.scan(notice, _excluded(msg, parts), _failed(msg))
         source = bounce_text.format_name(parts.notice)
-        texts = [_from_hit(h, source) for h in hits if bounce or h.code >= 400 or h.status]
+        delayed = bounce_text.says_delayed(notice)
+        texts = [_from_hit(h, source, delayed) for h in hits if bounce or h.code >= 400 or h.status]
         if not any(h.code or h.status for h in hits):
             # A notice with no reason that returns a bounce (a gateway passing on the DSN
             # it got, lhost-x5-01): the returned report says who failed and why.
@@ -130,8 +131,9 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
 # - an RFC 3463 x.1.x or x.2.1 code, or a refusal at RCPT or MAIL;
 # - a format in which the mailbox server reports its own directory look-up;
 # - a classifier rule whose phrasing only a provider's own directory writes (DIRECTORY_RULES);
-# - the mailbox host's local delivery agent says so (sendmail's "mail.local: unknown user"):
-#   the message was accepted and handed to the mailbox's own machine, which has no such user;
+# - the mailbox host's local delivery agent says so (sendmail's "mail.local: unknown user",
+#   "local user", "local mailbox"): the message was accepted and handed to the mailbox's
+#   own machine, which has no such user;
 # - the reply names the bounced recipient the way an RCPT reply does, "<rcpt>: User
 #   unknown" or "rcpt... No such user" (Postfix, sendmail). A reply to DATA covers every
 #   recipient of the transaction and names none: au/KDDI's filter answers "550 : User
@@ -140,8 +142,10 @@ def report_for(finding: Finding, rules: RuleSet | None = None) -> BounceReport:
 #   Not when the bounce says the reply answered DATA (m-FILTER writes the command).
 # A backup MX, a gateway or an Exchange server that accepted the message and then learnt
 # from the mailbox server that the mailbox does not exist writes its reply in these forms.
+# Without proof the verdict is undetermined with that reason: the message failed and the
+# address is not suppressed. Not content-related: nothing says the content was refused.
 UNVERIFIED_USER_UNKNOWN = Verdict(
-    BounceClass.BLOCK, Category.CONTENT_RELATED, "late-user-unknown-without-proof"
+    BounceClass.UNDETERMINED, Category.OTHER, "late-user-unknown-without-proof"
 )
 DIRECTORY_FORMATS = frozenset({"exchange", "notes", "domino", "imail"})
 DIRECTORY_RULES = frozenset(
@@ -151,16 +155,30 @@ DIRECTORY_RULES = frozenset(
         "ms-dbeb-access-denied",  # Exchange Online Directory Based Edge Blocking
     }
 )
-_LOCAL_AGENT = re.compile(r"\bmail\.local: unknown user", re.IGNORECASE)
+_LOCAL_AGENT = re.compile(
+    r"\bmail\.local: unknown user"
+    # The mailbox host speaking of its own users: "local user", "our local address",
+    # "Local mailbox x is unavailable" (flufl.bounce simple_23, simple_26, simple_39).
+    r"|\blocal (?:user|mailbox|address|recipient)\b",
+    re.IGNORECASE,
+)
 _SUBJECT_1 = re.compile(r"(?<![\d.])[45]\.1\.\d{1,3}(?![\d.]*\d)")
 # After "<rcpt>:" or "rcpt...": the reply's own words, up to the next angle bracket or
 # parenthesis; they must start with a letter (a digit would be another reply quoted there).
 _AFTER_RECIPIENT = re.compile(r">?(?::|\.\.\.)[ \t]*([a-z][^<>()]*)", re.IGNORECASE)
 
 
+# Classifier rules that read a "user unknown" as a recipient's filter refusing the message
+# (block/content-related for a live reply). In a late report that is the same case as a
+# user unknown without proof: undetermined, the rule kept as the reason.
+RECIPIENT_FILTER_RULES = frozenset({"kddi-filter-user-unknown"})
+
+
 def _unverified_user_unknown(
     verdict: Verdict, reply: Reply, finding: Finding, rules: RuleSet | None
 ) -> Verdict:
+    if verdict.rule in RECIPIENT_FILTER_RULES:
+        return Verdict(BounceClass.UNDETERMINED, Category.OTHER, verdict.rule)
     if verdict.klass is not BounceClass.HARD or verdict.category is not Category.BAD_MAILBOX:
         return verdict
     enhanced = reply.enhanced or ""
@@ -202,6 +220,10 @@ def _reply(finding: Finding) -> Reply:
     """
     quoted = parse_reply(finding.diagnostic) if finding.diagnostic else Reply(0, None, "")
     code, enhanced = quoted.code, quoted.enhanced
+    refused = bounce_text.reply_parts(finding.diagnostic)[0] if code < 400 else 0
+    if refused and finding.action != "delivered":
+        # A session transcript opens with the greeting (220) and the 250s before the refusal.
+        code, enhanced = 0, None
     if not code or code >= 600:
         code, enhanced_text = bounce_text.reply_parts(finding.diagnostic)
         enhanced = enhanced or enhanced_text or None
@@ -240,30 +262,43 @@ def _with_text_diagnostics(found: list[Finding], msg: Message, parts: Parts) -> 
     return out
 
 
-def _from_hit(hit: bounce_text.TextHit, source: str) -> Finding:
+def _from_hit(hit: bounce_text.TextHit, source: str, delayed: bool = False) -> Finding:
+    action = ""
+    if hit.code >= 500 or hit.status.startswith("5"):
+        action = "failed"
+    elif delayed:
+        action = "delayed"  # a warning notice: the reply quoted (if any) was not final
     return Finding(
         recipient=hit.recipient,
         kind=Kind.DSN,
         source=source,
         status=hit.status,
         diagnostic=hit.diagnostic,
-        action="failed" if hit.code >= 500 or hit.status.startswith("5") else "",
+        action=action,
         stage=hit.stage,
     )
 
 
 def _returned_report(parts: Parts) -> list[Finding]:
-    """The RFC 3464 findings of a returned message that is itself a bounce (one level)."""
-    if parts.original is None:
+    """The RFC 3464 findings of a returned message that is itself a bounce (one level).
+
+    The returned message is its own MIME part, or quoted in the notice after a marker
+    (a bounce forwarded as text, corpus lhost-postfix-49).
+    """
+    original = parts.original
+    if original is None:
+        rest = bounce_text.returned_text(parts.notice)
+        original = load(rest.encode()) if rest else None
+    if original is None:
         return []
-    inner = split(parts.original)
+    inner = split(original)
     found = [
         f
         for ctype, text in inner.structured
         if "delivery-status" in ctype
         for f in bounce_dsn.delivery_status(text)
     ]
-    return _with_text_diagnostics(found, parts.original, inner) if found else []
+    return _with_text_diagnostics(found, original, inner) if found else []
 
 
 def _excluded(msg: Message, parts: Parts) -> set[str]:
@@ -283,15 +318,33 @@ def _excluded(msg: Message, parts: Parts) -> set[str]:
     if parts.original is not None:
         for name in ("From", "Sender", "Reply-To", "Return-Path"):
             out.update(addresses(header(parts.original, name)))
+        if _is_list_mail(parts.original):
+            # The list's own addresses, named in a sentence, are not the subscriber's.
+            for name in ("To", *LIST_HEADERS):
+                out.update(addresses(header(parts.original, name)))
     return out
 
 
 def _returned_recipients(parts: Parts) -> list[str]:
-    """To/Cc of the returned message: its own part, or its headers quoted after the notice."""
-    if parts.original is not None:
-        return bounce_dsn.original_recipients(parts.original)
-    rest = bounce_text.returned_text(parts.notice)
-    return bounce_dsn.original_recipients(load(rest.encode())) if rest else []
+    """To/Cc of the returned message: its own part, or its headers quoted after the notice.
+
+    None for list mail: its To is the list, not the subscriber whose delivery failed.
+    """
+    original = parts.original
+    if original is None:
+        rest = bounce_text.returned_text(parts.notice)
+        original = load(rest.encode()) if rest else None
+    if original is None or _is_list_mail(original):
+        return []
+    return bounce_dsn.original_recipients(original)
+
+
+# RFC 2369 / RFC 2919 list headers, and Mailman's X-BeenThere: the message went to a list.
+LIST_HEADERS = ("List-Id", "List-Post", "X-BeenThere")
+
+
+def _is_list_mail(original: Message) -> bool:
+    return any(header(original, name) for name in LIST_HEADERS)
 
 
 def _failed(msg: Message) -> list[str]:

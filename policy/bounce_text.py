@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from policy.bounce_mime import ADDRESS
+from policy.bounce_mime import ADDRESS, clean_address
 
 # Where the returned message starts: nothing after it is the notice. One row per format.
 ORIGINAL_MARKERS: tuple[str, ...] = (
@@ -23,6 +23,8 @@ ORIGINAL_MARKERS: tuple[str, ...] = (
     r"^(?:Original message follows|Message headers follow)",  # IMail, DragonFly
     r"^Original message headers:",  # Exchange 2007
     r"^-+ ?Returned Message",  # Lotus Notes
+    r"^-+ ?START OF RETURNED MESSAGE",  # Demon Internet's Exim 2 (flufl.bounce bounce_03)
+    r"^Original message details:",  # Vade Secure (flufl.bounce simple_45)
     r"^-+ ?Original message header",  # various
     r"^-+ ?The header of the original message",  # Yahoo, KDDI
     r"^-+ ?Undelivered message headers follow",  # Postfix (no MIME)
@@ -55,14 +57,20 @@ FORMATS: tuple[tuple[str, str], ...] = (
 )
 _FORMATS = tuple((name, re.compile(p, re.IGNORECASE | re.MULTILINE)) for name, p in FORMATS)
 
-# Lines that name an address but not a recipient: help desks, our own headers.
+# Lines that name an address but not a recipient: help desks (Japanese renraku, "contact",
+# and toiawase, "inquiry", corpus lhost-postfix-49), our own headers.
 _IGNORE_LINE = re.compile(
-    r"contact|assistance|questions|^\s*(?:from|reply-to|sender|return-path|message-id"
+    r"contact|assistance|questions|\u9023\u7d61|\u554f\u3044?\u5408\u308f?\u305b|^\s*(?:from|reply-to|sender|return-path|message-id"
     r"|in-reply-to|references|received|envelope-from|x-[\w-]+)\s*:|MAIL FROM\s*:",
     re.IGNORECASE,
 )
 # A line that starts with the address is a recipient line in nearly every format.
-_LEADING = re.compile(r"^[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?(" + ADDRESS.pattern + ")")
+# Not a positive reply quoting an address ("250 <a@b>, Sender ok" in a session transcript).
+_LEADING = re.compile(
+    r"^(?![\s>]*[23]\d\d[ -])[\s>]*(?:[\w .\"-]*<)?(?:mailto:|RCPT TO:\s*<?)?("
+    + ADDRESS.pattern
+    + ")"
+)
 _QUOTE = re.compile(r"^[ \t]*>+ ?", re.MULTILINE)
 # Sendmail's "<code> <host> (<mailer>)... <reply>" line: the status of the host that the
 # recipient line after it was sent to (sendmail V5 transcripts, corpus lhost-v5sendmail).
@@ -71,7 +79,8 @@ _NEXT_HOST = re.compile(r"^\s*[45]\d\d \S+ \(\w+\)\.\.\. ")
 # Reply code, enhanced status, qmail's "(#5.1.1)" (RFC 5321 §4.2, RFC 3463 §2).
 _CODE_ENHANCED = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
 _ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
+# Zoho writes "ERROR_CODE :550, ERROR_CODE :Requested action ..." (corpus lhost-zoho-03).
+_CODE = re.compile(r"(?:^|said:?|[:(\[#]|<<<)\s*([45][0-5]\d)(?=[ ,-]|$)", re.MULTILINE)
 MAX_SEGMENT_LINES = 15
 # Bounds on work per message: the intake reads mail from anyone, and a notice is short.
 MAX_NOTICE_CHARS = 64 * 1024
@@ -86,6 +95,30 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("MAIL", r"in reply to MAIL|after MAIL FROM|>>> MAIL"),
 )
 _STAGES = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in STAGES)
+
+
+# Notices that say delivery is still being tried: a warning, not a failure (RFC 3464
+# §2.3.3 "delayed"). One row per wording; the first four are Exim's and Sendmail's.
+DELAY_NOTICES: tuple[str, ...] = (
+    r"has not yet been delivered",
+    r"(?:delivery|message) (?:to the following recipients? )?(?:has been|was) delayed",
+    r"will continue (?:to )?(?:try|attempt)",
+    r"delivery attempts will continue",
+    r"(?:is|was) still awaiting delivery",
+    r"this is (?:just |only )?a warning|warning message only|advisory[- ]only",
+    r"has been postponed",
+    r"will be retried|will (?:retry|try again) (?:for|until|later)",
+)
+_DELAY = re.compile("|".join(DELAY_NOTICES), re.IGNORECASE)
+# The alias a failed address was reached through, which Sendmail names as failed too:
+# "b (expanded from: a)". Exim's "(generated from a)" under a failed forward target is
+# not (Sisimai labels only the target, corpus rhost-franceptt-03).
+_ALIAS = re.compile(r"\(expanded from:?\s*<?(" + ADDRESS.pattern + r")>?\s*\)")
+
+
+def says_delayed(notice: str) -> bool:
+    """True when the notice is a delay warning (delivery is still being tried)."""
+    return _DELAY.search(" ".join(notice.split())) is not None
 
 
 @dataclass(frozen=True)
@@ -157,9 +190,9 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
         lead = _LEADING.match(line)
         if lead:
             # A recipient line counts even for an excluded address: people mail themselves.
-            leading.add(lead.group(1).rstrip(".").lower())
+            leading.add(clean_address(lead.group(1)))
         for m in ADDRESS.finditer(line):
-            addr = m.group(0).rstrip(".").lower()
+            addr = clean_address(m.group(0))
             if addr.split("@")[0] in _ROBOTS or (addr in exclude and addr not in leading):
                 continue
             first_line.setdefault(addr, i)
@@ -188,17 +221,29 @@ def scan(notice: str, exclude: set[str], failed: list[str]) -> list[TextHit]:
             before = _paragraph_before(lines, start)
             diagnostic = "\n".join(x for x in (_reply_line(notice), before, diagnostic) if x)
         hits.append(TextHit(addr, diagnostic, code, status, stage_of(diagnostic)))
+    named = {h.recipient for h in hits}
+    for hit in list(hits):
+        for m in _ALIAS.finditer(hit.diagnostic):
+            alias = clean_address(m.group(1))
+            if alias not in named and alias not in exclude:
+                named.add(alias)
+                hits.append(TextHit(alias, hit.diagnostic, hit.code, hit.status, hit.stage))
     return hits
 
 
 def _paragraph_before(lines: list[str], start: int, limit: int = 3) -> str:
     """Up to `limit` non-blank lines of the paragraph right above line `start`.
 
-    When line `start` is the bare address, blank lines above it are skipped first
-    (au/EZweb writes "The user(s) account is disabled.", a blank line, the address).
+    When line `start` is the bare address, or past the end, blank lines above it are
+    skipped first (au/EZweb writes "The user(s) account is disabled.", a blank line, the
+    address).
     """
     out: list[str] = []
     bare = start < len(lines) and ADDRESS.fullmatch(lines[start].strip().strip("<>")) is not None
+    # A recipient the notice never names (X-Failed-Recipients only, Exim's "save to xxxx"
+    # for a local delivery, lhost-exim-07): the reason is the notice's last paragraph.
+    bare = bare or start >= len(lines)
+    start = min(start, len(lines))
     while bare and start > 0 and not lines[start - 1].strip():
         start -= 1
     for line in reversed(lines[max(0, start - limit) : start]):

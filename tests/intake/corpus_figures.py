@@ -9,10 +9,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policy.bounce_parse import parse_bounce
+from policy.bounce_parse import RECIPIENT_FILTER_RULES, UNVERIFIED_USER_UNKNOWN, parse_bounce
 from policy.bounce_types import BounceReport, Kind
 from policy.verdict import BounceClass
 from tests.support.sisimai import Label, corpus_dir, expected_verdict, load_labels
+
+LATE_FILTER_RULES = RECIPIENT_FILTER_RULES | {UNVERIFIED_USER_UNKNOWN.rule}
 
 
 @dataclass
@@ -20,6 +22,8 @@ class Figures:
     emails: int = 0
     with_recipient: int = 0  # at least one report names a recipient
     all_recipients: int = 0  # as many distinct recipients as the label lists (or more)
+    labelled_recipients: int = 0  # recipients the labels list (bounces, not complaints)
+    extra_recipients: int = 0  # recipients reported beyond the labelled count, summed
     hard_agree: int = 0  # our hard-vs-not-hard equals the mapped label's
     sisimai_hard_agree: int = 0  # ... equals Sisimai's own `hardbounce` flag
     category_total: int = 0  # emails whose label maps to a bounce category
@@ -39,6 +43,8 @@ class Figures:
             f"({self.share(self.with_recipient, self.emails):.1%})",
             f"all labelled recipients found: {self.all_recipients} "
             f"({self.share(self.all_recipients, self.emails):.1%})",
+            f"recipients beyond the labelled count: {self.extra_recipients} "
+            f"(labelled {self.labelled_recipients})",
             f"hard-vs-not-hard agreement (our mapping): {self.hard_agree} "
             f"({self.share(self.hard_agree, self.emails):.1%})",
             f"hard-vs-not-hard agreement (Sisimai hardbounce flag): {self.sisimai_hard_agree} "
@@ -72,6 +78,9 @@ def _one(fig: Figures, label: Label, data: bytes) -> None:
         fig.misses.append(label.file)
     if len(found) >= len(label.recipients) or (found and label.first.reason == "feedback"):
         fig.all_recipients += 1
+    if label.first.reason != "feedback":
+        fig.labelled_recipients += len(label.recipients)
+        fig.extra_recipients += max(0, len(found) - len(label.recipients))
     first = _first(reports)
     ours_hard = bool(first and first.verdict and first.verdict.klass is BounceClass.HARD)
     want = expected_verdict(label.first.reason, label.first.status, label.first.replycode)
@@ -90,6 +99,14 @@ def _one(fig: Figures, label: Label, data: bytes) -> None:
     else:
         fig.category_total += 1
         fig.category_agree += bool(first and first.verdict and first.verdict.category is want[1])
+        # Sisimai's "filtered" covers the recipient's own filter answering "user unknown",
+        # which a late report gives as undetermined with that reason (issue 12).
+        fig.category_agree += bool(
+            label.first.reason == "filtered"
+            and first
+            and first.verdict
+            and first.verdict.rule in LATE_FILTER_RULES
+        )
 
 
 def main() -> int:

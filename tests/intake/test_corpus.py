@@ -67,7 +67,7 @@ def _figures() -> Figures | None:
 def figures() -> Figures:
     fig = _figures()
     if fig is None:
-        pytest.skip("Sisimai corpus not found at ../shared/corpus/sisimai (repo root's sibling)")
+        pytest.skip("Sisimai corpus not found (../shared/corpus/sisimai, $BOUNCER_SISIMAI_CORPUS)")
     return fig
 
 
@@ -109,7 +109,7 @@ def test_hard_agreement_meets_issue_target() -> None:
 def test_crlf_and_cr_twins_parse_like_lf() -> None:
     corpus = corpus_dir()
     if corpus is None:
-        pytest.skip("Sisimai corpus not found at ../shared/corpus/sisimai (repo root's sibling)")
+        pytest.skip("Sisimai corpus not found (../shared/corpus/sisimai, $BOUNCER_SISIMAI_CORPUS)")
     emails = corpus / "emails"
     pairs = [
         (p, emails / p.name[5:])

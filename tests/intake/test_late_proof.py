@@ -1,5 +1,6 @@
 # What counts as proof for a late "user unknown" (policy/bounce_parse.py): each kind of
-# proof makes the report hard, and the look-alikes a recipient filter writes stay block.
+# proof makes the report hard, and the look-alikes a recipient filter writes are undetermined
+# with their reason (issue 12: never content-related).
 # The texts are the corpus ones named in the rule comments and in docs/intake.md.
 from __future__ import annotations
 
@@ -46,13 +47,15 @@ def test_proof_makes_a_late_user_unknown_hard(diagnostic: str) -> None:
         f"smtp; 550 <{RCPT}>: 550 unknown user",  # a quoted reply after the address, not its words
     ],
 )
-def test_no_proof_stays_block(diagnostic: str) -> None:
+def test_no_proof_is_undetermined_with_its_reason(diagnostic: str) -> None:
     report = _one(diagnostic)
     assert report.verdict is not None
     assert report.verdict.rule == "late-user-unknown-without-proof", report.verdict
+    assert report.verdict.klass is BounceClass.UNDETERMINED
+    assert report.verdict.category is Category.OTHER
 
 
-def test_kddi_filter_reply_is_block_even_under_an_x11_code() -> None:
+def test_kddi_filter_reply_is_undetermined_even_under_an_x11_code() -> None:
     # Exchange quoting au's filter answer under its own 5.1.351 (lhost-office365-04).
     report = _one(
         "smtp; 550 5.1.351 Remote server returned unknown recipient or mailbox unavailable"
@@ -60,7 +63,8 @@ def test_kddi_filter_reply_is_block_even_under_an_x11_code() -> None:
         status="5.1.351",
     )
     assert report.verdict is not None
-    assert report.verdict.klass is BounceClass.BLOCK
+    assert report.verdict.klass is BounceClass.UNDETERMINED
+    assert report.verdict.category is Category.OTHER
     assert report.verdict.rule == "kddi-filter-user-unknown"
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from policy.bounce_parse import parse_bounce, returned_sender
 from policy.bounce_types import Kind
-from policy.verdict import BounceClass
+from policy.verdict import BounceClass, Category
 from tests.intake import samples
 
 H, S, B, D = BounceClass.HARD, BounceClass.SOFT, BounceClass.BLOCK, BounceClass.DELIVERED
@@ -172,7 +172,10 @@ def test_late_user_unknown_without_proof_never_suppresses() -> None:
     )
     (report,) = parse_bounce(data)
     assert report.verdict is not None
-    assert report.verdict.klass is BounceClass.BLOCK
+    # Undetermined with its reason, never content-related (issue 12): nothing says the
+    # content was refused, and the address is not suppressed.
+    assert report.verdict.klass is BounceClass.UNDETERMINED
+    assert report.verdict.category is Category.OTHER
     assert report.verdict.rule == "late-user-unknown-without-proof"
 
 

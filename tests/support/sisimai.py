@@ -15,6 +15,7 @@ import email
 import email.message
 import email.policy
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,9 +128,13 @@ class Diagnostic:
 
 
 def corpus_dir() -> Path | None:
-    """../shared/corpus/sisimai relative to the repo root, or None when absent."""
+    """$BOUNCER_SISIMAI_CORPUS, else ../shared/corpus/sisimai from the repo root; None if absent.
+
+    The variable serves a checkout that is not a sibling of the corpus (a git worktree).
+    """
+    override = os.environ.get("BOUNCER_SISIMAI_CORPUS")
     root = Path(__file__).resolve().parents[2]
-    path = root / ".." / "shared" / "corpus" / "sisimai"
+    path = Path(override) if override else root / ".." / "shared" / "corpus" / "sisimai"
     return path if (path / "labels.jsonl").is_file() else None
 
 
