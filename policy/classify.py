@@ -94,7 +94,7 @@ def classify(reply: Reply, rules: RuleSet | None = None, fallback: bool = True) 
         text_rule = rs.first_text(text)
         guess = None
         if text_rule is None and fallback and (code_rule is None or code_rule.category is _OTHER):
-            guess = default_model().predict(text)
+            guess = default_model().predict(text, explain=False)
             if guess is not None and guess.category is _OTHER:
                 guess = None  # the model has nothing to add to "says nothing clear"
         if text_rule is not None:

@@ -37,7 +37,6 @@ from policy.verdict import Category
 DEFAULT_MODEL = Path(__file__).with_name("fallback_model.json")
 RULE_ID = "fallback-model"
 
-_NOISE = re.compile(r"\S*[@/\\]\S*|\[[^\]]*\]|<[^>]*>|\S*\.\S*\.\S*")  # addresses, hosts, URLs
 _LETTERS = re.compile(r"[^\W\d_]{2,}")
 _UNSPACED = "\u2e80"
 # Function words carry no meaning about the failure; left in, they decide by frequency.
@@ -53,10 +52,18 @@ _STOP = frozenset(
 )
 
 
+def _noise(word: str) -> bool:
+    """An address, host name, URL, IP or bracketed id: names, not meaning."""
+    return (
+        "@" in word or "/" in word or "\\" in word or word.count(".") > 1 or word[0] in "[<("
+    )
+
+
 def tokens(text: str) -> frozenset[str]:
     """The set of tokens of a reply text (any case)."""
     found: set[str] = set()
-    for word in _LETTERS.findall(_NOISE.sub(" ", text.lower())):
+    kept = " ".join(w for w in text.lower().split() if not _noise(w))
+    for word in _LETTERS.findall(kept):
         if word[0] >= _UNSPACED:
             found.update(word[i : i + 2] for i in range(len(word) - 1))
         elif word not in _STOP:
@@ -79,26 +86,27 @@ class Model:
     hard_threshold: float
     min_confidence: float
 
-    def predict(self, text: str) -> Prediction | None:
-        """The confident category of `text`, or None (see the module docstring)."""
-        known = [t for t in tokens(text) if t in self.weights]
+    def predict(self, text: str, explain: bool = True) -> Prediction | None:
+        """The confident category of `text`, or None (see the module docstring).
+
+        `explain=False` leaves `tokens` empty (classify() needs only the category)."""
+        weights = self.weights
+        known = [t for t in tokens(text) if t in weights]
         if not known:
             return None
-        scores = list(self.prior)
-        for t in known:
-            for i, w in enumerate(self.weights[t]):
-                scores[i] += w
-        top = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        total = sum(math.exp(s - scores[top]) for s in scores)
-        confidence = 1.0 / total
+        # One column per category: prior + the token weights, summed in C by zip/sum.
+        scores = [sum(column) for column in zip(self.prior, *(weights[t] for t in known))]
+        best = max(scores)
+        top = scores.index(best)
+        confidence = 1.0 / sum(math.exp(s - best) for s in scores)
         category = self.categories[top]
         needed = self.hard_threshold if category in _HARD else self.min_confidence
         if confidence < needed:
             return None
-        second = max((i for i in range(len(scores)) if i != top), key=lambda i: scores[i])
-        lift = sorted(
-            ((self.weights[t][top] - self.weights[t][second], t) for t in known), reverse=True
-        )
+        if not explain:
+            return Prediction(category, confidence, ())
+        second = max((i for i in range(len(scores)) if i != top), key=scores.__getitem__)
+        lift = sorted(((weights[t][top] - weights[t][second], t) for t in known), reverse=True)
         return Prediction(category, confidence, tuple(t for d, t in lift[:3] if d > 0))
 
 
