@@ -40,6 +40,8 @@ _REPLY_AFTER = frozenset(" \t\n:<'\"(>")
 # A bare enhanced code in text: "RCPT TO not accepted: 5.7.1 This system ...".
 _QUOTED_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
 
+__all__ = ["FALLBACK_RULE", "classify", "classify_at", "fallback_reasons", "shared_data_verdict"]
+
 DELIVERED = Verdict(BounceClass.DELIVERED, Category.DELIVERED, "smtp-2xx")
 _FALLBACK_PERMANENT = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "fallback-5xx")
 _FALLBACK_TRANSIENT = Verdict(BounceClass.SOFT, Category.OTHER, "fallback-4xx")

@@ -54,9 +54,7 @@ _STOP = frozenset(
 
 def _noise(word: str) -> bool:
     """An address, host name, URL, IP or bracketed id: names, not meaning."""
-    return (
-        "@" in word or "/" in word or "\\" in word or word.count(".") > 1 or word[0] in "[<("
-    )
+    return "@" in word or "/" in word or "\\" in word or word.count(".") > 1 or word[0] in "[<("
 
 
 def tokens(text: str) -> frozenset[str]:
@@ -95,7 +93,7 @@ class Model:
         if not known:
             return None
         # One column per category: prior + the token weights, summed in C by zip/sum.
-        scores = [sum(column) for column in zip(self.prior, *(weights[t] for t in known))]
+        scores = [sum(col) for col in zip(self.prior, *(weights[t] for t in known), strict=True)]
         best = max(scores)
         top = scores.index(best)
         confidence = 1.0 / sum(math.exp(s - best) for s in scores)

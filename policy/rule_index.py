@@ -35,8 +35,8 @@ _prefix = operator.itemgetter(slice(None, KEY_LENGTH))  # w -> w[:4], called fro
 _ASCII_WORDS = bytes(c if chr(c).isalnum() or c == 0x5F else 0x20 for c in range(128)) + bytes(
     [0x20] * 128
 )  # bytes.translate table: every ASCII non-\w byte becomes a space
-_MARK = "\x00"
-_UNSPACED = "\u2e80"  # from here on (CJK radicals, kana, ideographs ...) words are not spaced  # stands for "a non-word character or boundary is here" in a literal run
+_MARK = "\x00"  # stands for "a non-word character or boundary is here" in a literal run
+_UNSPACED = "\u2e80"  # from here on (CJK radicals, kana, ideographs ...) words are not spaced
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,12 +32,15 @@ def main() -> int:
     fallback = not args.no_fallback
     rows = load()
     print(f"corpus: {CORPUS.relative_to(CORPUS.parents[3])}, {len(rows)} rows")
-    for part, label in (("heldout", "HELD-OUT"), ("dev", "DEVELOPMENT (rules and model written from it)")):
+    parts = (("heldout", "HELD-OUT"), ("dev", "DEVELOPMENT (rules and model written from it)"))
+    for part, label in parts:
         mine = [r for r in rows if r.part == part]
         sources = Counter(r.source for r in mine)
         langs = Counter(r.lang for r in mine)
-        print(f"\n== {label}: {len(mine)} rows, {len(sources)} sources, languages "
-              + " ".join(f"{k}:{v}" for k, v in sorted(langs.items())))
+        print(
+            f"\n== {label}: {len(mine)} rows, {len(sources)} sources, languages "
+            + " ".join(f"{k}:{v}" for k, v in sorted(langs.items()))
+        )
         report = evaluate(mine, lambda line: classify(parse_reply(line), fallback=fallback))
         print(report.total.line("all"))
         print("-- per language")
@@ -49,8 +52,10 @@ def main() -> int:
         if args.misses:
             print("-- disagreements (expected <- got, rule)")
             for row, v in report.misses:
-                print(f"  {row.klass}/{row.category} <- {v.klass.value}/{v.category.value}"
-                      f" {v.rule} | {row.reply[:100]}")
+                print(
+                    f"  {row.klass}/{row.category} <- {v.klass.value}/{v.category.value}"
+                    f" {v.rule} | {row.reply[:100]}"
+                )
         if part == "heldout":
             print("-- sources")
             for source, n in sorted(sources.items()):

@@ -128,9 +128,10 @@ def test_fallback_reads_what_no_rule_reads_and_explains_itself() -> None:
     line = "550 5.0.0 quota exceeded for this box"
     reply = parse_reply(line)
     assert classify(reply, fallback=False).rule == "en-quota"  # a rule reads it: no model
-    guess = default_model().predict("storage space exhausted full quota mailbox")
+    text = "storage space exhausted full quota mailbox"
+    guess = default_model().predict(text)
     assert guess is not None and guess.category is Category.QUOTA_ISSUES
-    assert guess.tokens and set(guess.tokens) <= tokens("storage space exhausted full quota mailbox")
+    assert guess.tokens and set(guess.tokens) <= tokens(text)
 
 
 def test_fallback_says_hard_only_above_its_threshold() -> None:

@@ -81,9 +81,7 @@ class Report:
     misses: list[tuple[Row, Verdict]] = field(default_factory=list)
 
 
-def evaluate(
-    rows: Iterable[Row], decide: Callable[[str], Verdict] | None = None
-) -> Report:
+def evaluate(rows: Iterable[Row], decide: Callable[[str], Verdict] | None = None) -> Report:
     decide = decide or (lambda line: classify(parse_reply(line)))
     report = Report()
     for row in rows:

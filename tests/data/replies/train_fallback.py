@@ -75,9 +75,7 @@ def fit(data: list[Example], hard_threshold: float) -> dict[str, object]:
     return {
         "categories": [c.value for c in categories],
         "prior": [round(math.log((docs[c] + 1) / (n + len(categories))), 4) for c in categories],
-        "weights": {
-            t: [round(log_p(t, c), 4) for c in categories] for t in sorted(counts)
-        },
+        "weights": {t: [round(log_p(t, c), 4) for c in categories] for t in sorted(counts)},
         "hard_threshold": hard_threshold,
         "min_confidence": MIN_CONFIDENCE,
         "trained_on": f"{n} rows: dev part of corpus.jsonl + golden rows",
@@ -95,7 +93,8 @@ def choose_threshold(data: list[Example]) -> float:
             guess = model.predict(" ".join(sorted(toks)))
             if guess is None:
                 continue
-            if CLASS_OF[guess.category] is BounceClass.HARD and CLASS_OF[label] is not BounceClass.HARD:
+            said_hard = CLASS_OF[guess.category] is BounceClass.HARD
+            if said_hard and CLASS_OF[label] is not BounceClass.HARD:
                 worst = max(worst, guess.confidence)
     return round(max(HARD_FLOOR, min(0.999, worst + 0.01)), 3)
 
