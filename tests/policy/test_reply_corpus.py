@@ -1,10 +1,12 @@
 """The labelled reply corpus (tests/data/replies/corpus.jsonl) and the fallback model.
 
 The held-out part comes from sources never used to write rules or to train the fallback
-model; its figures predict replies nobody here has seen. Issue 12's targets on it (class
->= 95%, hard recall >= 95%, category >= 90%) are not met yet: the floors below are what
-is reached now (a regression guard), the strict xfail names the gap, and false hards
-must be zero.
+model; its figures predict replies nobody here has seen. It is the second one (held-out
+B): the first (A, 100 rows) was measured once and then moved to the development part
+(docs/classifier.md gives both first-run figures). Issue 12's targets on it (class
+>= 95%, hard recall >= 95%, category >= 90%) are not met: the floors below are what is
+reached now (a regression guard), the strict xfail names the gap, and false hards must
+be zero.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ LANGUAGES = {"en", "fr", "it", "de", "es", "pt", "nl", "pl", "ru", "cs", "sv", "
 
 def test_rows_are_well_formed_and_parts_share_no_source() -> None:
     rows = load()
-    assert len(rows) >= 450
+    assert len(rows) >= 500
     for row in rows:
         assert row.part in ("dev", "heldout") and row.source and row.lang
         category = Category(row.category)
@@ -41,17 +43,17 @@ def test_rows_are_well_formed_and_parts_share_no_source() -> None:
         assert row.klass == expected.value, row.reply  # class follows category (SPEC §3)
     dev = {r.source for r in rows if r.part == "dev"}
     held = {r.source for r in rows if r.part == "heldout"}
-    assert len(held) >= 15 and dev.isdisjoint(held)
+    assert len(held) >= 7 and dev.isdisjoint(held)
     assert len({r.reply for r in rows}) == len(rows)
 
 
 def test_held_out_has_no_false_hard_and_keeps_its_floors() -> None:
     total = evaluate(load("heldout")).total
-    assert total.n >= 100
+    assert total.n >= 33
     assert total.false_hard == 0
-    assert total.klass / total.n >= 0.87
-    assert total.hard_found / total.hard >= 0.90
-    assert total.category / total.n >= 0.78
+    assert total.klass / total.n >= 0.84
+    assert total.hard_found / total.hard >= 0.80
+    assert total.category / total.n >= 0.81
 
 
 @pytest.mark.xfail(strict=True, reason="issue 12 targets not met on the held-out part yet")
