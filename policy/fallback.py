@@ -26,8 +26,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,13 @@ def _noise(word: str) -> bool:
 
 def tokens(text: str) -> frozenset[str]:
     """The set of tokens of a reply text (any case)."""
-    found: set[str] = set()
-    kept = " ".join(w for w in text.lower().split() if not _noise(w))
-    for word in _LETTERS.findall(kept):
-        if word[0] >= _UNSPACED:
-            found.update(word[i : i + 2] for i in range(len(word) - 1))
-        elif word not in _STOP:
-            found.add(word)
-    return frozenset(found)
+    kept = " ".join([w for w in text.lower().split() if not _noise(w)])
+    words = set(_LETTERS.findall(kept))
+    words -= _STOP
+    for word in [w for w in words if w[0] >= _UNSPACED]:
+        words.discard(word)
+        words.update(word[i : i + 2] for i in range(len(word) - 1))
+    return frozenset(words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +92,10 @@ class Model:
         known = [t for t in tokens(text) if t in weights]
         if not known:
             return None
-        # One column per category: prior + the token weights, summed in C by zip/sum.
-        scores = [sum(col) for col in zip(self.prior, *(weights[t] for t in known), strict=True)]
+        # One score per category: the prior plus each known token's weights (map in C).
+        scores: Sequence[float] = self.prior
+        for t in known:
+            scores = list(map(operator.add, scores, weights[t]))
         best = max(scores)
         top = scores.index(best)
         confidence = 1.0 / sum(math.exp(s - best) for s in scores)
