@@ -98,7 +98,9 @@ def test_custom_rules_are_used() -> None:
         }
     )
     assert classify(parse_reply("550 5.0.0 nope"), rules).rule == "t-one"
-    assert classify(parse_reply("550 5.1.1 user unknown"), rules).rule == "fallback-5xx"
+    assert classify(parse_reply("550 5.1.1 user unknown"), rules, fallback=False).rule == (
+        "fallback-5xx"
+    )
 
 
 @pytest.mark.parametrize(
