@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import re
 
+from policy.fallback import RULE_ID as FALLBACK_RULE
+from policy.fallback import Model, Prediction, default_model
 from policy.reply import Reply
 from policy.rules import CLASS_OF, RuleSet, default_rules
 from policy.verdict import BounceClass, Category, Verdict
@@ -38,14 +40,21 @@ _REPLY_AFTER = frozenset(" \t\n:<'\"(>")
 # A bare enhanced code in text: "RCPT TO not accepted: 5.7.1 This system ...".
 _QUOTED_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
 
+__all__ = ["FALLBACK_RULE", "classify", "classify_at", "fallback_reasons", "shared_data_verdict"]
+
 DELIVERED = Verdict(BounceClass.DELIVERED, Category.DELIVERED, "smtp-2xx")
 _FALLBACK_PERMANENT = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "fallback-5xx")
 _FALLBACK_TRANSIENT = Verdict(BounceClass.SOFT, Category.OTHER, "fallback-4xx")
 _FALLBACK_TEXT = Verdict(BounceClass.UNDETERMINED, Category.OTHER, "fallback-text")
+_OTHER = Category.OTHER
 
 
-def classify(reply: Reply, rules: RuleSet | None = None) -> Verdict:
-    """Classify one SMTP reply (or a bare diagnostic text with code 0). Pure."""
+def classify(reply: Reply, rules: RuleSet | None = None, fallback: bool = True) -> Verdict:
+    """Classify one SMTP reply (or a bare diagnostic text with code 0). Pure.
+
+    `fallback`: when no rule reads the reply (or only a code that says nothing), ask the
+    token-weight model of policy/fallback.py; False keeps undetermined/other.
+    """
     code = reply.code
     text = reply.text.lower()
     if 200 <= code < 300:
@@ -85,8 +94,15 @@ def classify(reply: Reply, rules: RuleSet | None = None) -> Verdict:
             category, rule_id = code_rule.category, code_rule.id
     else:
         text_rule = rs.first_text(text)
+        guess = None
+        if text_rule is None and fallback and (code_rule is None or code_rule.category is _OTHER):
+            guess = default_model().predict(text, explain=False)
+            if guess is not None and guess.category is _OTHER:
+                guess = None  # the model has nothing to add to "says nothing clear"
         if text_rule is not None:
             category, rule_id = text_rule.category, text_rule.id
+        elif guess is not None:
+            category, rule_id = guess.category, FALLBACK_RULE
         elif code_rule is not None:
             category, rule_id = code_rule.category, code_rule.id
         else:
@@ -96,6 +112,13 @@ def classify(reply: Reply, rules: RuleSet | None = None) -> Verdict:
     if _transient(code, enhanced) and klass is not BounceClass.SOFT:
         klass = BounceClass.SOFT  # SPEC §3: the first digit wins; 4xx is never hard
     return Verdict(klass, category, rule_id)
+
+
+def fallback_reasons(reply: Reply, model: Model | None = None) -> Prediction | None:
+    """What the fallback model makes of `reply`'s text: its category, confidence and the
+    tokens that weighed most. For `bouncer classify`, to show why a `fallback-model`
+    verdict was given."""
+    return (model or default_model()).predict(reply.text.lower().replace("\n", " "))
 
 
 def classify_at(reply: Reply, stage: str, rules: RuleSet | None = None) -> Verdict:

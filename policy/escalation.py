@@ -228,6 +228,9 @@ def apply_verdict(
     """Dispatch a classifier verdict to its rule (SPEC §3's effect column)."""
     if verdict.klass is BounceClass.HARD and reply.code // 100 != 4:
         return apply_hard(rec, key, scope, verdict, reply, rules, now)
+    if verdict.category is Category.MESSAGE_TOO_LARGE:
+        # SPEC §3: the message was too large, not the address: no SB streak, never suppresses.
+        return apply_other(rec, key, verdict, reply, rules, now)
     if verdict.klass is BounceClass.SOFT or verdict.klass is BounceClass.HARD:
         return apply_soft(rec, key, verdict, reply, rules, now)  # SPEC §3: 4xx is never hard
     if verdict.klass is BounceClass.DELIVERED:

@@ -36,6 +36,7 @@ _ASCII_WORDS = bytes(c if chr(c).isalnum() or c == 0x5F else 0x20 for c in range
     [0x20] * 128
 )  # bytes.translate table: every ASCII non-\w byte becomes a space
 _MARK = "\x00"  # stands for "a non-word character or boundary is here" in a literal run
+_UNSPACED = "\u2e80"  # from here on (CJK radicals, kana, ideographs ...) words are not spaced
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +193,18 @@ def word_keys(items: Any, left: bool) -> frozenset[str] | None:
     return best
 
 
+def needs_non_ascii(alternative: str) -> bool:
+    """Every match of this alternative contains a non-ASCII character (so ASCII text
+    cannot match it and its branch need not be tried there)."""
+    return any(op is sre_c.LITERAL and av > 127 for op, av in sre_parse.parse(alternative))
+
+
 def compile_branch(alternative: str) -> tuple[Branch, frozenset[str] | None]:
     """One alternative as a Branch, with its word keys (None: always try it)."""
-    word_start = alternative[:1].isalnum() or alternative.startswith("(")
+    first = alternative[:1]
+    # Scripts written without spaces between words (CJK, kana) have no word starts to
+    # anchor on: "用户不存在" must match inside "该用户不存在".
+    word_start = (first.isalnum() and first < _UNSPACED) or alternative.startswith("(")
     parsed = sre_parse.parse(alternative)
     keys = word_keys(parsed, word_start)
     if all(op is sre_c.LITERAL for op, _ in parsed):
@@ -205,16 +215,19 @@ def compile_branch(alternative: str) -> tuple[Branch, frozenset[str] | None]:
 class TextIndex(Generic[R]):
     """Ordered (rule, pattern) pairs; `first(text)` is the first rule that matches."""
 
-    __slots__ = ("_flat", "_keyless", "_by_key", "_keys", "_by_bkey", "_bkeys")
+    __slots__ = ("_flat", "_keyless", "_keyless_wide", "_by_key", "_keys", "_by_bkey", "_bkeys")
 
     def __init__(self, rules: list[tuple[R, str]]) -> None:
         flat: list[tuple[R, Branch]] = []
         keyless: set[int] = set()
+        keyless_wide: set[int] = set()  # keyless, but only non-ASCII text can match
         by_key: dict[str, list[int]] = {}
         for rule, pattern in rules:
             for alternative in split_alternatives(pattern):
                 branch, keys = compile_branch(alternative)
-                if keys is None:
+                if keys is None and needs_non_ascii(alternative):
+                    keyless_wide.add(len(flat))
+                elif keys is None:
                     keyless.add(len(flat))
                 else:
                     for key in keys:
@@ -222,6 +235,7 @@ class TextIndex(Generic[R]):
                 flat.append((rule, branch))
         self._flat = tuple(flat)
         self._keyless = frozenset(keyless)
+        self._keyless_wide = frozenset(keyless_wide)
         self._by_key: Mapping[str, tuple[int, ...]] = {k: tuple(v) for k, v in by_key.items()}
         self._keys = frozenset(by_key)
         # The same for ASCII text as bytes (a non-ASCII key cannot occur in ASCII text).
@@ -246,6 +260,7 @@ class TextIndex(Generic[R]):
             for bkey in self._bkeys.intersection(map(_prefix, words)):
                 candidates.update(by_bkey[bkey])
         else:
+            candidates.update(self._keyless_wide)
             by_key = self._by_key
             for key in self._keys.intersection(map(_prefix, _WORDS.split(text))):
                 candidates.update(by_key[key])

@@ -43,6 +43,7 @@ CLASS_OF: Mapping[Category, BounceClass] = {
     Category.BAD_CONNECTION: BounceClass.SOFT,
     Category.ROUTING_ERRORS: BounceClass.SOFT,
     Category.MESSAGE_EXPIRED: BounceClass.SOFT,
+    Category.MESSAGE_TOO_LARGE: BounceClass.SOFT,
     Category.SPAM_RELATED: BounceClass.BLOCK,
     Category.POLICY_RELATED: BounceClass.BLOCK,
     Category.CONTENT_RELATED: BounceClass.BLOCK,

@@ -28,6 +28,7 @@ class Category(StrEnum):
     BAD_CONNECTION = "bad-connection"
     ROUTING_ERRORS = "routing-errors"
     MESSAGE_EXPIRED = "message-expired"
+    MESSAGE_TOO_LARGE = "message-too-large"
     SPAM_RELATED = "spam-related"
     POLICY_RELATED = "policy-related"
     CONTENT_RELATED = "content-related"

@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 
-from policy.classify import classify, classify_at
+from policy.classify import FALLBACK_RULE, classify, classify_at, fallback_reasons
 from policy.reply import parse_reply
 from policy.rules import RuleError, RuleSet, load_rules
 from relay.cli import EXIT_FAILED, EXIT_OK
@@ -62,6 +62,12 @@ def classify_line(line: str, rules: RuleSet | None, stage: str | None) -> dict[s
         "category": verdict.category.value,
         "rule": verdict.rule,
     }
+    if verdict.rule.startswith(FALLBACK_RULE):
+        # The model decided: say which words weighed most, and how sure it was.
+        reasons = fallback_reasons(reply)
+        if reasons is not None:
+            record["tokens"] = list(reasons.tokens)
+            record["confidence"] = round(reasons.confidence, 3)
     if stage:
         record["stage"] = stage.upper()
     return record
@@ -82,6 +88,9 @@ def _classify(args: argparse.Namespace) -> int:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             fields = [record[k] for k in ("class", "category", "rule", "code", "status")]
+            if "tokens" in record:  # fallback-model:word,word (confidence)
+                tokens = ",".join(record["tokens"])  # type: ignore[arg-type]
+                fields[2] = f"{fields[2]}:{tokens} ({record['confidence']})"
             out.write("\t".join("-" if v is None else str(v) for v in fields) + f"\t{line}\n")
     out.flush()
     return EXIT_OK

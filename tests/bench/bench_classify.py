@@ -1,7 +1,9 @@
 """Classifications per second over the Sisimai corpus Diagnostic-Codes (one core).
 
 Run: python tests/bench/bench_classify.py [--seconds N]
-Target (issue 3): >= 50,000 classifications/s on one core. Not collected by pytest.
+Target (issue 3): >= 50,000 classifications/s on one core, fallback model included
+(issue 12). Not collected by pytest. --corpus replies / fallback measure on
+tests/data/replies/corpus.jsonl (all lines, or only those no rule reads).
 
 The replies are parsed once up front (parse_reply is the relay's edge, not the
 classifier); each timed call is classify(reply) on a fresh Reply object, with no cache:
@@ -21,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from policy.classify import classify  # noqa: E402
-from policy.reply import Reply  # noqa: E402
+from policy.reply import Reply, parse_reply  # noqa: E402
 from policy.rules import default_rules  # noqa: E402
+from tests.support.reply_corpus import load  # noqa: E402
 from tests.support.sisimai import corpus_dir, reply_of, samples  # noqa: E402
 
 
@@ -30,18 +33,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--corpus",
+        choices=("sisimai", "replies", "fallback"),
+        default="sisimai",
+        help="sisimai: the Sisimai Diagnostic-Codes (default; replies when absent);"
+        " replies: tests/data/replies/corpus.jsonl; fallback: only its replies that no"
+        " rule reads, so every call goes through the fallback model",
+    )
     args = parser.parse_args()
     corpus = corpus_dir()
-    if corpus is None:
-        print("../shared/corpus/sisimai is absent: nothing to measure", file=sys.stderr)
-        return 1
-    replies = [reply_of(s.diagnostic) for s in samples(corpus)]
+    if args.corpus == "sisimai" and corpus is not None:
+        replies = [reply_of(s.diagnostic) for s in samples(corpus)]
+        label = "Sisimai Diagnostic-Codes"
+    else:
+        replies = [parse_reply(row.reply) for row in load()]
+        label = "reply corpus lines"
+        if args.corpus == "fallback":
+            replies = [r for r in replies if classify(r, fallback=False).category.value == "other"]
+            label = "reply corpus lines that reach the fallback model"
     # Fresh, equal objects so nothing is memoised on identity.
     replies = [Reply(r.code, r.enhanced, r.text, r.host) for r in replies]
     rules = default_rules()
     lengths = [len(r.text) for r in replies]
     print(
-        f"corpus: {len(replies)} Diagnostic-Codes, {len(set(r.text for r in replies))} distinct,"
+        f"corpus: {len(replies)} {label}, {len(set(r.text for r in replies))} distinct,"
         f" text length median {statistics.median(lengths):.0f}, max {max(lengths)} chars;"
         f" rules: {len(rules.codes)} codes, {len(rules.texts)} text patterns"
     )

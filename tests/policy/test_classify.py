@@ -98,7 +98,9 @@ def test_custom_rules_are_used() -> None:
         }
     )
     assert classify(parse_reply("550 5.0.0 nope"), rules).rule == "t-one"
-    assert classify(parse_reply("550 5.1.1 user unknown"), rules).rule == "fallback-5xx"
+    assert classify(parse_reply("550 5.1.1 user unknown"), rules, fallback=False).rule == (
+        "fallback-5xx"
+    )
 
 
 @pytest.mark.parametrize(
@@ -219,6 +221,15 @@ _CORPUS_WORDS = [
     "rfc5322",
     "policy",
     "is",
+    "该用户不存在",
+    "空间不足",
+    "存在しません",
+    "konto",
+    "nie",
+    "istnieje",
+    "kontot",
+    "finns",
+    "inte",
 ]
 
 
@@ -291,3 +302,22 @@ def test_a_data_reply_shared_by_several_recipients_is_never_hard() -> None:
     assert shared.rule == f"{verdict.rule}@data"
     soft = classify(parse_reply("452 4.2.2 mailbox full"))
     assert shared_data_verdict(soft, 3) == soft
+
+
+def test_unspaced_scripts_match_inside_runs_and_index_equals_scan() -> None:
+    # Chinese and Japanese have no spaces between words: a rule must match inside a run.
+    rules = default_rules()
+    texts = [
+        "550 该用户不存在",
+        "用户不存在",
+        "550 <a@b> のユーザーは登録されていません",
+        "550 user unknown 收件人不存在",
+        "550 超级用户不存在吗",
+        "plain ascii text with no rule",
+    ]
+    for text in texts:
+        assert rules.index.first(text.lower()) is rules.index.scan(text.lower()), text
+    assert classify(parse_reply("550 该用户不存在")).rule == "zh-user-unknown"
+    assert (
+        classify(parse_reply("550 <a@b> のユーザーは登録されていません")).rule == "ja-user-unknown"
+    )

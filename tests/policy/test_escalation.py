@@ -509,3 +509,18 @@ def test_an_expiry_completes_the_streak_it_ends() -> None:
     assert rec.state is State.SUPPRESSED
     assert rec.cause is Category.QUOTA_ISSUES  # the streak that ended, not the expiry
     assert rec.until == t0 + timedelta(days=28)
+
+
+def test_message_too_large_never_starts_a_soft_streak() -> None:
+    # SPEC §3: message-too-large is soft but has no SB streak; the address is never
+    # suppressed for it, however long it goes on.
+    big = parse_reply("552 5.3.4 Message too big for system")
+    verdict = Verdict(BounceClass.SOFT, Category.MESSAGE_TOO_LARGE, "code-x.3.4")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rec = None
+    for day in range(0, 60, 3):
+        rec = esc.apply_verdict(
+            rec, ADDR, Scope.ADDRESS, verdict, big, RULES, t0 + timedelta(days=day)
+        )
+    assert rec is not None and rec.streak is None and rec.soft == 0
+    assert rec.state is State.ACTIVE

@@ -58,15 +58,16 @@ REASON_MAP: dict[str, tuple[BounceClass, Category] | None] = {
     "policyviolation": (B, Category.POLICY_RELATED),  # receiver policy
     "securityerror": (B, Category.POLICY_RELATED),  # forged sender, security policy
     "speeding": (B, Category.POLICY_RELATED),  # rate limit
-    "failedstarttls": (B, Category.POLICY_RELATED),  # TLS required by the receiver
+    "failedstarttls": (U, Category.BAD_CONFIGURATION),  # TLS failure (SPEC §3, issue 12)
     "norelaying": (B, Category.RELAYING_ISSUES),  # relaying denied
     "virusdetected": (B, Category.VIRUS_RELATED),  # malware found
     "contenterror": (B, Category.CONTENT_RELATED),  # 5.6.x malformed content
     "notcompliantrfc": (B, Category.CONTENT_RELATED),  # not RFC 5322 compliant
     "filtered": (B, Category.CONTENT_RELATED),  # header/content or recipient's filter
-    "mesgtoobig": (B, Category.CONTENT_RELATED),  # 5.3.4 message too big
-    "exceedlimit": (B, Category.CONTENT_RELATED),  # 5.2.3 message exceeds a limit
-    "emailtoolarge": (B, Category.CONTENT_RELATED),  # newer name of the two above
+    # -- size: soft/message-too-large (SPEC §3 as updated, issue 12)
+    "mesgtoobig": (S, Category.MESSAGE_TOO_LARGE),  # 5.3.4 message too big
+    "exceedlimit": (S, Category.MESSAGE_TOO_LARGE),  # 5.2.3 message exceeds a limit
+    "emailtoolarge": (S, Category.MESSAGE_TOO_LARGE),  # newer name of the two above
     # -- a 5xx that says nothing clear about the address (undetermined)
     "mailererror": (U, Category.BAD_CONFIGURATION),  # the remote's delivery program failed
     "systemerror": (U, Category.BAD_CONFIGURATION),  # remote internal error
