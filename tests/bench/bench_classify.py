@@ -1,7 +1,7 @@
 """Classifications per second over the Sisimai corpus Diagnostic-Codes (one core).
 
 Run: python tests/bench/bench_classify.py [--seconds N]
-Target (issue 3): >= 50,000 classifications/s on one core. Not collected by pytest.
+Target: >= 50,000 classifications/s on one core. Not collected by pytest.
 
 The replies are parsed once up front (parse_reply is the relay's edge, not the
 classifier); each timed call is classify(reply) on a fresh Reply object, with no cache:

@@ -1,4 +1,4 @@
-# Benchmark (issue 6 "Speed"): bouncer against Postfix and against the raw ceiling, measured
+# Benchmark: bouncer against Postfix and against the raw ceiling, measured
 # with Postfix's own load tools on this machine. Prints figures; asserts nothing. Run:
 #
 #     python tests/bench/bench_relay.py            # full: 5,000 msgs x conc 10,50 x 3 reps

@@ -1,8 +1,8 @@
-# Corpus figures (issue 7) over every Sisimai email: recipient extraction >= 90% holds.
+# Corpus figures over every Sisimai email: recipient extraction >= 90% holds.
 # Hard-vs-not-hard agreement: the raw figure has a regression floor (93%); the "judged"
-# figure leaves out the disagreements listed below as the label being wrong by SPEC (each
-# reason is in docs/intake.md, "Disagreements judged") and asserts the issue's 95%; every
-# judged row must still disagree, so the list cannot hide a change. The issue's 95% on the
+# figure leaves out the disagreements listed below as the label being wrong by bouncer's rules
+# (each reason is in docs/intake.md, "Disagreements judged") and asserts the 95% target; every
+# judged row must still disagree, so the list cannot hide a change. The 95% target on the
 # raw labels is not reached and stays a strict xfail, which fails the day it is met.
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.support.sisimai import corpus_dir
 pytestmark = pytest.mark.corpus
 
 
-# Disagreements judged to be the label's error against SPEC, by file name (dos__/mac__
+# Disagreements judged to be the label's error against docs/behaviour.md, by file name (dos__/mac__
 # twins share them); docs/intake.md gives each reason in full.
 JUDGED_LABEL_WRONG: dict[str, str] = {
     # The reply says the mailbox does not exist, in a form only an RCPT reply or the
@@ -36,7 +36,7 @@ JUDGED_LABEL_WRONG: dict[str, str] = {
     "lhost-x2-02.eml": "'This user doesn't have a ... account': the provider's no-account reply",
     "rfc3464-42.eml": "Gmail NoSuchUser 'account ... does not exist' labelled filtered",
     "rfc3464-66.eml": "Gmail NoSuchUser 'account ... does not exist' labelled filtered",
-    # Status 5.2.1 with "User Unknown": SPEC §3 reads x.2.1 as disabled (hard); Sisimai
+    # Status 5.2.1 with "User Unknown": bouncer reads x.2.1 as disabled (hard); Sisimai
     # files a 5.2.x status as filtered.
     "lhost-amazonworkmail-02.eml": "Status 5.2.1 + 'User Unknown', labelled filtered",
     "lhost-messagingserver-06.eml": "Status 5.2.1 + 'User Unknown', labelled filtered",
@@ -50,7 +50,7 @@ JUDGED_LABEL_WRONG: dict[str, str] = {
     "lhost-exim-37.eml": "'553 neko.example.com does not exist' is the sender's domain",
     "lhost-exim-31.eml": "'may not exist, may be blacklisted, or missing dns entries': a guess",
     "rhost-aol-06.eml": "malformed DNS reply labelled notaccept (hard)",
-    "rfc3834-06.eml": "an RFC 3834 auto-reply, never a bounce (issue 7), labelled suspend",
+    "rfc3834-06.eml": "an RFC 3834 auto-reply, never a bounce, labelled suspend",
 }
 
 
@@ -84,7 +84,7 @@ def test_corpus_figures() -> None:
     assert fig.with_recipient / fig.emails >= 0.90, fig.misses
     # Regression floor for the raw figure (measured 2026-11-22: 714/761 = 93.8%).
     assert fig.hard_agree / fig.emails >= 0.93, fig.hard_disagreements
-    # The issue's target, once the label errors documented in docs/intake.md are set aside.
+    # The 95% target, once the label errors documented in docs/intake.md are set aside.
     assert fig.hard_agree / judged_total >= 0.95, fig.hard_disagreements
     assert fig.kind_agree / fig.kind_total >= 0.85  # complaints and auto-replies recognised
 

@@ -87,7 +87,7 @@ def test_format(
 
 
 def test_exim_quota_is_soft_or_hard_never_block() -> None:
-    # 5.2.2 is quota-issues (SPEC §3): soft, whatever the first digit says of permanence.
+    # 5.2.2 is quota-issues: soft, whatever the first digit says of permanence.
     (report,) = parse_bounce(samples.EXIM)
     assert report.verdict is not None and report.verdict.category.value == "quota-issues"
 

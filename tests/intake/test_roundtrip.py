@@ -1,4 +1,4 @@
-# VERP round trip through a running bouncer (issue 7): mail relayed with VERP on reaches the
+# VERP round trip through a running bouncer: mail relayed with VERP on reaches the
 # fake MX with a signed return path; a late DSN sent to that return path at the intake
 # suppresses the recipient (the next RCPT is refused by bouncer itself); a forged token is
 # refused at RCPT and changes nothing; with forward = true the bounce reaches the sender.

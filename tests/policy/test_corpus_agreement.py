@@ -7,7 +7,7 @@ with the label mapped through tests/support/sisimai.REASON_MAP. Three figures:
 * with stage: classify_at(..., stage) when the bounce says which command the reply
   answered (as the relay always knows), e.g. Sisimai's `filtered` = "user unknown" at DATA;
 * judged: the same, leaving out the disagreements docs/classifier.md lists as Sisimai
-  (or its test harness) being wrong by SPEC, each with its reason.
+  (or its test harness) being wrong by docs/behaviour.md, each with its reason.
 
 Run with `-s` to see the figures and every disagreement.
 """
@@ -31,21 +31,21 @@ from tests.support.sisimai import (
 
 pytestmark = pytest.mark.corpus
 
-# Disagreements judged to be Sisimai's (or its DSN's) error against SPEC, by file; the
+# Disagreements judged to be Sisimai's (or its DSN's) error against docs/behaviour.md, by file; the
 # reasons are in docs/classifier.md ("Disagreements"). dos__/mac__ twins share them.
 JUDGED_SISIMAI_WRONG: dict[str, str] = {
     # Gmail's DSN carries Status 4.0.0 with Action: failed for NXDOMAIN and null MX;
-    # SPEC §2 makes both a bad-domain hard bounce.
-    "rfc3464-52.eml": "null MX is bad-domain (SPEC §2), Status 4.0.0 is Gmail's",
-    "rfc3464-53.eml": "NXDOMAIN is bad-domain (SPEC §2)",
-    "rfc3464-54.eml": "NXDOMAIN is bad-domain (SPEC §2)",
-    "rfc3464-59.eml": "null MX is bad-domain (SPEC §2)",
-    "rfc3464-64.eml": "NXDOMAIN is bad-domain (SPEC §2)",
-    "rhost-gsuite-03.eml": "null MX is bad-domain (SPEC §2)",
-    "rhost-gsuite-04.eml": "NXDOMAIN is bad-domain (SPEC §2)",
-    "rhost-gsuite-05.eml": "NXDOMAIN is bad-domain (SPEC §2)",
-    "rhost-gsuite-10.eml": "null MX is bad-domain (SPEC §2)",
-    "rhost-gsuite-15.eml": "NXDOMAIN is bad-domain (SPEC §2)",
+    # docs/behaviour.md#the-transaction makes both a bad-domain hard bounce.
+    "rfc3464-52.eml": "null MX is bad-domain, Status 4.0.0 is Gmail's",
+    "rfc3464-53.eml": "NXDOMAIN is bad-domain (docs/behaviour.md#the-transaction)",
+    "rfc3464-54.eml": "NXDOMAIN is bad-domain (docs/behaviour.md#the-transaction)",
+    "rfc3464-59.eml": "null MX is bad-domain (docs/behaviour.md#the-transaction)",
+    "rfc3464-64.eml": "NXDOMAIN is bad-domain (docs/behaviour.md#the-transaction)",
+    "rhost-gsuite-03.eml": "null MX is bad-domain (docs/behaviour.md#the-transaction)",
+    "rhost-gsuite-04.eml": "NXDOMAIN is bad-domain (docs/behaviour.md#the-transaction)",
+    "rhost-gsuite-05.eml": "NXDOMAIN is bad-domain (docs/behaviour.md#the-transaction)",
+    "rhost-gsuite-10.eml": "null MX is bad-domain (docs/behaviour.md#the-transaction)",
+    "rhost-gsuite-15.eml": "NXDOMAIN is bad-domain (docs/behaviour.md#the-transaction)",
     # A malformed name-server reply is a DNS fault, not proof the domain takes no mail.
     "rhost-aol-06.eml": "malformed DNS reply labelled notaccept (hard)",
     # The label does not belong to this Diagnostic-Code (positional pairing in a
@@ -70,7 +70,7 @@ JUDGED_SISIMAI_WRONG: dict[str, str] = {
     "lhost-mcafee-04.eml": "'550 rcpt... No such user' names the recipient (RCPT form)",
     "lhost-mcafee-05.eml": "'550 <rcpt>... User not exist' names the recipient (RCPT form)",
     "lhost-surfcontrol-01.eml": "'550 rcpt... No such user' names the recipient (RCPT form)",
-    # Status 5.2.1 (SPEC §3: disabled, hard) with "User Unknown"; Sisimai files a 5.2.x
+    # Status 5.2.1 (bouncer: disabled, hard) with "User Unknown"; Sisimai files a 5.2.x
     # status as filtered.
     "lhost-amazonworkmail-02.eml": "5.2.1 + 'User Unknown' labelled filtered",
     "lhost-messagingserver-06.eml": "5.2.1 + 'User Unknown' labelled filtered",
@@ -144,7 +144,7 @@ def test_agreement_with_sisimai(corpus_samples: list[Sample]) -> None:
     print(f"hard-vs-not-hard disagreements ({len(disagreements)}):")
     print("\n".join(disagreements))
     assert plain.total >= 350, "fewer Diagnostic-Codes than the corpus holds: extraction broke"
-    # The SPEC target: >= 95% once the listed Sisimai errors are set aside.
+    # The target: >= 95% once the listed Sisimai errors are set aside.
     assert judged.hard_agree / judged.total >= 0.95
     # Regression floors for the raw figures (measured 2026-11-22: 91.7% and 90.2%;
     # see docs/classifier.md).

@@ -1,4 +1,4 @@
-"""SPEC §4 rules, driven with explicit `now` values: no sleeping, no clock mocks."""
+"""The suppression rules, driven with explicit `now` values: no sleeping, no clock mocks."""
 
 from __future__ import annotations
 
@@ -497,7 +497,7 @@ def test_format_1_records_without_compression_still_decode() -> None:
 
 
 def test_an_expiry_completes_the_streak_it_ends() -> None:
-    """SPEC §5: the expiry after three weeks of quota failures suppresses, as that streak's end."""
+    """The expiry after three weeks of quota failures suppresses, as that streak's end."""
     rules = SuppressionRules()
     full = Reply(452, "4.2.2", "Mailbox full")
     quota = Verdict(BounceClass.SOFT, Category.QUOTA_ISSUES, "code-x.2.2")

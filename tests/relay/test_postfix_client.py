@@ -1,4 +1,4 @@
-# Issue 2's acceptance with a real MTA as the client: a private Postfix whose relayhost is a
+# In-transaction bouncing with a real MTA as the client: a private Postfix whose relayhost is a
 # running `bouncer serve` gets the remote's 550 5.1.1 in-transaction and bounces at once
 # (status=bounced, dsn=5.1.1, nothing deferred), while good mail is status=sent; plus swaks.
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Connection limits (issue 6): max_clients answers 421 4.3.2 and hangs up, and frees its
+# Connection limits: max_clients answers 421 4.3.2 and hangs up, and frees its
 # slot when a client leaves; a silent client is dropped after idle_timeout (a transport
 # timeout of the SMTP session, set tiny here; no policy clock is involved).
 from __future__ import annotations

@@ -1,7 +1,7 @@
-# SPEC §5: "At the end the message expires: a failure DSN goes to the envelope sender ... and
-# the SB streak rules apply" (§4: a streak of one category spanning 21 days with >= 3 attempts
-# suppresses the address for 7 days). A real Service with time as a parameter (its clock),
-# the fake MX refusing one mailbox softly on every attempt of the default schedule.
+# docs/behaviour.md#retry-queue: at the end the message expires, a failure DSN goes to the envelope
+# sender and the SB streak rules apply (a streak of one category spanning 21 days with >= 3 attempts
+# suppresses the address for 7 days). A real Service with time as a parameter (its clock), the fake
+# MX refusing one mailbox softly on every attempt of the default schedule.
 """A recipient that fails softly for the whole three-week schedule ends suppressed."""
 
 from __future__ import annotations
@@ -66,6 +66,6 @@ async def test_three_weeks_of_soft_failures_suppress_the_address(
     assert fake_mx.rcpts.count(FULL) == len(DEFAULT_SCHEDULE) + 1
     rec = svc.store.get(FULL)
     assert rec is not None and rec.soft == len(DEFAULT_SCHEDULE) + 1
-    # 10 soft bounces over 21 days with no success between: SPEC §4 suppresses for 7 days.
+    # 10 soft bounces over 21 days with no success between: suppressed for 7 days.
     assert rec.state is State.SUPPRESSED, rec
     assert svc.store.check(FULL, clock["now"]) is not None

@@ -1,7 +1,7 @@
-# SPEC §2 rows that had a policy-level test but no end-to-end one: each test runs a real
-# Service (tests/conftest.py) against the fake MX / loopback DNS and checks the wire reply
-# AND what the store or the remote shows afterwards.
-"""SPEC §2 reply mapping, end to end: store effects and remote cleanup behind each reply."""
+# docs/behaviour.md#the-transaction rows that had a policy-level test but no end-to-end one: each
+# test runs a real Service (tests/conftest.py) against the fake MX / loopback DNS and checks the
+# wire reply AND what the store or the remote shows afterwards.
+"""The reply mapping, end to end: store effects and remote cleanup behind each reply."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ async def test_a_data_refusal_shared_by_recipients_suppresses_none(
 async def test_quit_mid_transaction_leaves_no_remote_transaction_open(
     fake_mx: FakeMX, relay_service: Any
 ) -> None:
-    """Issue 2: a client that QUITs after RCPT: its remote session is reset and returned."""
+    """A client that QUITs after RCPT: its remote session is reset and returned."""
     svc = await relay_service(routes(example_test=fake_mx))
     c = await RawClient.connect(*where(svc))
     assert (await c.cmd(b"MAIL FROM:<app@sender.test>")).code == 250

@@ -5,7 +5,7 @@ bouncer's behaviour. The mapping below is documentation made executable: it says
 verdict we expect for each Sisimai reason, and docs/classifier.md repeats it with reasons.
 
 Sisimai's own hard/soft rule (corpus reasons.md): only userunknown, hostunknown, hasmoved
-and a 5xx notaccept are hard. SPEC §3 differs on one point: an inactive (suspended,
+and a 5xx notaccept are hard. bouncer's verdicts differ on one point: an inactive (suspended,
 disabled) mailbox is `hard` for us, so `suspend` maps to hard/inactive-mailbox.
 """
 
@@ -33,7 +33,7 @@ H, S, B, U, D = (
 )
 
 # Sisimai reason -> (our class for a 5xx, our category). A 4xx is always SOFT with the
-# same category (SPEC §3: "every 4xx" is soft); see expected_verdict().
+# same category (docs/behaviour.md#verdicts: "every 4xx" is soft); see expected_verdict().
 # Reasons that are not bounces at all (feedback, vacation) map to None.
 REASON_MAP: dict[str, tuple[BounceClass, Category] | None] = {
     # -- the address is dead (hard)
@@ -41,7 +41,7 @@ REASON_MAP: dict[str, tuple[BounceClass, Category] | None] = {
     "hasmoved": (H, Category.BAD_MAILBOX),  # 5.1.6: mailbox moved, no forwarding
     "hostunknown": (H, Category.BAD_DOMAIN),  # 5.1.2: the domain does not exist
     "notaccept": (H, Category.BAD_DOMAIN),  # null MX / 556: the domain takes no mail
-    "suspend": (H, Category.INACTIVE_MAILBOX),  # SPEC: inactive is hard; Sisimai: soft
+    "suspend": (H, Category.INACTIVE_MAILBOX),  # bouncer: inactive is hard; Sisimai: soft
     # -- try again later (soft)
     "mailboxfull": (S, Category.QUOTA_ISSUES),  # 4.2.2 / 5.2.2
     "systemfull": (S, Category.QUOTA_ISSUES),  # 4.3.1: the server's disk is full
@@ -87,7 +87,7 @@ def expected_verdict(
     """Our expected (class, category) for a Sisimai label; None for non-bounces.
 
     A transient label (status "4.x.x" or reply code 4xx) is SOFT whatever the reason,
-    because SPEC §3 makes every 4xx soft and never hard.
+    because docs/behaviour.md#verdicts makes every 4xx soft and never hard.
     """
     mapped = REASON_MAP.get(reason, (U, Category.OTHER))
     if mapped is None or mapped[0] is D:
