@@ -23,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from policy.classify import classify  # noqa: E402
 from policy.reply import Reply  # noqa: E402
 from policy.rules import default_rules  # noqa: E402
-from tests.support.sisimai import corpus_dir, reply_of, samples  # noqa: E402
+from tests.support.sisimai import (  # noqa: E402
+    FULL_CORPUS_ABSENT,
+    corpus_dir,
+    reply_of,
+    samples,
+)
 
 
 def main() -> int:
@@ -33,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     corpus = corpus_dir()
     if corpus is None:
-        print("../shared/corpus/sisimai is absent: nothing to measure", file=sys.stderr)
+        print(FULL_CORPUS_ABSENT, file=sys.stderr)
         return 1
     replies = [reply_of(s.diagnostic) for s in samples(corpus)]
     # Fresh, equal objects so nothing is memoised on identity.

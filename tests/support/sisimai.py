@@ -1,8 +1,9 @@
 """The Sisimai corpus as test data: labels, Diagnostic-Code fields, and our mapping of reasons.
 
-This module only reads files under ../shared/corpus/sisimai; it decides nothing about
-bouncer's behaviour. The mapping below is documentation made executable: it says which
-verdict we expect for each Sisimai reason, and docs/classifier.md repeats it with reasons.
+This module only reads corpus files (the subset in tests/data/sisimai, or the full corpus,
+see `corpus_dir`); it decides nothing about bouncer's behaviour. The mapping below is
+documentation made executable: it says which verdict we expect for each Sisimai reason;
+docs/classifier.md repeats it with reasons.
 
 Sisimai's own hard/soft rule (corpus reasons.md): only userunknown, hostunknown, hasmoved
 and a 5xx notaccept are hard. bouncer's verdicts differ on one point: an inactive (suspended,
@@ -127,14 +128,27 @@ class Diagnostic:
     text: str  # the Diagnostic-Code text, continuation lines joined by one space
 
 
-def corpus_dir() -> Path | None:
-    """$BOUNCER_SISIMAI_CORPUS, else ../shared/corpus/sisimai from the repo root; None if absent.
+# The subset kept in the repository (with its licences and provenance, see its README.md):
+# every corpus test runs on it in a fresh clone.
+SUBSET_DIR = Path(__file__).resolve().parents[1] / "data" / "sisimai"
 
-    The variable serves a checkout that is not a sibling of the corpus (a git worktree).
+FULL_CORPUS_ABSENT = (
+    "the full Sisimai corpus is absent: set SISIMAI_CORPUS to a directory holding its "
+    "emails/ and labels.jsonl (tests/data/sisimai/README.md); the subset tests still run"
+)
+
+
+def corpus_dir() -> Path | None:
+    """The full labelled corpus, or None when absent.
+
+    `$SISIMAI_CORPUS` when set; otherwise the copy the development machines keep in a
+    directory beside the checkout.
     """
-    override = os.environ.get("BOUNCER_SISIMAI_CORPUS")
-    root = Path(__file__).resolve().parents[2]
-    path = Path(override) if override else root / ".." / "shared" / "corpus" / "sisimai"
+    env = os.environ.get("SISIMAI_CORPUS")
+    if env:
+        path = Path(env)
+    else:
+        path = Path(__file__).resolve().parents[2].parent.joinpath("shared", "corpus", "sisimai")
     return path if (path / "labels.jsonl").is_file() else None
 
 
