@@ -71,7 +71,7 @@ class CountingSink:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         buf = b""
-        while chunk := self.proc.stdout.read1(65536):
+        while chunk := self.proc.stdout.read1(65536):  # type: ignore[attr-defined]  # BufferedReader
             buf += chunk
             *done, buf = buf.split(b"\r")
             for rec in done[-1:]:

@@ -100,7 +100,7 @@ async def test_healthz_fails_when_the_store_cannot_be_read(
     metrics = _component(svc, Metrics)
     assert svc.store is not None
 
-    def broken() -> dict[str, int]:
+    def broken(now: object = None) -> dict[str, int]:
         from policy.suppression import StoreError
 
         raise StoreError("cannot read")

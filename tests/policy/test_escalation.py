@@ -177,6 +177,7 @@ def test_success_or_activity_resets_the_streak(kind: str) -> None:
 def _streak_suppression(rec: SuppressionRecord | None, start: datetime) -> SuppressionRecord:
     for d in (0, 10, 21):
         rec = soft(rec, start + days(d))
+    assert rec is not None
     return rec
 
 

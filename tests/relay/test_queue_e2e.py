@@ -23,6 +23,7 @@ import aiosmtplib
 import pytest
 
 from tests.support.fake_mx import FakeMX
+from tests.support.mime import status_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "alice@a.example"
@@ -249,8 +250,7 @@ async def test_expiry_sends_a_dsn_to_the_senders_domain(
         parsed = email.message_from_bytes(dsn.data)
         assert parsed.get_content_type() == "multipart/report"
         assert parsed.get_param("report-type") == "delivery-status"
-        status = next(p for p in parsed.walk() if p.get_content_type() == "message/delivery-status")
-        per_message, rcpt = status.get_payload()
+        per_message, rcpt = status_blocks(parsed)
         assert per_message["Reporting-MTA"] == "dns; relay.test"
         assert rcpt["Final-Recipient"] == "rfc822; bob@b.example"
         assert rcpt["Action"] == "failed"
@@ -289,8 +289,7 @@ async def test_mixed_data_outcome(tmp_path: Path, servers: list[Server]) -> None
 
         await _until(dsn_arrived, "the DSN for the hard recipient")
         parsed = email.message_from_bytes(sender_mx.messages[0].data)
-        status = next(p for p in parsed.walk() if p.get_content_type() == "message/delivery-status")
-        blocks = status.get_payload()[1:]
+        blocks = status_blocks(parsed)[1:]
         assert [b["Final-Recipient"] for b in blocks] == ["rfc822; x@c.example"]
         assert blocks[0]["Status"] == "5.1.1"
         queued = await server.queue()

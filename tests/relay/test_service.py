@@ -78,7 +78,7 @@ def test_bouncer_serve_subprocess_answers_then_sigterm_exits_0(tmp_path: Path) -
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes the stderr pipe
 
 
 async def test_shutdown_lets_an_in_flight_transaction_finish(tmp_path: Path) -> None:

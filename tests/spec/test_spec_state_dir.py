@@ -39,7 +39,7 @@ def _serve(cwd: Path, env_extra: dict[str, str]) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes the stderr pipe
 
 
 @pytest.mark.timeout(60)
