@@ -26,6 +26,7 @@ from relay.spool import DsnSettings, Spool, SpoolMessage
 from relay.state import open_state
 from relay.transaction import Outcome
 from tests.support.mime import status_blocks
+from tests.support.wait import until
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 DATA = b"From: a@a.example\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -175,7 +176,7 @@ async def test_concurrency_cap_and_no_double_lease(parts: Any) -> None:
     now = T0 + timedelta(minutes=5)
     assert await worker.run_once(now) == 3  # max_concurrent
     assert await worker.run_once(now) == 0  # full, and the leased ones are not handed out again
-    await asyncio.sleep(0)
+    await until(lambda: len(script.calls) == 3, "three attempts waiting at the remote")
     script.gate.set()
     await _settle(worker)
     assert worker.in_flight == 0
@@ -191,7 +192,7 @@ async def test_drain_cuts_attempts_short_and_recover_makes_them_due(parts: Any) 
     script.gate = asyncio.Event()  # the remote hangs
     now = T0 + timedelta(minutes=5)
     await worker.run_once(now)
-    await asyncio.sleep(0)
+    await until(lambda: script.calls, "the attempt waiting at the remote")
     await worker.drain(0.05)
     assert worker.tasks == set()
     (r,) = spool.get("Q1").recipients
@@ -238,8 +239,7 @@ async def test_per_domain_share_leaves_sessions_for_live_mail(parts: Any) -> Non
         spool.accept(SpoolMessage(f"Q{i}", "a@a.example", DATA, T0, ((r, SOFT),)), T0)
     script.gate = asyncio.Event()
     assert await worker.run_once(T0 + timedelta(minutes=5)) == 3  # all leased...
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await until(lambda: len(script.calls) >= 2, "the first two attempts")
     # ...but only one delivery to busy.example runs at a time; other.example is not held up.
     assert sorted(c[1][0] for c in script.calls) == ["r0@busy.example", "r2@other.example"]
     script.gate.set()

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,17 +15,9 @@ from policy.records import State
 from policy.retry import DEFAULT_SCHEDULE
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 FULL = "full@example.test"
-
-
-async def _until(check: Any, what: str, deadline: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not check():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.timeout(60)
@@ -58,11 +49,11 @@ async def test_three_weeks_of_soft_failures_suppress_the_address(
         )
 
     for n, offset in enumerate(DEFAULT_SCHEDULE, start=2):
-        await _until(settled, f"attempt {n - 1} settled")
+        await until(settled, f"attempt {n - 1} settled")
         clock["now"] = t0 + offset + timedelta(seconds=1)
-        await _until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
+        await until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
     # The last attempt failed: the recipient expired and its DSN went to the sender.
-    await _until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
+    await until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
     assert fake_mx.rcpts.count(FULL) == len(DEFAULT_SCHEDULE) + 1
     rec = svc.store.get(FULL)
     assert rec is not None and rec.soft == len(DEFAULT_SCHEDULE) + 1
