@@ -16,7 +16,13 @@ import pytest
 
 from policy.bounce_parse import parse_bounce
 from tests.intake.corpus_figures import Figures, measure
-from tests.support.sisimai import FULL_CORPUS_ABSENT, SUBSET_DIR, corpus_dir
+from tests.support.sisimai import (
+    CORPUS_PARAMS,
+    FULL_CORPUS_ABSENT,
+    SUBSET_DIR,
+    corpus_dir,
+    corpus_for,
+)
 
 # Disagreements judged to be the label's error by bouncer's rules, by file name (dos__/mac__
 # twins share them); docs/intake.md gives each reason in full.
@@ -83,14 +89,9 @@ def _figures(corpus: Path) -> Figures:
     return measure(corpus)
 
 
-@pytest.fixture(params=["subset", pytest.param("full", marks=pytest.mark.corpus)])
+@pytest.fixture(params=CORPUS_PARAMS)
 def corpus(request: pytest.FixtureRequest) -> Path:
-    if request.param == "subset":
-        return SUBSET_DIR
-    full = corpus_dir()
-    if full is None:
-        pytest.skip(FULL_CORPUS_ABSENT)
-    return full
+    return corpus_for(request.param)
 
 
 def test_corpus_figures(corpus: Path) -> None:

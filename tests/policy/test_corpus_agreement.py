@@ -25,10 +25,10 @@ import pytest
 from policy.classify import classify, classify_at
 from policy.verdict import BounceClass, Verdict
 from tests.support.sisimai import (
-    FULL_CORPUS_ABSENT,
+    CORPUS_PARAMS,
     SUBSET_DIR,
     Sample,
-    corpus_dir,
+    corpus_for,
     expected_verdict,
     reply_of,
     samples,
@@ -152,14 +152,9 @@ FLOORS = {
 }
 
 
-@pytest.fixture(scope="module", params=["subset", pytest.param("full", marks=pytest.mark.corpus)])
+@pytest.fixture(scope="module", params=CORPUS_PARAMS)
 def corpus(request: pytest.FixtureRequest) -> Path:
-    if request.param == "subset":
-        return SUBSET_DIR
-    full = corpus_dir()
-    if full is None:
-        pytest.skip(FULL_CORPUS_ABSENT)
-    return full
+    return corpus_for(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category
 
@@ -150,6 +152,20 @@ def corpus_dir() -> Path | None:
     else:
         path = Path(__file__).resolve().parents[2].parent.joinpath("shared", "corpus", "sisimai")
     return path if (path / "labels.jsonl").is_file() else None
+
+
+# Parameters for a `corpus` fixture: the subset always, the full corpus when present.
+CORPUS_PARAMS = ["subset", pytest.param("full", marks=pytest.mark.corpus)]
+
+
+def corpus_for(param: str) -> Path:
+    """The directory for a CORPUS_PARAMS value; skips the test when the full one is absent."""
+    if param == "subset":
+        return SUBSET_DIR
+    full = corpus_dir()
+    if full is None:
+        pytest.skip(FULL_CORPUS_ABSENT)
+    return full
 
 
 def load_labels(corpus: Path) -> list[Label]:
