@@ -106,7 +106,7 @@ def _one(fig: Figures, label: Label, data: bytes) -> None:
         fig.category_total += 1
         fig.category_agree += bool(first and first.verdict and first.verdict.category is want[1])
         # Sisimai's "filtered" covers the recipient's own filter answering "user unknown",
-        # which a late report gives as undetermined with that reason (issue 12).
+        # which a late report gives as undetermined with that reason.
         fig.category_agree += bool(
             label.first.reason == "filtered"
             and first

@@ -72,15 +72,17 @@ class Floors:
     hard: float  # hard-vs-not-hard agreement with the raw labels (regression floor)
     judged: float  # the same once the documented label errors are set aside
     kinds: float  # complaints and auto-replies recognised
+    extra: int  # at most this many recipients reported beyond the labelled count
 
 
 FLOORS = {
-    # Measured 2026-11-22: 714/761 = 93.8% raw, 97.9% judged.
-    "full": Floors(emails=700, recipient=0.90, hard=0.93, judged=0.95, kinds=0.85),
+    # Measured 2026-11-22: 714/761 = 93.8% raw, 97.9% judged; 2026-12-02: 2 recipients
+    # reported beyond the labelled 775.
+    "full": Floors(emails=700, recipient=0.90, hard=0.93, judged=0.95, kinds=0.85, extra=2),
     # The subset holds every judged file, so its raw figure is low by design. Measured on
-    # its 118 emails: recipient 117/118, raw 89/118, judged 89/94, kinds 2/2; each floor
-    # fails if one more email is read worse.
-    "subset": Floors(emails=118, recipient=0.99, hard=0.75, judged=0.94, kinds=1.0),
+    # its 118 emails: recipient 117/118, raw 89/118, judged 89/94, kinds 2/2, no extra
+    # recipient; each floor fails if one more email is read worse.
+    "subset": Floors(emails=118, recipient=0.99, hard=0.75, judged=0.94, kinds=1.0, extra=0),
 }
 
 
@@ -109,6 +111,7 @@ def test_corpus_figures(corpus: Path) -> None:
     assert fig.hard_agree / fig.emails >= floors.hard, fig.hard_disagreements
     assert fig.hard_agree / judged_total >= floors.judged, fig.hard_disagreements
     assert fig.kind_agree / fig.kind_total >= floors.kinds  # complaints and auto-replies
+    assert fig.extra_recipients <= floors.extra  # no bystander reported as failed
 
 
 def test_every_judged_disagreement_is_still_a_disagreement(corpus: Path) -> None:

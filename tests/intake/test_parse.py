@@ -172,7 +172,7 @@ def test_late_user_unknown_without_proof_never_suppresses() -> None:
     )
     (report,) = parse_bounce(data)
     assert report.verdict is not None
-    # Undetermined with its reason, never content-related (issue 12): nothing says the
+    # Undetermined with its reason, never content-related: nothing says the
     # content was refused, and the address is not suppressed.
     assert report.verdict.klass is BounceClass.UNDETERMINED
     assert report.verdict.category is Category.OTHER

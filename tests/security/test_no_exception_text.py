@@ -1,4 +1,4 @@
-# No reply carries Python exception text (issue 10, item 5). aiosmtpd answers an error no
+# No reply carries Python exception text. aiosmtpd answers an error no
 # hook handled with "500 Error: (ExcName) text"; bouncer's handler answers 451 4.3.0 and
 # logs it with the queue id instead, and path parsing refuses bytes that are not UTF-8 or
 # are control characters (501 5.1.3 at RCPT, 553 5.1.3 at MAIL) before the stdlib header

@@ -135,7 +135,7 @@ class Diagnostic:
 SUBSET_DIR = Path(__file__).resolve().parents[1] / "data" / "sisimai"
 
 FULL_CORPUS_ABSENT = (
-    "the full Sisimai corpus is absent: set SISIMAI_CORPUS to a directory holding its "
+    "the full Sisimai corpus is absent: set BOUNCER_SISIMAI_CORPUS to a directory holding its "
     "emails/ and labels.jsonl (tests/data/sisimai/README.md); the subset tests still run"
 )
 
@@ -143,10 +143,10 @@ FULL_CORPUS_ABSENT = (
 def corpus_dir() -> Path | None:
     """The full labelled corpus, or None when absent.
 
-    `$SISIMAI_CORPUS` when set; otherwise the copy the development machines keep in a
+    `$BOUNCER_SISIMAI_CORPUS` when set; otherwise the copy the development machines keep in a
     directory beside the checkout.
     """
-    env = os.environ.get("SISIMAI_CORPUS")
+    env = os.environ.get("BOUNCER_SISIMAI_CORPUS")
     if env:
         path = Path(env)
     else:
