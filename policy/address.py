@@ -1,8 +1,8 @@
 # Addresses as store keys: one spelling per mailbox, and the RFC 5321 syntax check. No I/O.
 """Address normalisation and syntax.
 
-`normalize_address` gives the key every store record is filed under (SPEC §4:
-lower-cased, domain in IDNA A-labels), so "Bob@Exämple.COM" and
+`normalize_address` gives the key every store record is filed under (lower-cased, domain in IDNA
+A-labels; docs/behaviour.md#suppression-policy), so "Bob@Exämple.COM" and
 "bob@xn--exmple-cua.com" are the same record. `is_valid_address` is the
 syntax check behind the relay's `501 5.1.3` (RFC 5321 §4.1.2, with the
 UTF-8 extension of RFC 6531 §3.3).

@@ -21,7 +21,7 @@ AUTOREPLY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Mailer", r"vacation"),  # BSD vacation(1)
 )
 
-# Subjects of out-of-office replies, in the languages SPEC §3 names and a few more.
+# Subjects of out-of-office replies, in the classifier's languages and a few more.
 AUTOREPLY_SUBJECTS: tuple[str, ...] = (
     r"out of (?:the )?office",
     r"auto(?:matic|matische)?[ -]?(?:reply|response|antwort)",

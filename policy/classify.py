@@ -1,5 +1,5 @@
-# Rule: this module decides what a reply means (SPEC §3); it performs no I/O, reads no
-# clock, and knows no provider: every phrasing lives in rules.toml.
+# Rule: this module decides what a reply means (docs/behaviour.md#verdicts); it performs
+# no I/O, reads no clock, and knows no provider: every phrasing lives in rules.toml.
 """classify(reply) -> Verdict(class, category, rule).
 
 Order of evidence, most trusted first:
@@ -12,7 +12,8 @@ Order of evidence, most trusted first:
 4. Nothing matched: undetermined/other for a 5xx, soft/other for a 4xx.
 
 The class follows from the category (policy.rules.CLASS_OF), and then the first digit
-of the reply code wins over everything: a 4xx is always soft, never hard (SPEC §3).
+of the reply code wins over everything: a 4xx is always soft, never hard
+(docs/behaviour.md#verdicts).
 
 When the outer reply has no code or a generic one, the text is searched for a reply
 quoted inside it: Postfix "host X said: 550 5.1.1 ...", Exim "SMTP error from remote
@@ -110,7 +111,7 @@ def classify(reply: Reply, rules: RuleSet | None = None, fallback: bool = True) 
 
     klass = CLASS_OF[category]
     if _transient(code, enhanced) and klass is not BounceClass.SOFT:
-        klass = BounceClass.SOFT  # SPEC §3: the first digit wins; 4xx is never hard
+        klass = BounceClass.SOFT  # the first digit wins; 4xx is never hard
     return Verdict(klass, category, rule_id)
 
 

@@ -1,7 +1,7 @@
-# This module decides what the client hears (SPEC §2); it performs no I/O. Input: what the
-# remotes said (Replies) and the soft_bounce setting; output: the client's Reply and which
-# recipients the spool must take. inbound.py only carries these answers to the wire.
-"""The reply mapping of SPEC §2 for RCPT and DATA, as pure functions."""
+# This module decides what the client hears (docs/behaviour.md#the-transaction); it performs no I/O.
+# Input: what the remotes said (Replies) and the soft_bounce setting; output: the client's Reply and
+# which recipients the spool must take. inbound.py only carries these answers to the wire.
+"""The reply mapping of docs/behaviour.md#the-transaction for RCPT and DATA, as pure functions."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ class RcptDecision:
 
 
 def rcpt_decision(remote: Reply, soft_bounce: str, spool_available: bool) -> RcptDecision:
-    """SPEC §2 RCPT rows, given the remote's (or DNS's, or a connect failure's) reply."""
+    """The RCPT rows of docs/behaviour.md#the-transaction, given the remote's (or DNS's, or
+    a connect failure's) reply."""
     if remote.is_success:
         return RcptDecision(RCPT_OK, accepted=True, queued=False)
     if remote.is_permanent:
@@ -87,7 +88,7 @@ def data_plan(
     spool_available: bool,
     queue_id: str,
 ) -> DataPlan:
-    """SPEC §2 DATA rows.
+    """docs/behaviour.md#the-transaction DATA rows.
 
     `queued` are recipients that already failed softly at RCPT and were accepted for the
     retry queue. Nothing is answered 250 unless every remote took it or it goes to the spool.

@@ -1,4 +1,5 @@
-# The rules of SPEC §4 as pure functions: old record + event + now -> new record. No I/O.
+# The rules of docs/behaviour.md#suppression-policy as pure functions: old record + event
+# + now -> new record. No I/O.
 """Escalation: how each delivery event changes a suppression record.
 
 Every function takes the current record (or None when the store has none),
@@ -110,7 +111,7 @@ def apply_hard(
 def apply_synthesized(
     rec: SuppressionRecord, rules: SuppressionRules, now: datetime
 ) -> SuppressionRecord:
-    """bouncer refused the address itself: counted like a HB (SPEC §4).
+    """bouncer refused the address itself: counted like a HB (docs/behaviour.md#suppression-policy).
 
     Only a suppression caused by a hard category moves toward permanent: a
     soft-streak suppression has its own ladder (7 d, 30 d, 90 d), and the
@@ -139,12 +140,12 @@ def apply_soft(
     rules: SuppressionRules,
     now: datetime,
 ) -> SuppressionRecord:
-    """A SB: extend or restart the streak; a long enough streak suppresses (SPEC §4)."""
+    """A SB: extend or restart the streak; a long enough streak suppresses."""
     now = utc(now)
     r = _observe(rec, key, Scope.ADDRESS, verdict, reply, "soft", rules, now)
     s = r.streak
-    # An expiry (SPEC §5) closes the run of failures it ends, so it extends that streak
-    # instead of starting a message-expired one that could never reach three weeks.
+    # An expiry (docs/behaviour.md#retry-queue) closes the run of failures it ends, so it extends
+    # that streak instead of starting a message-expired one that could never reach three weeks.
     continues = verdict.category is Category.MESSAGE_EXPIRED
     if s is not None and (s.category == verdict.category or continues):
         streak = SoftStreak(s.category, s.first, now, s.attempts + 1)
@@ -201,7 +202,7 @@ def apply_alive(
 def apply_complaint(
     rec: SuppressionRecord | None, key: str, detail: str, rules: SuppressionRules, now: datetime
 ) -> SuppressionRecord:
-    """An ARF complaint: blocked until lifted by hand (SPEC §4)."""
+    """An ARF complaint: blocked until lifted by hand (docs/behaviour.md#suppression-policy)."""
     now = utc(now)
     r = base(rec, key, Scope.ADDRESS, rules, now)
     return replace(
@@ -225,14 +226,14 @@ def apply_verdict(
     rules: SuppressionRules,
     now: datetime,
 ) -> SuppressionRecord | None:
-    """Dispatch a classifier verdict to its rule (SPEC §3's effect column)."""
+    """Dispatch a classifier verdict to its rule (docs/behaviour.md#verdicts effect column)."""
     if verdict.klass is BounceClass.HARD and reply.code // 100 != 4:
         return apply_hard(rec, key, scope, verdict, reply, rules, now)
     if verdict.category is Category.MESSAGE_TOO_LARGE:
-        # SPEC §3: the message was too large, not the address: no SB streak, never suppresses.
+        # docs/behaviour.md#verdicts: the message was too large, not the address: no SB streak, never suppresses.
         return apply_other(rec, key, verdict, reply, rules, now)
     if verdict.klass is BounceClass.SOFT or verdict.klass is BounceClass.HARD:
-        return apply_soft(rec, key, verdict, reply, rules, now)  # SPEC §3: 4xx is never hard
+        return apply_soft(rec, key, verdict, reply, rules, now)  # 4xx is never hard
     if verdict.klass is BounceClass.DELIVERED:
         return apply_alive(rec, "success", rules, now)
     return apply_other(rec, key, verdict, reply, rules, now)

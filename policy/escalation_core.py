@@ -1,5 +1,5 @@
-# The numbers of SPEC §4, the look-up side (does a record refuse at `now`?) and the
-# record primitives every escalation rule builds on. Pure functions; no I/O.
+# The numbers of docs/behaviour.md#suppression-policy, the look-up side (does a record refuse at
+# `now`?) and the record primitives every escalation rule builds on. Pure functions; no I/O.
 """Suppression rules and record primitives shared by the escalation rules.
 
 Expiry is never written by a timer: a temporary suppression whose `until` has
@@ -24,16 +24,16 @@ from policy.records import (
 from policy.reply import Reply
 from policy.verdict import Category
 
-# SPEC §3: the categories that mean the address (or domain) is dead.
+# docs/behaviour.md#verdicts: the categories that mean the address (or domain) is dead.
 HARD_CATEGORIES = frozenset({Category.BAD_MAILBOX, Category.BAD_DOMAIN, Category.INACTIVE_MAILBOX})
-# States a hand-made lift must be forced out of (SPEC §4).
+# States a hand-made lift must be forced out of (docs/behaviour.md#suppression-policy).
 LOCKED_STATES = frozenset({State.PERMANENT, State.BLOCKED})
 REFUSING_STATES = frozenset({State.SUPPRESSED, State.PERMANENT, State.BLOCKED})
 
 
 @dataclass(frozen=True)
 class SuppressionRules:
-    """The numbers of SPEC §4; relay builds this from the [policy] settings."""
+    """The numbers of the suppression policy; relay builds this from the [policy] settings."""
 
     hard_suppress_days: float = 90.0
     permanent_after_hard: int = 3
@@ -102,7 +102,7 @@ _SET_CODE, _SET_ENHANCED, _SET_TEXT, _SET_HOST = (
 
 
 def refusal_reply(address: str, scope: Scope, tail: str) -> Reply:
-    """SPEC §2: `550 5.1.1` for an address, `550 5.1.2` for a domain; `tail` from the record.
+    """`550 5.1.1` for an address, `550 5.1.2` for a domain; `tail` from the record.
 
     The same value as `Reply(550, "5.1.1" or "5.1.2", f"<{address}>: {tail}")`.
     """

@@ -1,5 +1,5 @@
-# The operators' hand-made changes of SPEC §4 (add, lift) as pure functions: old
-# record + request + now -> new record, or a RuleError saying what to do instead.
+# The operators' hand-made changes (docs/behaviour.md#suppression-policy: add, lift) as pure
+# functions: old record + request + now -> new record, or a RuleError saying what to do instead.
 """Manual operations on suppression records: `suppress add` / `suppress rm` and imports."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def apply_add(
 def apply_remove(
     rec: SuppressionRecord, force: bool, why: str, rules: SuppressionRules, now: datetime
 ) -> SuppressionRecord:
-    """Lift a suppression by hand; permanent and blocked need `force` and a reason (SPEC §4).
+    """Lift a suppression by hand; permanent and blocked need `force` and a reason.
 
     The record is kept, state active, with the lift and its reason in the history.
     """

@@ -1,6 +1,6 @@
 # Rule: the fallback reads only replies no rule reads (classify() calls it last); it is pure,
 # deterministic, and its knowledge is data (fallback_model.json), like rules.toml.
-"""A token-weight fallback for replies no text rule matches (issue 12).
+"""A token-weight fallback for replies no text rule matches.
 
 A multinomial naive Bayes model over the reply's words, trained by
 tests/data/replies/train_fallback.py on the *development* part of the labelled corpus

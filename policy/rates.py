@@ -1,5 +1,7 @@
 # This module decides what each outcome adds to the bounce-rate counters; it performs no I/O.
-"""Bounce-rate arithmetic (SPEC §6): counters, what one outcome adds, aggregation, rates.
+"""Bounce-rate arithmetic (docs/behaviour.md#what-operators-see).
+
+Counters, what one outcome adds, aggregation, rates.
 
 Counting rule (one recipient of one message counts once in `sent`):
 

@@ -1,6 +1,9 @@
 # What the store keeps per address or domain, and how a record reads to people. Values
 # only, no I/O; the byte format is policy/record_codec.py's.
-"""Suppression records (SPEC §4): the record, its refusal text and its JSON shape."""
+"""Suppression records (docs/behaviour.md#suppression-policy).
+
+The record, its refusal text and its JSON shape.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ class Scope(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SoftStreak:
-    """Consecutive soft bounces of one category with no success between (SPEC §4)."""
+    """Consecutive soft bounces of one category with no success between."""
 
     category: Category
     first: datetime

@@ -1,6 +1,6 @@
 # This module decides when a soft-failed recipient is tried next; it performs no I/O
 # and reads no clock: `now` is always a parameter (STYLE.md points 1 and 2).
-"""The retry schedule of SPEC §5: offsets from the first failure, then expiry.
+"""The retry schedule of docs/behaviour.md#retry-queue: offsets from the first failure, then expiry.
 
 The schedule is a tuple of offsets measured from the recipient's *first*
 failure (default 5m, 30m, 2h, 8h, 1d, 3d, 7d, 14d, 21d). The next attempt is

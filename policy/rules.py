@@ -14,7 +14,7 @@ Two tables (see policy/rules.toml):
   start of a word.
 
 The class of a verdict is not written in the rules: it follows from the category
-(SPEC §3 table), so a rule cannot contradict the contract.
+(docs/behaviour.md#verdicts table), so a rule cannot contradict the contract.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from policy.verdict import BounceClass, Category
 
 DEFAULT_RULES = Path(__file__).with_name("rules.toml")
 
-# SPEC §3: each category belongs to exactly one class.
+# docs/behaviour.md#verdicts: each category belongs to exactly one class.
 CLASS_OF: Mapping[Category, BounceClass] = {
     Category.DELIVERED: BounceClass.DELIVERED,
     Category.BAD_MAILBOX: BounceClass.HARD,

@@ -190,7 +190,7 @@ class SuppressionStore(SuppressionBulk):
             raise StoreError(f"suppression look-up failed: {exc}") from exc
 
     def record_refusal(self, refusal: Refusal, now: datetime) -> None:
-        """Count the synthesized HB that `check` led to (SPEC §4)."""
+        """Count the synthesized HB that `check` led to (docs/behaviour.md#suppression-policy)."""
         now = esc.utc(now)
         if refusal.scope == Scope.DOMAIN.value:
             db, key = self._dom, domain_of(refusal.address)
@@ -236,7 +236,7 @@ class SuppressionStore(SuppressionBulk):
         self._alive(address, "success", now)
 
     def record_activity(self, address: str, now: datetime) -> None:
-        """The recipient opened, clicked or replied: same effect as a success (SPEC §4)."""
+        """The recipient opened, clicked or replied: same effect as a success."""
         self._alive(address, "activity", now)
 
     def record_complaint(self, address: str, now: datetime, detail: str) -> None:

@@ -1,5 +1,6 @@
 # The classifier's vocabulary (class, category, rule); it names things and decides nothing.
-"""What policy makes of a reply: a class, a category and the rule that said so (SPEC §3).
+"""What policy makes of a reply: a class, a category and the rule that said so
+(docs/behaviour.md#verdicts).
 
 This module decides nothing by itself; it names the vocabulary.
 """

@@ -146,7 +146,7 @@ def decode(key: VerpKey, address: str, now: datetime) -> VerpToken | None:
 
 
 def remote_sender(key: VerpKey, sender: str, recipient: str, queue_id: str, now: datetime) -> str:
-    """The envelope sender to use towards the remote for `recipient` (interfaces.md §3).
+    """The envelope sender to use towards the remote for `recipient`.
 
     The null sender stays null (RFC 5321 §4.5.5: never make a bounce bounceable),
     and a recipient the token cannot carry keeps the original sender.

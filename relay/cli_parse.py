@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from policy.bounce_parse import parse_bounce
@@ -78,7 +79,7 @@ def _parse(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+            data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         except OSError as exc:
             print(f"bouncer: {path}: {exc.strerror or exc}", file=sys.stderr)
             failed = True

@@ -201,7 +201,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     if cfg.log.level.upper() not in LOG_LEVELS:
         problems.append(f"log.level: one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
     if not cfg.queue.schedule:
-        # SPEC §5: soft failures are retried; an empty schedule would expire them at once.
+        # Soft failures are retried (docs/behaviour.md#retry-queue); an empty schedule would
+        # expire them at once.
         problems.append('queue.schedule: needs at least one offset (e.g. ["5m"])')
     positive = {
         "server.max_message_size": cfg.server.max_message_size,
@@ -258,7 +259,7 @@ MIN_API_TOKEN = 16  # characters; a short bearer token is guessed
 
 
 def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
-    """[verp] and [intake] (issue 7): the token's syntax and an intake that can accept mail."""
+    """[verp] and [intake]: the token's syntax and an intake that can accept mail."""
     v, i = cfg.verp, cfg.intake
     if not v.prefix or not re.fullmatch(r"[A-Za-z0-9._-]+", v.prefix):
         problems.append(f"verp.prefix: letters, digits, '.', '_' or '-' only: {v.prefix!r}")
@@ -281,7 +282,7 @@ def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
 
 
 def suppression_rules(policy: PolicyConfig) -> SuppressionRules:
-    """The [policy] numbers of SPEC §4 as the store's rules; raises ValueError when out of range."""
+    """The [policy] numbers as the store's rules; raises ValueError when out of range."""
     # [policy] names each of SuppressionRules' fields after it (config_schema derives
     # their defaults from it), so the rules are read field by field, not listed again.
     numbers = {f.name: getattr(policy, f.name) for f in fields(SuppressionRules)}

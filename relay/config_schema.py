@@ -18,7 +18,7 @@ from typing import Literal
 from policy.escalation import SuppressionRules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_RULES = SuppressionRules()  # the defaults of SPEC §4's numbers
+_RULES = SuppressionRules()  # the defaults of docs/behaviour.md#suppression-policy numbers
 
 
 @dataclass(frozen=True)

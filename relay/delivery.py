@@ -2,7 +2,7 @@
 # then DATA. The live relay (inbound.py) drives it step by step while its client waits;
 # the queue runner calls deliver_message() for a whole message. Both share this code, the
 # MX/route lookup and the session pool. Nothing here decides what a reply means.
-"""Delivery: routes, the session pool and remote transactions (interfaces.md §3)."""
+"""Delivery: routes, the session pool and remote transactions."""
 
 from __future__ import annotations
 

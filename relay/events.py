@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class Status(StrEnum):
-    """Postfix's status= words, plus bouncer's own (SPEC §6)."""
+    """Postfix's status= words, plus bouncer's own (docs/behaviour.md#what-operators-see)."""
 
     SENT = "sent"
     BOUNCED = "bounced"

@@ -309,7 +309,7 @@ class InboundSMTP(SMTP):
         if isinstance(status, str) and status.startswith(_BOGUS_GOODBYE):
             status = CLOSING_BOGUS  # it hangs up after this one: RFC 5321 §3.8 wants a 421
         elif self._in_rcpt and status == _MALFORMED:
-            status = BAD_RCPT_SYNTAX  # SPEC §2: a recipient that does not parse is 501 5.1.3
+            status = BAD_RCPT_SYNTAX  # a recipient that does not parse is 501 5.1.3
         if isinstance(status, str):
             if _BAD_PATH_CHAR.search(status):
                 # aiosmtpd echoes some arguments ("502 Could not VRFY <arg>"): a client's

@@ -238,7 +238,7 @@ def verp_sender(
 
 
 class Intake:
-    """The service component (interfaces.md §6): `await start(service)`, `await stop()`."""
+    """The service component: `await start(service)`, `await stop()`."""
 
     def __init__(self) -> None:
         self.handler: IntakeHandler | None = None

@@ -1,5 +1,6 @@
 # This module turns event records into log lines; it performs no I/O and reads no clock.
-"""Postfix-compatible and JSON formatting of `relay.events` records (SPEC §6).
+"""Postfix-compatible and JSON formatting of `relay.events` records
+(docs/behaviour.md#what-operators-see).
 
 The Postfix format is chosen so that tools written for Postfix's mail log
 (pflogsumm, grep habits, log shippers) read bouncer's log unchanged; run

@@ -1,4 +1,4 @@
-# The operators' components, built from the config for the service (interfaces.md §6).
+# The operators' components, built from the config for the service.
 """Factories named in `relay.service.COMPONENTS`: each returns a component or None when off.
 
 Once-per-machine listeners (metrics, API) and the systemd notifier run in

@@ -1,7 +1,10 @@
 # The flow of one client transaction, top to bottom: suppression check -> route -> remote
 # MAIL/RCPT -> reply mapping (policy) -> store -> at DATA: remotes, spool, events.
 # Policy decides (policy/client_reply.py, classify); this module sequences and records.
-"""The in-transaction relay pipeline (SPEC §2), independent of the SMTP server library."""
+"""The in-transaction relay pipeline, independent of the SMTP server library.
+
+What it answers: docs/behaviour.md#the-transaction.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ class Pipeline:
     clock: Callable[[], datetime] = utcnow
 
     async def rcpt(self, txn: ClientTransaction, address: str, key: str) -> Reply:
-        """Ask the store, then the remote; answer per SPEC §2. `key` is the normalised address."""
+        """Ask the store, then the remote; answer the client. `key` is the normalised address."""
         now = self.clock()
         started = time.monotonic()
         before = started - txn.started

@@ -226,7 +226,8 @@ class RetryWorker:
         first = r.first_failure or now
         nxt = next_attempt(first, r.tries + 1, now, self.settings.schedule)
         if nxt is None:
-            # SPEC §5: the soft streak rules see the expiry as a message-expired soft bounce.
+            # The soft streak rules see the expiry as a message-expired soft bounce
+            # (docs/behaviour.md#retry-queue).
             expired = Verdict(BounceClass.SOFT, Category.MESSAGE_EXPIRED, EXPIRED_RULE)
             s = Settlement(r.recipient, Disposition.EXPIRED, attempt)
             return _Result(r, out, expired, s, Status.EXPIRED)

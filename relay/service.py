@@ -1,6 +1,6 @@
 # Lifecycle lives here and only here: open the state, build the relay, listen, start the
 # components others contribute, wait for a signal, drain, close. Startup failure -> exit 3.
-"""The bouncer service: `startup()`, `serve()`, `shutdown()` (interfaces.md §6).
+"""The bouncer service: `startup()`, `serve()`, `shutdown()`.
 
 Components: objects with `async start(service)` and `async stop()`, started after
 the listeners in registration order and stopped in reverse. Contribute one by
@@ -50,7 +50,7 @@ COMPONENTS: tuple[str, ...] = (
     "relay.runner_service:queue_runner",
     "relay.ops:metrics",
     "relay.ops:api",
-    "relay.intake:intake_component",  # [intake] listen: late DSNs and ARF reports (issue 7)
+    "relay.intake:intake_component",  # [intake] listen: late DSNs and ARF reports
     "relay.ops:reloader",  # SIGHUP re-reads config_path (relay/reload.py)
     "relay.ops:notifier",  # last: READY=1 once everything runs
 )
@@ -232,5 +232,5 @@ def build_delivery(cfg: Config) -> Delivery:
         idle_timeout=d.session_idle_timeout,
         wait_timeout=d.connect_timeout,
     )
-    sender = verp_sender(cfg)  # [verp] enabled: signed per-recipient return paths (issue 7)
+    sender = verp_sender(cfg)  # [verp] enabled: signed per-recipient return paths
     return Delivery(resolver, pool) if sender is None else Delivery(resolver, pool, sender)

@@ -80,7 +80,7 @@ def decode_rcpt(raw: bytes | memoryview) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SpoolMessage:
-    """A message R hands over at DATA (interfaces.md §4)."""
+    """A message the pipeline hands over to the queue at DATA."""
 
     queue_id: str
     sender: str

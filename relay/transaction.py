@@ -48,7 +48,7 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one recipient in one remote step (interfaces.md §3)."""
+    """What happened to one recipient in one remote step."""
 
     reply: Reply  # `.host` is set when a remote said it
     relay: str = "none"  # "host[ip]:port", or "none" when no remote was reached
@@ -70,7 +70,7 @@ def new_queue_id() -> str:
 
 
 class Store(Protocol):
-    """The part of policy.suppression.SuppressionStore the relay uses (interfaces.md §2)."""
+    """The part of policy.suppression.SuppressionStore the relay uses."""
 
     def check(self, address: str, now: datetime) -> Refusal | None: ...
     def record_refusal(self, refusal: Refusal, now: datetime) -> None: ...
@@ -82,7 +82,7 @@ class Store(Protocol):
 
 
 class SpoolSink(Protocol):
-    """The part of relay.spool.Spool the relay uses (interfaces.md §4)."""
+    """The part of relay.spool.Spool the relay uses."""
 
     def accept(self, msg: SpoolMessage, now: datetime) -> None: ...
 

@@ -68,7 +68,7 @@ def test_policy_section_carries_every_suppression_rule_with_its_default() -> Non
     assert {f.name for f in fields(SuppressionRules)} <= policy_keys
 
 
-# --- issue 10 item 9: strings that reach a header or reply, numbers, encoding, token ---
+# --- strings that reach a header or reply, numbers, encoding, token ---
 
 
 # Control characters (CR/LF forge a greeting line or a DSN header), and names said to

@@ -1,4 +1,4 @@
-# Issue 12: the late-bounce parser on a second public corpus (tests/data/bounces2), side by
+# The late-bounce parser on a second public corpus (tests/data/bounces2), side by
 # side with flufl.bounce (GNU Mailman's parser) and Mail::DeliveryStatus::BounceParser
 # (Perl), each file scored against its source's own expected recipients. Prints figures;
 # asserts nothing. A parser that is not installed is reported as such.
@@ -13,8 +13,8 @@ Per part (rules written / held out) and per parser:
 - files exact: files whose reported set equals the expected set;
 - permanent read as permanent: expected permanent recipients reported as a final
   failure (ours: Action failed, or no delay and no 4xx code or status; the others:
-  not temporary), of which ours says "undetermined" (SPEC §3: nothing clear about
-  the address);
+  not temporary), of which ours says "undetermined" (docs/behaviour.md#verdicts:
+  nothing clear about the address);
 - temporary read as temporary: expected temporary recipients reported as a delay
   (ours: Action delayed, a delay notice, or a 4xx code or status).
 """

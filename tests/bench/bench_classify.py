@@ -1,8 +1,8 @@
 """Classifications per second over the Sisimai corpus Diagnostic-Codes (one core).
 
 Run: python tests/bench/bench_classify.py [--seconds N]
-Target (issue 3): >= 50,000 classifications/s on one core, fallback model included
-(issue 12). Not collected by pytest. --corpus replies / fallback measure on
+Target: >= 50,000 classifications/s on one core, fallback model included.
+Not collected by pytest. --corpus replies / fallback measure on
 tests/data/replies/corpus.jsonl (all lines, or only those no rule reads).
 
 The replies are parsed once up front (parse_reply is the relay's edge, not the

@@ -1,4 +1,4 @@
-"""Agreement with the labelled reply corpus (tests/data/replies/corpus.jsonl), issue 12.
+"""Agreement with the labelled reply corpus (tests/data/replies/corpus.jsonl).
 
 Run: python tests/bench/bench_corpus.py [--misses] [--no-fallback]
 

@@ -1,4 +1,4 @@
-# How long a suppression import through the HTTP API holds up SMTP (issue 10, item 9).
+# How long a suppression import through the HTTP API holds up SMTP.
 # A RCPT to a suppressed address records the refusal through the one writer thread, so it
 # waits behind whatever store write runs there. This prints the slowest such RCPT while a
 # 300k-address import runs, and how long the import took. Prints figures, asserts nothing.

@@ -1,4 +1,4 @@
-# Benchmark (issue 6 "Speed"): bouncer against Postfix and against the raw ceiling, measured
+# Benchmark: bouncer against Postfix and against the raw ceiling, measured
 # with Postfix's own load tools on this machine. Prints figures; asserts nothing. Run:
 #
 #     python tests/bench/bench_relay.py            # full: 5,000 msgs x conc 10,50 x 3 reps
@@ -71,7 +71,7 @@ class CountingSink:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         buf = b""
-        while chunk := self.proc.stdout.read1(65536):
+        while chunk := self.proc.stdout.read1(65536):  # type: ignore[attr-defined]  # BufferedReader
             buf += chunk
             *done, buf = buf.split(b"\r")
             for rec in done[-1:]:

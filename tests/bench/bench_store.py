@@ -10,7 +10,7 @@ times `SuppressionStore.check()` — the call the relay makes at every RCPT —
 pinned to one CPU. It prints look-ups per second for absent addresses (the
 common case), present ones and a 50/50 mix, p50/p99/p99.9 latency of the
 mix, the store's size on disk, and how long count() and a CSV export take.
-Target (issue 3): >= 200,000 look-ups/s.
+Target: >= 200,000 look-ups/s.
 
 Measured 2026-11-22 on the shared 2-vCPU machine, 1,000,000 records (wall time,
 best of 3; runs vary by +-20 % with the machine's load): absent 491,000/s, present

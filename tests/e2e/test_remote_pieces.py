@@ -92,18 +92,23 @@ async def test_the_queue_runners_delivery_reads_replies_in_pieces(make_fake_mx: 
 async def test_a_reply_whose_code_changes_mid_reply_is_soft_and_ends_the_session() -> None:
     # RFC 5321 §4.2.1: one code on every line. "550-... / 250 ..." could be read as either;
     # bouncer guesses neither: the command gets a soft 4.4.2 (retried), the session closes.
+    served = asyncio.Event()
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 odd.test ESMTP\r\n")
-        await reader.readline()
-        writer.write(b"250-odd.test\r\n250 PIPELINING\r\n")
-        await reader.readline()  # MAIL and RCPT, pipelined
-        await reader.readline()
-        writer.write(b"250 2.1.0 Ok\r\n550-5.1.1 no such")
-        await writer.drain()
-        await asyncio.sleep(0.03)
-        writer.write(b" user\r\n250 2.1.5 Ok\r\n")
-        await reader.read()  # until bouncer hangs up
-        writer.close()
+        try:
+            writer.write(b"220 odd.test ESMTP\r\n")
+            await reader.readline()
+            writer.write(b"250-odd.test\r\n250 PIPELINING\r\n")
+            await reader.readline()  # MAIL and RCPT, pipelined
+            await reader.readline()
+            writer.write(b"250 2.1.0 Ok\r\n550-5.1.1 no such")
+            await writer.drain()
+            await asyncio.sleep(0.03)  # the remote's pause mid-reply: the case under test
+            writer.write(b" user\r\n250 2.1.5 Ok\r\n")
+            await reader.read()  # until bouncer hangs up
+        finally:
+            writer.close()
+            served.set()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -115,5 +120,6 @@ async def test_a_reply_whose_code_changes_mid_reply_is_soft_and_ends_the_session
         assert mail.code == 250
         assert rcpt is not None and (rcpt.code, rcpt.enhanced) == (451, "4.4.2"), rcpt
         assert "reply code changed" in rcpt.text and not session.alive
+        await asyncio.wait_for(served.wait(), 5)  # bouncer hung up: the remote saw EOF
     finally:
         server.close()

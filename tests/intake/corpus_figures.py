@@ -12,7 +12,13 @@ from pathlib import Path
 from policy.bounce_parse import RECIPIENT_FILTER_RULES, UNVERIFIED_USER_UNKNOWN, parse_bounce
 from policy.bounce_types import BounceReport, Kind
 from policy.verdict import BounceClass
-from tests.support.sisimai import Label, corpus_dir, expected_verdict, load_labels
+from tests.support.sisimai import (
+    FULL_CORPUS_ABSENT,
+    Label,
+    corpus_dir,
+    expected_verdict,
+    load_labels,
+)
 
 LATE_FILTER_RULES = RECIPIENT_FILTER_RULES | {UNVERIFIED_USER_UNKNOWN.rule}
 
@@ -100,7 +106,7 @@ def _one(fig: Figures, label: Label, data: bytes) -> None:
         fig.category_total += 1
         fig.category_agree += bool(first and first.verdict and first.verdict.category is want[1])
         # Sisimai's "filtered" covers the recipient's own filter answering "user unknown",
-        # which a late report gives as undetermined with that reason (issue 12).
+        # which a late report gives as undetermined with that reason.
         fig.category_agree += bool(
             label.first.reason == "filtered"
             and first
@@ -112,7 +118,7 @@ def _one(fig: Figures, label: Label, data: bytes) -> None:
 def main() -> int:
     corpus = corpus_dir()
     if corpus is None:
-        print("corpus not found at ../shared/corpus/sisimai", file=sys.stderr)
+        print(FULL_CORPUS_ABSENT, file=sys.stderr)
         return 1
     fig = measure(corpus)
     print("\n".join(fig.lines()))

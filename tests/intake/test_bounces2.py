@@ -1,4 +1,4 @@
-# Issue 12: the parser on the second bounce corpus (tests/data/bounces2, other parsers' test
+# The parser on the second bounce corpus (tests/data/bounces2, other parsers' test
 # e-mails with their own expected recipients). Regression floors at the figures measured
 # on 2026-12-02; tests/bench/bench_bounces2.py prints them beside flufl.bounce's and
 # Mail::DeliveryStatus::BounceParser's. The held-out part was never read to write rules.

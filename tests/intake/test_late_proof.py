@@ -1,6 +1,6 @@
 # What counts as proof for a late "user unknown" (policy/bounce_parse.py): each kind of
 # proof makes the report hard, and the look-alikes a recipient filter writes are undetermined
-# with their reason (issue 12: never content-related).
+# with their reason (never content-related).
 # The texts are the corpus ones named in the rule comments and in docs/intake.md.
 from __future__ import annotations
 

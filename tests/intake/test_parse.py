@@ -87,7 +87,7 @@ def test_format(
 
 
 def test_exim_quota_is_soft_or_hard_never_block() -> None:
-    # 5.2.2 is quota-issues (SPEC §3): soft, whatever the first digit says of permanence.
+    # 5.2.2 is quota-issues: soft, whatever the first digit says of permanence.
     (report,) = parse_bounce(samples.EXIM)
     assert report.verdict is not None and report.verdict.category.value == "quota-issues"
 
@@ -172,7 +172,7 @@ def test_late_user_unknown_without_proof_never_suppresses() -> None:
     )
     (report,) = parse_bounce(data)
     assert report.verdict is not None
-    # Undetermined with its reason, never content-related (issue 12): nothing says the
+    # Undetermined with its reason, never content-related: nothing says the
     # content was refused, and the address is not suppressed.
     assert report.verdict.klass is BounceClass.UNDETERMINED
     assert report.verdict.category is Category.OTHER

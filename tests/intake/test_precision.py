@@ -1,4 +1,4 @@
-# Issue 12: a recipient is reported only when the bounce names it as failed, and old
+# A recipient is reported only when the bounce names it as failed, and old
 # non-standard notices are read for what they say (delay, transcript reply, local user).
 # Each case is the shape of a file of the second corpus (tests/data/bounces2) or a Sisimai
 # one, written small.

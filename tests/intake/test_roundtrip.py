@@ -1,10 +1,9 @@
-# VERP round trip through a running bouncer (issue 7): mail relayed with VERP on reaches the
+# VERP round trip through a running bouncer: mail relayed with VERP on reaches the
 # fake MX with a signed return path; a late DSN sent to that return path at the intake
 # suppresses the recipient (the next RCPT is refused by bouncer itself); a forged token is
 # refused at RCPT and changes nothing; with forward = true the bounce reaches the sender.
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from relay.intake import Intake
 from relay.service import Service
 from tests.intake import samples
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 SECRET = "round-trip-secret"
 BOUNCE_DOMAIN = "bounces.sender.example"
@@ -116,10 +116,8 @@ async def test_forward_reaches_original_sender(make_fake_mx: Any, relay_service:
     verp = dest.messages[0].mail_from
     dsn = samples.rfc3464(recipient="user@dest.example", to=verp)
     await bounce(intake_port(svc), verp, dsn)
-    for _ in range(100):  # the forward runs as a task after the intake's 250
-        if sender_mx.messages:
-            break
-        await asyncio.sleep(0.02)
+    # The forward runs as a task after the intake's 250.
+    await until(lambda: sender_mx.messages, "the forwarded bounce")
     (fwd,) = sender_mx.messages
     assert fwd.mail_from in ("", "<>") and fwd.rcpt_tos == ("app@sender.example",)
     assert b"message/delivery-status" in fwd.data
@@ -134,9 +132,6 @@ async def test_forward_also_when_nothing_changes(make_fake_mx: Any, relay_servic
         recipient="user@dest.example", action="relayed", status="2.0.0", diagnostic="smtp; 250 ok"
     )
     await bounce(intake_port(svc), verp, relayed)
-    for _ in range(100):
-        if sender_mx.messages:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: sender_mx.messages, "the forwarded report")
     assert [m.rcpt_tos for m in sender_mx.messages] == [("app@sender.example",)]
     assert svc.store is not None and svc.store.get("user@dest.example") is None

@@ -1,4 +1,4 @@
-# Hostile or careless input to the HTTP API (issue 10, item 9): each is a 4xx naming the
+# Hostile or careless input to the HTTP API: each is a 4xx naming the
 # problem, never a 500/503, and never a side effect (`{"until": {}}` once made a permanent
 # suppression). A large import goes to the one writer thread a batch at a time, so a store
 # write an SMTP transaction waits for runs between batches, not after the whole file.

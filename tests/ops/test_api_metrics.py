@@ -2,7 +2,6 @@
 # the HTTP API end to end; the suppression it reads is the one real traffic created.
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -13,6 +12,7 @@ from relay.metrics import Metrics
 from relay.service import Service
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -100,7 +100,7 @@ async def test_healthz_fails_when_the_store_cannot_be_read(
     metrics = _component(svc, Metrics)
     assert svc.store is not None
 
-    def broken() -> dict[str, int]:
+    def broken(now: object = None) -> dict[str, int]:
         from policy.suppression import StoreError
 
         raise StoreError("cannot read")
@@ -185,13 +185,15 @@ async def test_api_end_to_end(running: tuple[Service, FakeMX]) -> None:
 
         # Stats: the counters are written by a batch flush; wait for that batch.
         doc: dict[str, Any] = {}
-        for _ in range(100):
+
+        async def stats_rows() -> bool:
+            nonlocal doc
             async with http.get(f"{base}/stats?by=domain", headers=auth) as resp:
                 assert resp.status == 200
                 doc = await resp.json()
-            if doc["rows"]:
-                break
-            await asyncio.sleep(0.05)
+            return bool(doc["rows"])
+
+        await until(stats_rows, "the stats batch flush")
         (row,) = doc["rows"]
         assert row["key"] == "good.test"
         assert (row["sent"], row["hard"], row["suppressed"], row["delivered"]) == (2, 1, 1, 1)

@@ -1,5 +1,5 @@
-# Bad command-line input ends in a message and an exit code, never a traceback (issue 10,
-# item 9): each case here once raised out of `main` (OverflowError, UnicodeDecodeError,
+# Bad command-line input ends in a message and an exit code, never a traceback:
+# each case here once raised out of `main` (OverflowError, UnicodeDecodeError,
 # csv.Error, lmdb.BadValsizeError) or, for passwd, printed a hash no login can match.
 from __future__ import annotations
 

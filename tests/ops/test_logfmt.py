@@ -51,7 +51,7 @@ def test_each_status_maps_to_postfix_words() -> None:
     soft = Reply(452, "4.2.2", "Mailbox full", "mx.example.com[192.0.2.1]")
 
     def line(**kw: object) -> str:
-        ev = RecipientEvent(**{**base.__dict__, **kw})  # type: ignore[arg-type]
+        ev = RecipientEvent(**{**base.__dict__, **kw})
         return postfix_lines(ev, "h", 1)[0]
 
     sent = line(status=Status.SENT, reply=Reply(250, "2.0.0", "Ok", "mx[1.2.3.4]"), stage="DATA")

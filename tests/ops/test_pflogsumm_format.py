@@ -64,12 +64,11 @@ def _events() -> list[Event]:
 def test_pflogsumm_counts_a_known_mix(tmp_path: Path) -> None:
     require_pflogsumm()
     log = tmp_path / "mail.log"
-    writer = LogWriter(
-        LogConfig(file=str(log)), host="relay1", pid=4242, stderr=open(tmp_path / "stderr", "w")
-    )
-    for event in _events():
-        writer(event)
-    writer.close()
+    with open(tmp_path / "stderr", "w") as stderr:
+        writer = LogWriter(LogConfig(file=str(log)), host="relay1", pid=4242, stderr=stderr)
+        for event in _events():
+            writer(event)
+        writer.close()
 
     flat = [s for _, statuses in MIX for s in statuses]
     totals = pflogsumm_totals(log)

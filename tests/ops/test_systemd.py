@@ -1,5 +1,5 @@
-# The systemd unit passes `systemd-analyze verify` and carries the directives the issue
-# asks for; relay/sdnotify.py speaks the notify protocol to a socket the test owns.
+# The systemd unit passes `systemd-analyze verify` and carries the directives the README
+# describes; relay/sdnotify.py speaks the notify protocol to a socket the test owns.
 from __future__ import annotations
 
 import asyncio

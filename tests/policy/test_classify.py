@@ -57,7 +57,7 @@ def test_every_rule_cites_a_source_and_languages_are_covered() -> None:
 
 
 def test_4xx_is_never_hard() -> None:
-    # SPEC §3: the first digit wins over the text and the enhanced code.
+    # docs/behaviour.md#verdicts: the first digit wins over the text and the enhanced code.
     for row in ROWS:
         reply = parse_reply(row["reply"])
         for code in (421, 450, 451, 452):

@@ -9,6 +9,7 @@ from email.message import Message
 
 from policy.dsn import DsnContext, FailedRecipient, compose_dsn, original_headers
 from policy.reply import Reply
+from tests.support.mime import decoded, subparts
 
 ARRIVED = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 NOW = datetime(2026, 1, 22, 8, 0, tzinfo=UTC)
@@ -33,11 +34,11 @@ def _parse(raw: bytes) -> tuple[Message, list[Message], Message]:
     msg = email.message_from_bytes(raw)
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
-    human, status, headers = msg.get_payload()
+    human, status, headers = subparts(msg)
     assert human.get_content_type() == "text/plain"
     assert status.get_content_type() == "message/delivery-status"
     assert headers.get_content_type() == "text/rfc822-headers"
-    return msg, status.get_payload(), headers
+    return msg, subparts(status), headers
 
 
 def test_hard_failure_dsn_fields() -> None:
@@ -76,7 +77,7 @@ def test_expired_soft_recipient_keeps_the_last_reply_and_its_status() -> None:
     assert rcpt["Action"] == "failed"
     assert rcpt["Status"] == "4.2.2"
     assert rcpt["Diagnostic-Code"] == "smtp; 452 4.2.2 Mailbox full"
-    human = msg.get_payload()[0].get_payload(decode=True).decode()
+    human = decoded(subparts(msg)[0]).decode()
     assert "gave up after the retry schedule" in human and "carol@c.example" in human
 
 
@@ -127,6 +128,7 @@ def test_deterministic_given_its_parameters() -> None:
     assert m["Message-ID"] == f"<D1.{int(NOW.timestamp())}@relay.example>"
     # Only the MIME boundary is random; the rest is a function of the inputs.
     ba, bb = email.message_from_bytes(a).get_boundary(), email.message_from_bytes(b).get_boundary()
+    assert ba is not None and bb is not None
     assert a.replace(ba.encode(), b"B") == b.replace(bb.encode(), b"B")
 
 
@@ -142,4 +144,4 @@ def test_original_headers_split_and_non_ascii() -> None:
     )
     assert raw is not None and raw.isascii()  # 8-bit headers are transfer-encoded
     headers = _parse(raw)[2]
-    assert "Grüße" in headers.get_payload(decode=True).decode("utf-8")
+    assert "Grüße" in decoded(headers).decode("utf-8")

@@ -1,4 +1,4 @@
-"""SPEC §4 rules, driven with explicit `now` values: no sleeping, no clock mocks."""
+"""The suppression rules, driven with explicit `now` values: no sleeping, no clock mocks."""
 
 from __future__ import annotations
 
@@ -177,6 +177,7 @@ def test_success_or_activity_resets_the_streak(kind: str) -> None:
 def _streak_suppression(rec: SuppressionRecord | None, start: datetime) -> SuppressionRecord:
     for d in (0, 10, 21):
         rec = soft(rec, start + days(d))
+    assert rec is not None
     return rec
 
 
@@ -497,7 +498,7 @@ def test_format_1_records_without_compression_still_decode() -> None:
 
 
 def test_an_expiry_completes_the_streak_it_ends() -> None:
-    """SPEC §5: the expiry after three weeks of quota failures suppresses, as that streak's end."""
+    """The expiry after three weeks of quota failures suppresses, as that streak's end."""
     rules = SuppressionRules()
     full = Reply(452, "4.2.2", "Mailbox full")
     quota = Verdict(BounceClass.SOFT, Category.QUOTA_ISSUES, "code-x.2.2")
@@ -512,7 +513,7 @@ def test_an_expiry_completes_the_streak_it_ends() -> None:
 
 
 def test_message_too_large_never_starts_a_soft_streak() -> None:
-    # SPEC §3: message-too-large is soft but has no SB streak; the address is never
+    # docs/behaviour.md#verdicts: message-too-large is soft but has no SB streak; the address is never
     # suppressed for it, however long it goes on.
     big = parse_reply("552 5.3.4 Message too big for system")
     verdict = Verdict(BounceClass.SOFT, Category.MESSAGE_TOO_LARGE, "code-x.3.4")

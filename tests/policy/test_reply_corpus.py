@@ -3,7 +3,7 @@
 The held-out part comes from sources never used to write rules or to train the fallback
 model; its figures predict replies nobody here has seen. It is the second one (held-out
 B): the first (A, 100 rows) was measured once and then moved to the development part
-(docs/classifier.md gives both first-run figures). Issue 12's targets on it (class
+(docs/classifier.md gives both first-run figures). The targets on it (class
 >= 95%, hard recall >= 95%, category >= 90%) are not met: the floors below are what is
 reached now (a regression guard), the strict xfail names the gap, and false hards must
 be zero.
@@ -40,7 +40,7 @@ def test_rows_are_well_formed_and_parts_share_no_source() -> None:
         category = Category(row.category)
         transient = parse_reply(row.reply).is_transient
         expected = BounceClass.SOFT if transient else CLASS_OF[category]
-        assert row.klass == expected.value, row.reply  # class follows category (SPEC §3)
+        assert row.klass == expected.value, row.reply  # class follows category (docs/behaviour.md#verdicts)
     dev = {r.source for r in rows if r.part == "dev"}
     held = {r.source for r in rows if r.part == "heldout"}
     assert len(held) >= 7 and dev.isdisjoint(held)
@@ -56,7 +56,7 @@ def test_held_out_has_no_false_hard_and_keeps_its_floors() -> None:
     assert total.category / total.n >= 0.81
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 targets not met on the held-out part yet")
+@pytest.mark.xfail(strict=True, reason="the targets not met on the held-out part yet")
 def test_held_out_meets_issue_12_targets() -> None:
     total = evaluate(load("heldout")).total
     assert total.klass / total.n >= 0.95

@@ -1,4 +1,4 @@
-"""The retry schedule (SPEC §5): each slot, expiry, no burst after downtime, time as a parameter."""
+"""The retry schedule: each slot, expiry, no burst after downtime, time as a parameter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SPEC §2 reply mapping (policy/client_reply.py), row by row, without any I/O."""
+"""The reply mapping (policy/client_reply.py), row by row, without any I/O."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import time
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from relay.outbound import OutboundSettings, RemoteSession, open_session
 from relay.pool import SessionPool
 from relay.transaction import Route, Target
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ async def test_pool_reuses_caps_and_reconnects_a_dead_session(fake_mx: FakeMX) -
     for proto in fake_mx._protocols:
         if proto.transport is not None:
             proto.transport.close()
-    await asyncio.sleep(0.05)
+    await until(lambda: not a.connected and not b.connected, "the pooled sessions to see EOF")
     out = await delivery.deliver_message(
         "a@sender.test", ["b@example.test"], b"Subject: x\r\n\r\ny\r\n"
     )
@@ -168,7 +169,7 @@ async def test_client_vanishing_during_slow_rcpt_leaves_no_remote_transaction(
     svc = await relay_service({"delivery": {"routes": {"example.test": fake_mx.address}}})
     host, port = svc.addresses[0]
 
-    def vanish() -> None:
+    def send_rcpt() -> socket.socket:
         s = socket.create_connection((host, port), timeout=5)
         s.recv(1000)
         s.sendall(b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\n")
@@ -176,14 +177,12 @@ async def test_client_vanishing_during_slow_rcpt_leaves_no_remote_transaction(
         while b"2.1.0" not in seen:
             seen += s.recv(1000)
         s.sendall(b"RCPT TO:<b@example.test>\r\n")
-        time.sleep(0.2)
-        s.close()  # gone while bouncer waits for the remote's RCPT reply
+        return s
 
-    await asyncio.to_thread(vanish)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 3
-    while "QUIT" not in fake_mx.commands and loop.time() < end:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    s = await asyncio.to_thread(send_rcpt)
+    await until(lambda: "RCPT b@example.test" in fake_mx.commands, "the RCPT at the remote")
+    s.close()  # gone while bouncer waits for the remote's RCPT reply
+    await until(lambda: "QUIT" in fake_mx.commands, "the remote session's QUIT")
     # The RCPT in flight was cut off, so its reply would desynchronise a reused session:
     # the session is closed (QUIT), not returned to the pool.
     assert fake_mx.commands == ["MAIL a@sender.test", "RCPT b@example.test", "QUIT"]
@@ -222,7 +221,10 @@ async def test_idle_client_is_disconnected(relay_service: Any) -> None:
 
 def test_serve_help_lists_config(tmp_path: Path) -> None:
     out = subprocess.run(
-        ["python", "-m", "relay", "serve", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "relay", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--config" in out.stdout
 
@@ -252,8 +254,8 @@ async def test_idle_sessions_are_closed(fake_mx: FakeMX) -> None:
     assert isinstance(session, RemoteSession)
     pool.release(session)
     assert pool.idle_count == 1
-    await asyncio.sleep(0.5)
-    assert pool.idle_count == 0 and fake_mx.commands[-1:] == ["QUIT"]
+    await until(lambda: fake_mx.commands[-1:] == ["QUIT"], "the idle session's QUIT")
+    assert pool.idle_count == 0
     await pool.close()
 
 

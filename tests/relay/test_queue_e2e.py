@@ -23,6 +23,8 @@ import aiosmtplib
 import pytest
 
 from tests.support.fake_mx import FakeMX
+from tests.support.mime import status_blocks
+from tests.support.wait import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "alice@a.example"
@@ -85,7 +87,7 @@ poll_interval = 0.2
             stderr=out,
         )
         os.close(out)
-        await _until(self._listening, "server to listen")
+        await until(self._listening, "server to listen", within=30, interval=0.1)
         return self
 
     async def _listening(self) -> bool:
@@ -126,15 +128,6 @@ poll_interval = 0.2
         code, out = await self.cli("list", "--json")
         assert code == 0, out
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str, deadline: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not await check():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _send(
@@ -194,7 +187,7 @@ async def test_soft_failure_queued_then_retry_delivers_exactly_once(
         async def empty() -> bool:
             return await server.queue() == []
 
-        await _until(empty, "the queue to empty")
+        await until(empty, "the queue to empty", within=30, interval=0.1)
         assert len(mx.messages) == 1
         assert mx.messages[0].rcpt_tos == ("bob@b.example",)
         assert mx.messages[0].data.endswith(b"hello\r\n")
@@ -225,7 +218,7 @@ async def test_kill_9_after_the_250_then_restart_delivers(
         async def delivered() -> bool:
             return len(mx.messages) == 1 and await server.queue() == []
 
-        await _until(delivered, "delivery after restart")
+        await until(delivered, "delivery after restart", within=30, interval=0.1)
         assert await server.stop() == 0
         assert len(mx.messages) == 1
 
@@ -243,14 +236,13 @@ async def test_expiry_sends_a_dsn_to_the_senders_domain(
         async def dsn_arrived() -> bool:
             return len(sender_mx.messages) >= 1
 
-        await _until(dsn_arrived, "the DSN")
+        await until(dsn_arrived, "the DSN", within=30, interval=0.1)
         dsn = sender_mx.messages[0]
         assert dsn.mail_from in ("", "<>") and dsn.rcpt_tos == (SENDER,)
         parsed = email.message_from_bytes(dsn.data)
         assert parsed.get_content_type() == "multipart/report"
         assert parsed.get_param("report-type") == "delivery-status"
-        status = next(p for p in parsed.walk() if p.get_content_type() == "message/delivery-status")
-        per_message, rcpt = status.get_payload()
+        per_message, rcpt = status_blocks(parsed)
         assert per_message["Reporting-MTA"] == "dns; relay.test"
         assert rcpt["Final-Recipient"] == "rfc822; bob@b.example"
         assert rcpt["Action"] == "failed"
@@ -264,7 +256,7 @@ async def test_expiry_sends_a_dsn_to_the_senders_domain(
         async def empty() -> bool:
             return await server.queue() == []
 
-        await _until(empty, "the queue to empty")
+        await until(empty, "the queue to empty", within=30, interval=0.1)
         assert await server.stop() == 0
 
 
@@ -287,10 +279,9 @@ async def test_mixed_data_outcome(tmp_path: Path, servers: list[Server]) -> None
         async def dsn_arrived() -> bool:
             return len(sender_mx.messages) == 1
 
-        await _until(dsn_arrived, "the DSN for the hard recipient")
+        await until(dsn_arrived, "the DSN for the hard recipient", within=30, interval=0.1)
         parsed = email.message_from_bytes(sender_mx.messages[0].data)
-        status = next(p for p in parsed.walk() if p.get_content_type() == "message/delivery-status")
-        blocks = status.get_payload()[1:]
+        blocks = status_blocks(parsed)[1:]
         assert [b["Final-Recipient"] for b in blocks] == ["rfc822; x@c.example"]
         assert blocks[0]["Status"] == "5.1.1"
         queued = await server.queue()
@@ -314,7 +305,7 @@ async def test_sigterm_drains_exits_0_and_loses_nothing(
         async def retrying() -> bool:
             return mx.rcpts.count("bob@b.example") >= 2
 
-        await _until(retrying, "the retry to reach the remote")
+        await until(retrying, "the retry to reach the remote", within=30, interval=0.1)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
 
@@ -326,7 +317,7 @@ async def test_sigterm_drains_exits_0_and_loses_nothing(
             writer.close()
             return False
 
-        await _until(refusing, "the listener to close", deadline=5)
+        await until(refusing, "the listener to close", within=5, interval=0.1)
         assert server.proc.returncode is None  # still draining, yet no longer accepting
         assert await asyncio.wait_for(server.proc.wait(), 30) == 0  # (a 2nd signal would force)
         # The attempt in flight at SIGTERM finished within the drain time and was recorded:

@@ -156,7 +156,7 @@ def test_any_chunking_of_any_replies_gives_the_same_replies(
 
 
 def _drain(parser: ReplyParser) -> tuple[list[int], str]:
-    codes = []
+    codes: list[int] = []
     while True:
         try:
             reply = parser.next_reply()

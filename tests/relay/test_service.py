@@ -7,12 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from relay.config import config_from_dict
 from relay.service import EXIT_STARTUP, Service
+from tests.support.wait import until, until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,13 +64,17 @@ def test_bouncer_serve_subprocess_answers_then_sigterm_exits_0(tmp_path: Path) -
     )
     try:
         greeting = b""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not greeting:
+
+        def greeted() -> bool:
+            nonlocal greeting
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
                     greeting = s.recv(100)
             except OSError:
-                time.sleep(0.1)
+                return False
+            return bool(greeting)
+
+        until_sync(greeted, "bouncer serve to greet", within=15)
         assert greeting.startswith(b"220 ")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(20)
@@ -78,7 +82,7 @@ def test_bouncer_serve_subprocess_answers_then_sigterm_exits_0(tmp_path: Path) -
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes the stderr pipe
 
 
 async def test_shutdown_lets_an_in_flight_transaction_finish(tmp_path: Path) -> None:
@@ -110,7 +114,7 @@ async def test_shutdown_lets_an_in_flight_transaction_finish(tmp_path: Path) -> 
 
         task = asyncio.create_task(asyncio.to_thread(client))
         await mail_sent.wait()
-        await asyncio.sleep(0.1)
+        await until(lambda: "RCPT b@example.test" in mx.commands, "the RCPT at the remote")
         await svc.shutdown()
         code, _ = await task
         assert code == 250

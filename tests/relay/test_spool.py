@@ -25,6 +25,7 @@ from relay.spool import (
     owner_alive,
 )
 from relay.state import StateError, open_state
+from tests.support.mime import status_blocks
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 DATA = b"From: a@a.example\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -162,7 +163,7 @@ def test_expiry_queues_a_dsn_to_the_sender_due_now(tmp_path: Path) -> None:
     (r,) = dsn.recipients
     assert r.recipient == "a@a.example" and r.tries == 0 and r.next_at == now
     parsed = email.message_from_bytes(spool.data("DSN0") or b"")
-    block = parsed.get_payload()[1].get_payload()[1]
+    block = status_blocks(parsed)[1]
     assert block["Final-Recipient"] == "rfc822; b@b.example"
     assert block["Status"] == "4.2.2"
     assert block["Diagnostic-Code"] == "smtp; 452 4.2.2 Mailbox full"
@@ -172,7 +173,7 @@ def test_mixed_outcome_hard_recipients_get_a_dsn_in_the_same_commit(tmp_path: Pa
     spool = _spool(tmp_path)
     spool.accept(_msg(deferred=(("soft@b.example", SOFT),), failed=(("hard@b.example", HARD),)), T0)
     assert {m.queue_id for m in spool.messages()} == {"Q1", "DSN0"}
-    block = email.message_from_bytes(spool.data("DSN0") or b"").get_payload()[1].get_payload()[1]
+    block = status_blocks(email.message_from_bytes(spool.data("DSN0") or b""))[1]
     assert block["Final-Recipient"] == "rfc822; hard@b.example" and block["Status"] == "5.1.1"
     # Only hard failures: no copy of the message is kept, only the DSN.
     spool.accept(_msg("Q2", failed=(("hard@b.example", HARD),)), T0)

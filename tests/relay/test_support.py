@@ -37,7 +37,7 @@ async def test_fake_mx_scripted_replies_and_records(fake_mx: FakeMX) -> None:
     assert b"hello" in msg.data
 
 
-async def test_fake_mx_data_reply_and_hanging_greeting(make_fake_mx) -> None:  # type: ignore[no-untyped-def]
+async def test_fake_mx_data_reply_and_hanging_greeting(make_fake_mx) -> None:
     mx = await make_fake_mx(data_reply="554 5.7.1 Spam")
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=mx.port, start_tls=False)
     await client.connect()

@@ -1,6 +1,6 @@
-# A line-by-line scripted remote for review tests: it processes commands strictly in order,
-# like a real MTA reading a pipelined stream, and keeps the transaction state the way
-# Postfix does (a refused DATA command leaves MAIL in effect; MAIL inside it is 503).
+# A line-by-line scripted remote for session-synchronisation tests: it processes commands
+# strictly in order, like a real MTA reading a pipelined stream, and keeps the transaction
+# state the way Postfix does (a refused DATA command leaves MAIL in effect; MAIL inside it is 503).
 """A tiny sequential SMTP server on a free loopback port, driven by per-test hooks."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The session stayed open, so the remote's late reply was read as the answer to the next
 command: a late RCPT "250" taken for DATA's reply, the message never sent, the client
-told 250 (SPEC §2: nothing is acknowledged unless delivered or safe on disk).
+told 250 (nothing is acknowledged unless delivered or safe on disk).
 """
 
 from __future__ import annotations

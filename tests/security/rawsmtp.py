@@ -85,7 +85,7 @@ class LineClient:
         assert self.reply()[0].startswith("220")
 
     def reply(self) -> list[str]:
-        lines = []
+        lines: list[str] = []
         while True:
             raw = self.file.readline()
             if not raw:

@@ -38,7 +38,7 @@ VERBS = [
 ]  # fmt: skip
 args = st.one_of(
     st.text(
-        alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+        alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]),
         max_size=60,
     ),
     st.sampled_from(

@@ -1,4 +1,4 @@
-# Faults (issue 6): remotes that never greet, stall in DATA, drop the line after DATA or
+# Faults: remotes that never greet, stall in DATA, drop the line after DATA or
 # answer 421 and hang up; DNS timeouts, SERVFAIL and answers pointing at a closed port.
 # The client always gets a bounded, correct answer (4xx in soft_bounce="pass"; a 250 only
 # when the message is durably queued in soft_bounce="queue"), never a hang, never a false 250.
@@ -154,7 +154,7 @@ async def test_queue_mode_250_only_when_spooled(relay_service: Any, make_fake_mx
     mx: FakeMX = await make_fake_mx(greeting="hang")
     svc = await relay_service(fast("queue", routes={"example.test": mx.address}))
     rcpt, data, took = await send(svc, "b@example.test")
-    assert rcpt.code == 250  # bouncer takes responsibility (SPEC §2, soft_bounce = "queue")
+    assert rcpt.code == 250  # bouncer takes responsibility (soft_bounce = "queue")
     assert data is not None and data.code == 250, str(data)
     queue_id = data.text.rsplit(" ", 1)[-1]
     assert svc.spool is not None

@@ -1,4 +1,4 @@
-# No open relay (issue 6): a client outside allowed_clients that has not authenticated gets
+# No open relay: a client outside allowed_clients that has not authenticated gets
 # 554 5.7.1 and no remote is asked; AUTH is offered only after STARTTLS, and a client that
 # authenticated there may relay. Runs against the real Service on loopback.
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def test_outsider_gets_554_and_no_remote_is_asked(
     c = await RawClient.connect("127.0.0.1", port_of(svc))
     mail = await c.cmd(b"MAIL FROM:<a@sender.test>")
     rcpt = await c.cmd(b"RCPT TO:<b@example.test>")
-    # SPEC §2: 554 5.7.1 at MAIL or RCPT, whichever comes first; RCPT is never accepted.
+    # 554 5.7.1 at MAIL or RCPT, whichever comes first; RCPT is never accepted.
     denied = mail if mail.code != 250 else rcpt
     assert denied.code == 554 and denied.text.startswith("5.7.1"), f"{mail} / {rcpt}"
     assert rcpt.code >= 500, str(rcpt)
@@ -87,7 +87,7 @@ async def secured(
 
 
 async def assert_relay_denied(client: aiosmtplib.SMTP) -> None:
-    """554 5.7.1 at MAIL, or at RCPT when MAIL was accepted (SPEC §2)."""
+    """554 5.7.1 at MAIL, or at RCPT when MAIL was accepted (docs/behaviour.md#the-transaction)."""
     with pytest.raises((aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientRefused)) as err:
         await client.mail("a@sender.test")
         await client.rcpt("b@example.test")

@@ -1,4 +1,4 @@
-# Address literals and mail loops (issue 10, item 7). An allowed client could make bouncer
+# Address literals and mail loops. An allowed client could make bouncer
 # connect to any IP literal, the host's own loopback services included (server-side request
 # forgery); a message routed in a circle had no hop limit. Against the real Service, with a
 # fake MX listening where a literal would lead, so a connection attempt would be seen.

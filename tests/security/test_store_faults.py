@@ -1,4 +1,4 @@
-# State-store faults (issue 6): LMDB's map full, and the state directory's filesystem
+# State-store faults: LMDB's map full, and the state directory's filesystem
 # turning read-only under a running server (ext4 errors=remount-ro, the real-world way it
 # happens). Each gives 451 4.3.0 and an ERROR log line, and the server keeps serving.
 from __future__ import annotations

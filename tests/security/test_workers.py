@@ -56,6 +56,13 @@ def _start(port: int, count: int, fail: int = -1) -> subprocess.Popen[str]:
     )
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the group if it is still running, wait for it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
 def _ask(port: int) -> tuple[int, int, int]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         pid, idx, count = s.makefile().readline().split()
@@ -80,9 +87,7 @@ def test_workers_share_the_port_and_stop_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
 
 
 def test_a_worker_failing_at_startup_stops_all_with_exit_3() -> None:
@@ -91,9 +96,7 @@ def test_a_worker_failing_at_startup_stops_all_with_exit_3() -> None:
     try:
         assert proc.wait(timeout=15) == 3
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
     # Nobody is left listening on the port.
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -112,9 +115,7 @@ def test_single_worker_runs_in_process() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
 
 
 def _children(pid: int) -> list[str]:

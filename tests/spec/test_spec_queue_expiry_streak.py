@@ -1,12 +1,11 @@
-# SPEC §5: "At the end the message expires: a failure DSN goes to the envelope sender ... and
-# the SB streak rules apply" (§4: a streak of one category spanning 21 days with >= 3 attempts
-# suppresses the address for 7 days). A real Service with time as a parameter (its clock),
-# the fake MX refusing one mailbox softly on every attempt of the default schedule.
+# docs/behaviour.md#retry-queue: at the end the message expires, a failure DSN goes to the envelope
+# sender and the SB streak rules apply (a streak of one category spanning 21 days with >= 3 attempts
+# suppresses the address for 7 days). A real Service with time as a parameter (its clock), the fake
+# MX refusing one mailbox softly on every attempt of the default schedule.
 """A recipient that fails softly for the whole three-week schedule ends suppressed."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,17 +15,9 @@ from policy.records import State
 from policy.retry import DEFAULT_SCHEDULE
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 FULL = "full@example.test"
-
-
-async def _until(check: Any, what: str, deadline: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not check():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.timeout(60)
@@ -58,14 +49,14 @@ async def test_three_weeks_of_soft_failures_suppress_the_address(
         )
 
     for n, offset in enumerate(DEFAULT_SCHEDULE, start=2):
-        await _until(settled, f"attempt {n - 1} settled")
+        await until(settled, f"attempt {n - 1} settled")
         clock["now"] = t0 + offset + timedelta(seconds=1)
-        await _until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
+        await until(lambda n=n: fake_mx.rcpts.count(FULL) >= n, f"attempt {n}")
     # The last attempt failed: the recipient expired and its DSN went to the sender.
-    await _until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
+    await until(lambda: any(m.mail_from in ("", "<>") for m in fake_mx.messages), "the DSN")
     assert fake_mx.rcpts.count(FULL) == len(DEFAULT_SCHEDULE) + 1
     rec = svc.store.get(FULL)
     assert rec is not None and rec.soft == len(DEFAULT_SCHEDULE) + 1
-    # 10 soft bounces over 21 days with no success between: SPEC §4 suppresses for 7 days.
+    # 10 soft bounces over 21 days with no success between: suppressed for 7 days.
     assert rec.state is State.SUPPRESSED, rec
     assert svc.store.check(FULL, clock["now"]) is not None

@@ -1,5 +1,5 @@
-# SPEC §2: "RCPT | address syntax invalid | 501 5.1.3". bouncer's own check answers that,
-# but addresses that aiosmtpd's parser refuses first get aiosmtpd's "553 5.1.3 Error:
+# docs/behaviour.md#the-transaction: an invalid RCPT address is 501 5.1.3. bouncer's own check
+# answers that, but addresses that aiosmtpd's parser refuses first get aiosmtpd's "553 5.1.3 Error:
 # malformed address" instead (tests/security/test_inbound.py accepts 501 or 553).
 """RCPT with a syntactically invalid address: 501 5.1.3, whoever spots the error."""
 

@@ -1,11 +1,10 @@
-# SPEC §2 rows that had a policy-level test but no end-to-end one: each test runs a real
-# Service (tests/conftest.py) against the fake MX / loopback DNS and checks the wire reply
-# AND what the store or the remote shows afterwards.
-"""SPEC §2 reply mapping, end to end: store effects and remote cleanup behind each reply."""
+# docs/behaviour.md#the-transaction rows that had a policy-level test but no end-to-end one: each
+# test runs a real Service (tests/conftest.py) against the fake MX / loopback DNS and checks the
+# wire reply AND what the store or the remote shows afterwards.
+"""The reply mapping, end to end: store effects and remote cleanup behind each reply."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from tests.ops.client import open_client, send, transaction
 from tests.security.rawsmtp import RawClient
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 SENDER = "app@sender.test"
 
@@ -160,17 +160,15 @@ async def test_a_data_refusal_shared_by_recipients_suppresses_none(
 async def test_quit_mid_transaction_leaves_no_remote_transaction_open(
     fake_mx: FakeMX, relay_service: Any
 ) -> None:
-    """Issue 2: a client that QUITs after RCPT: its remote session is reset and returned."""
+    """A client that QUITs after RCPT: its remote session is reset and returned."""
     svc = await relay_service(routes(example_test=fake_mx))
     c = await RawClient.connect(*where(svc))
     assert (await c.cmd(b"MAIL FROM:<app@sender.test>")).code == 250
     assert (await c.cmd(b"RCPT TO:<b@example.test>")).code == 250
     assert (await c.cmd(b"QUIT")).code == 221
     await c.close()
-    for _ in range(100):  # the reset may finish just after the 221 went out
-        if "RSET" in fake_mx.commands:
-            break
-        await asyncio.sleep(0.02)
+    # The reset may finish just after the 221 went out.
+    await until(lambda: "RSET" in fake_mx.commands, "the remote's RSET")
     assert fake_mx.commands[-1] == "RSET" and "DATA" not in fake_mx.commands
     # The reset session went back to the pool: the next message reuses it.
     got = await send(*where(svc), SENDER, ["c@example.test"])
@@ -196,10 +194,7 @@ async def test_a_retried_message_carries_exactly_one_received_header(
     fake_mx.rcpt_replies.clear()
     assert svc.spool is not None
     assert svc.spool.retry_now(None, datetime.now(UTC)) == 1
-    for _ in range(250):
-        if fake_mx.messages:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: fake_mx.messages, "the retried message at the remote")
     (msg,) = fake_mx.messages
     assert msg.data.count(b"Received: ") == 1 and msg.data.startswith(b"Received: from ")
     assert msg.data.endswith(body)

@@ -1,4 +1,4 @@
-# Issue 2: with no [store] path, `bouncer serve` keeps its LMDB state in ./bouncer-state, or in
+# With no [store] path, `bouncer serve` keeps its LMDB state in ./bouncer-state, or in
 # $STATE_DIRECTORY when systemd's StateDirectory= sets it. A real subprocess, loopback only.
 """Where `bouncer serve` keeps its state when the config does not say."""
 
@@ -39,7 +39,7 @@ def _serve(cwd: Path, env_extra: dict[str, str]) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes the stderr pipe
 
 
 @pytest.mark.timeout(60)

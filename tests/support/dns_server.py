@@ -146,7 +146,7 @@ class DNSServer:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _UDPProtocol(self), sock=sock
             )
-            self._udp = typing.cast(asyncio.DatagramTransport, transport)
+            self._udp = transport
             self.port = port
             return self
         raise RuntimeError("no free UDP+TCP port pair on loopback")

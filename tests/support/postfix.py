@@ -286,6 +286,8 @@ def smtp_sink(backlog: int = 256, extra_args: tuple[str, ...] = ()) -> Iterator[
         yield sink
     finally:
         sink.stop()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def smtp_source(

@@ -1,11 +1,12 @@
 """The Sisimai corpus as test data: labels, Diagnostic-Code fields, and our mapping of reasons.
 
-This module only reads files under ../shared/corpus/sisimai; it decides nothing about
-bouncer's behaviour. The mapping below is documentation made executable: it says which
-verdict we expect for each Sisimai reason, and docs/classifier.md repeats it with reasons.
+This module only reads corpus files (the subset in tests/data/sisimai, or the full corpus,
+see `corpus_dir`); it decides nothing about bouncer's behaviour. The mapping below is
+documentation made executable: it says which verdict we expect for each Sisimai reason;
+docs/classifier.md repeats it with reasons.
 
 Sisimai's own hard/soft rule (corpus reasons.md): only userunknown, hostunknown, hasmoved
-and a 5xx notaccept are hard. SPEC §3 differs on one point: an inactive (suspended,
+and a 5xx notaccept are hard. bouncer's verdicts differ on one point: an inactive (suspended,
 disabled) mailbox is `hard` for us, so `suspend` maps to hard/inactive-mailbox.
 """
 
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category
 
@@ -33,7 +36,7 @@ H, S, B, U, D = (
 )
 
 # Sisimai reason -> (our class for a 5xx, our category). A 4xx is always SOFT with the
-# same category (SPEC §3: "every 4xx" is soft); see expected_verdict().
+# same category (docs/behaviour.md#verdicts: "every 4xx" is soft); see expected_verdict().
 # Reasons that are not bounces at all (feedback, vacation) map to None.
 REASON_MAP: dict[str, tuple[BounceClass, Category] | None] = {
     # -- the address is dead (hard)
@@ -41,7 +44,7 @@ REASON_MAP: dict[str, tuple[BounceClass, Category] | None] = {
     "hasmoved": (H, Category.BAD_MAILBOX),  # 5.1.6: mailbox moved, no forwarding
     "hostunknown": (H, Category.BAD_DOMAIN),  # 5.1.2: the domain does not exist
     "notaccept": (H, Category.BAD_DOMAIN),  # null MX / 556: the domain takes no mail
-    "suspend": (H, Category.INACTIVE_MAILBOX),  # SPEC: inactive is hard; Sisimai: soft
+    "suspend": (H, Category.INACTIVE_MAILBOX),  # bouncer: inactive is hard; Sisimai: soft
     # -- try again later (soft)
     "mailboxfull": (S, Category.QUOTA_ISSUES),  # 4.2.2 / 5.2.2
     "systemfull": (S, Category.QUOTA_ISSUES),  # 4.3.1: the server's disk is full
@@ -58,13 +61,13 @@ REASON_MAP: dict[str, tuple[BounceClass, Category] | None] = {
     "policyviolation": (B, Category.POLICY_RELATED),  # receiver policy
     "securityerror": (B, Category.POLICY_RELATED),  # forged sender, security policy
     "speeding": (B, Category.POLICY_RELATED),  # rate limit
-    "failedstarttls": (U, Category.BAD_CONFIGURATION),  # TLS failure (SPEC §3, issue 12)
+    "failedstarttls": (U, Category.BAD_CONFIGURATION),  # TLS failure (docs/behaviour.md#verdicts)
     "norelaying": (B, Category.RELAYING_ISSUES),  # relaying denied
     "virusdetected": (B, Category.VIRUS_RELATED),  # malware found
     "contenterror": (B, Category.CONTENT_RELATED),  # 5.6.x malformed content
     "notcompliantrfc": (B, Category.CONTENT_RELATED),  # not RFC 5322 compliant
     "filtered": (B, Category.CONTENT_RELATED),  # header/content or recipient's filter
-    # -- size: soft/message-too-large (SPEC §3 as updated, issue 12)
+    # -- size: soft/message-too-large (docs/behaviour.md#verdicts)
     "mesgtoobig": (S, Category.MESSAGE_TOO_LARGE),  # 5.3.4 message too big
     "exceedlimit": (S, Category.MESSAGE_TOO_LARGE),  # 5.2.3 message exceeds a limit
     "emailtoolarge": (S, Category.MESSAGE_TOO_LARGE),  # newer name of the two above
@@ -88,7 +91,7 @@ def expected_verdict(
     """Our expected (class, category) for a Sisimai label; None for non-bounces.
 
     A transient label (status "4.x.x" or reply code 4xx) is SOFT whatever the reason,
-    because SPEC §3 makes every 4xx soft and never hard.
+    because docs/behaviour.md#verdicts makes every 4xx soft and never hard.
     """
     mapped = REASON_MAP.get(reason, (U, Category.OTHER))
     if mapped is None or mapped[0] is D:
@@ -128,15 +131,42 @@ class Diagnostic:
     text: str  # the Diagnostic-Code text, continuation lines joined by one space
 
 
-def corpus_dir() -> Path | None:
-    """$BOUNCER_SISIMAI_CORPUS, else ../shared/corpus/sisimai from the repo root; None if absent.
+# The subset kept in the repository (with its licences and provenance, see its README.md):
+# every corpus test runs on it in a fresh clone.
+SUBSET_DIR = Path(__file__).resolve().parents[1] / "data" / "sisimai"
 
-    The variable serves a checkout that is not a sibling of the corpus (a git worktree).
+FULL_CORPUS_ABSENT = (
+    "the full Sisimai corpus is absent: set BOUNCER_SISIMAI_CORPUS to a directory holding its "
+    "emails/ and labels.jsonl (tests/data/sisimai/README.md); the subset tests still run"
+)
+
+
+def corpus_dir() -> Path | None:
+    """The full labelled corpus, or None when absent.
+
+    `$BOUNCER_SISIMAI_CORPUS` when set; otherwise the copy the development machines keep in a
+    directory beside the checkout.
     """
-    override = os.environ.get("BOUNCER_SISIMAI_CORPUS")
-    root = Path(__file__).resolve().parents[2]
-    path = Path(override) if override else root / ".." / "shared" / "corpus" / "sisimai"
+    env = os.environ.get("BOUNCER_SISIMAI_CORPUS")
+    if env:
+        path = Path(env)
+    else:
+        path = Path(__file__).resolve().parents[2].parent.joinpath("shared", "corpus", "sisimai")
     return path if (path / "labels.jsonl").is_file() else None
+
+
+# Parameters for a `corpus` fixture: the subset always, the full corpus when present.
+CORPUS_PARAMS = ["subset", pytest.param("full", marks=pytest.mark.corpus)]
+
+
+def corpus_for(param: str) -> Path:
+    """The directory for a CORPUS_PARAMS value; skips the test when the full one is absent."""
+    if param == "subset":
+        return SUBSET_DIR
+    full = corpus_dir()
+    if full is None:
+        pytest.skip(FULL_CORPUS_ABSENT)
+    return full
 
 
 def load_labels(corpus: Path) -> list[Label]:
