@@ -230,7 +230,8 @@ def apply_verdict(
     if verdict.klass is BounceClass.HARD and reply.code // 100 != 4:
         return apply_hard(rec, key, scope, verdict, reply, rules, now)
     if verdict.category is Category.MESSAGE_TOO_LARGE:
-        # docs/behaviour.md#verdicts: the message was too large, not the address: no SB streak, never suppresses.
+        # docs/behaviour.md#verdicts: the message was too large, not the address;
+        # no SB streak, never suppresses.
         return apply_other(rec, key, verdict, reply, rules, now)
     if verdict.klass is BounceClass.SOFT or verdict.klass is BounceClass.HARD:
         return apply_soft(rec, key, verdict, reply, rules, now)  # 4xx is never hard

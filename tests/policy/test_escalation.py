@@ -513,7 +513,8 @@ def test_an_expiry_completes_the_streak_it_ends() -> None:
 
 
 def test_message_too_large_never_starts_a_soft_streak() -> None:
-    # docs/behaviour.md#verdicts: message-too-large is soft but has no SB streak; the address is never
+    # docs/behaviour.md#verdicts: message-too-large is soft but has no SB streak; the
+    # address is never
     # suppressed for it, however long it goes on.
     big = parse_reply("552 5.3.4 Message too big for system")
     verdict = Verdict(BounceClass.SOFT, Category.MESSAGE_TOO_LARGE, "code-x.3.4")

@@ -40,7 +40,7 @@ def test_rows_are_well_formed_and_parts_share_no_source() -> None:
         category = Category(row.category)
         transient = parse_reply(row.reply).is_transient
         expected = BounceClass.SOFT if transient else CLASS_OF[category]
-        assert row.klass == expected.value, row.reply  # class follows category (docs/behaviour.md#verdicts)
+        assert row.klass == expected.value, row.reply  # class follows category
     dev = {r.source for r in rows if r.part == "dev"}
     held = {r.source for r in rows if r.part == "heldout"}
     assert len(held) >= 7 and dev.isdisjoint(held)
