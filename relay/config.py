@@ -197,6 +197,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     for name, value in positive.items():
         if not 0 < value < float("inf"):  # also refuses TOML's nan and inf
             problems.append(f"{name}: must be a finite number greater than 0, got {value}")
+    _validate_admission(cfg.server, problems)
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
     try:
@@ -210,6 +211,23 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     _validate_verp_intake(cfg, problems)
     if cfg.api.listen and not cfg.api.token:
         problems.append("api.token: required when api.listen is set")
+
+
+def _validate_admission(server: ServerConfig, problems: list[str]) -> None:
+    """[server] connection admission and the memory budget (relay/admission.py)."""
+    for name in ("client_connection_count_limit", "client_connection_rate_limit"):
+        if getattr(server, name) < 0:
+            problems.append(f"server.{name}: 0 (no limit) or more, got {getattr(server, name)}")
+    if not 0 < server.untrusted_timeout < float("inf"):
+        problems.append(
+            f"server.untrusted_timeout: must be a finite number greater than 0, "
+            f"got {server.untrusted_timeout}"
+        )
+    if server.max_data_in_flight < server.max_message_size:
+        problems.append(
+            "server.max_data_in_flight: must be at least server.max_message_size "
+            f"({server.max_message_size}), got {server.max_data_in_flight}"
+        )
 
 
 MIN_VERP_SECRET = 16  # characters; the HMAC is only as strong as its key

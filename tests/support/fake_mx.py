@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -138,9 +138,10 @@ class _RefusingProtocol(asyncio.Protocol):
         self.line = line
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self.line.encode() + b"\r\n")
-        transport.close()
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.WriteTransport
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(self.line.encode() + b"\r\n")
+        writer.close()
 
 
 @dataclass
