@@ -108,7 +108,8 @@ async def read_data(
                 buf += memoryview(line)[1:]  # RFC 5321 §4.5.2: the client doubled this dot
             else:
                 buf += line
-        elif buf:
+        elif reservation.size:
             buf = bytearray()  # nothing more is kept once the message cannot be accepted
+            reservation.release()
         at_line_start = complete
     return state, buf
