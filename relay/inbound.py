@@ -26,8 +26,8 @@ from policy.address import is_valid_address, normalize_address
 from policy.reply import Reply
 from relay.admission import Admission, AdmissionLimits, IPAddress
 from relay.auth import ehlo_without_empty_auth
-from relay.data_in import DataBudget, DataState, Reservation, read_data
 from relay.config import IPNetwork
+from relay.data_in import DataBudget, DataState, Reservation, read_data
 from relay.events import ConnectEvent
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
 from relay.received import protocol_keyword, received_header
@@ -336,12 +336,15 @@ class InboundSMTP(SMTP):
                 reservation=reservation,
             )
             if state is not DataState.COMPLETE:
-                self._set_post_data_state()
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
                 await self.push(_DATA_REFUSALS[state])
                 return
-            self.envelope.content = self.envelope.original_content = content
+            # The bytearray itself, not bytes(content) (a copy): it has bytes' read API, and
+            # the DATA hook prepends Received: in place (prepend()).
+            self.envelope.content = content  # type: ignore[assignment]
+            self.envelope.original_content = content  # type: ignore[assignment]
             status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(status)
         finally:
             reservation.release()

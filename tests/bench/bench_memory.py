@@ -128,9 +128,7 @@ async def run(args: argparse.Namespace) -> None:
         pid = b.proc.pid
         before = status(pid)["VmRSS"]
         start = asyncio.Event()
-        clients = [
-            asyncio.ensure_future(client(b.port, body, start)) for _ in range(args.clients)
-        ]
+        clients = [asyncio.ensure_future(client(b.port, body, start)) for _ in range(args.clients)]
         await asyncio.sleep(0.5)  # every client connected and at DATA
         began = time.monotonic()
         start.set()

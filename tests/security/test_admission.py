@@ -105,9 +105,7 @@ async def test_over_max_clients_421_and_no_traceback(
 
 
 async def test_per_address_limit_answers_421_from_the_outsider_only(relay_service: Any) -> None:
-    svc = await relay_service(
-        {"server": {**ONLY_LOCALHOST, "client_connection_count_limit": 2}}
-    )
+    svc = await relay_service({"server": {**ONLY_LOCALHOST, "client_connection_count_limit": 2}})
     port = port_of(svc)
     held = [await RawClient.connect("127.0.0.1", port, ehlo=False, source=OUTSIDER)]
     held.append(await RawClient.connect("127.0.0.1", port, ehlo=False, source=OUTSIDER))
