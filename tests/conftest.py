@@ -6,6 +6,7 @@
 # it reports EOF before a new task has run), and production only ever meets uvloop's.
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    """pytest-asyncio's hook: the loop every async test and fixture runs on."""
+    """pytest-asyncio's hook: the loop every async test and fixture runs on; a test marked
+    `both_loops` (where the two loops' transports behave differently) runs on each."""
+    if item.get_closest_marker("both_loops"):
+        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
     return {"uvloop": uvloop.new_event_loop}
 
 

@@ -90,6 +90,7 @@ async def connect_then_close(port: int, source: str) -> None:
         await loop.sock_connect(s, ("127.0.0.1", port))
 
 
+@pytest.mark.both_loops
 async def test_over_max_clients_421_and_no_traceback(
     relay_service: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -104,6 +105,7 @@ async def test_over_max_clients_421_and_no_traceback(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.both_loops
 async def test_per_address_limit_answers_421_from_the_outsider_only(relay_service: Any) -> None:
     svc = await relay_service({"server": {**ONLY_LOCALHOST, "client_connection_count_limit": 2}})
     port = port_of(svc)
@@ -117,6 +119,7 @@ async def test_per_address_limit_answers_421_from_the_outsider_only(relay_servic
         await client.close()
 
 
+@pytest.mark.both_loops
 async def test_rate_limit_answers_421_4_7_0(relay_service: Any) -> None:
     svc = await relay_service({"server": {**ONLY_LOCALHOST, "client_connection_rate_limit": 2}})
     port = port_of(svc)
@@ -128,6 +131,7 @@ async def test_rate_limit_answers_421_4_7_0(relay_service: Any) -> None:
     writer.close()
 
 
+@pytest.mark.both_loops
 async def test_connect_then_close_gives_the_slot_back_at_once(relay_service: Any) -> None:
     # idle_timeout is the default 300 s: only EOF can free these slots within the test.
     svc = await relay_service({"server": {"max_clients": 20}})
@@ -139,6 +143,7 @@ async def test_connect_then_close_gives_the_slot_back_at_once(relay_service: Any
     await c.close()
 
 
+@pytest.mark.both_loops
 async def test_client_that_may_not_relay_is_cut_off_at_the_deadline_even_trickling(
     relay_service: Any,
 ) -> None:
@@ -167,6 +172,7 @@ async def test_client_that_may_not_relay_is_cut_off_at_the_deadline_even_trickli
     await mine.close()
 
 
+@pytest.mark.both_loops
 @pytest.mark.parametrize("rate", [0, 60])
 async def test_flood_from_one_outsider_does_not_lock_out_an_allowed_client(
     relay_service: Any, fake_mx: Any, rate: int

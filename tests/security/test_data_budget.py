@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -104,6 +105,7 @@ async def open_data(port: int, mail: bytes = b"MAIL FROM:<a@sender.test>") -> Ra
     return c
 
 
+@pytest.mark.both_loops
 async def test_data_over_the_budget_is_452_4_3_1(relay_service: Any, fake_mx: Any) -> None:
     svc = await relay_service(route_to(fake_mx, max_data_in_flight=BUDGET))
     port = svc.addresses[0][1]
