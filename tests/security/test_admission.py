@@ -209,3 +209,26 @@ async def test_flood_from_one_outsider_does_not_lock_out_an_allowed_client(
     await c.close()
     for writer in idlers:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ({"client_connection_count_limit": -1}, "server.client_connection_count_limit"),
+        ({"client_connection_rate_limit": -5}, "server.client_connection_rate_limit"),
+        ({"untrusted_timeout": float("nan")}, "server.untrusted_timeout"),
+        ({"untrusted_timeout": 0}, "server.untrusted_timeout"),
+        ({"max_data_in_flight": 1000}, "server.max_data_in_flight"),
+    ],
+)
+def test_admission_settings_are_validated(server: dict[str, Any], problem: str) -> None:
+    from relay.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"server": server})
+    assert [p for p in info.value.problems if p.startswith(problem)], info.value.problems
+
+
+def test_zero_turns_a_per_address_limit_off() -> None:
+    adm = admission(max_clients=1000, per_client=0, rate=0)
+    assert all(adm.admit(A, 0.0) is None for _ in range(500))
