@@ -173,6 +173,28 @@ async def test_client_that_may_not_relay_is_cut_off_at_the_deadline_even_trickli
 
 
 @pytest.mark.both_loops
+async def test_a_trickled_command_line_has_idle_timeout_in_all_not_per_byte(
+    relay_service: Any,
+) -> None:
+    """Any client: the idle timer restarts on a complete command only, so bytes that never
+    make a line do not keep the session (a deadline per command line, not per read)."""
+    svc = await relay_service({"server": {"idle_timeout": 0.5}})
+    c = await RawClient.connect("127.0.0.1", port_of(svc), ehlo=False)
+    started = time.monotonic()
+    heard = asyncio.ensure_future(c.closed(limit=10))
+    while not heard.done() and time.monotonic() - started < 5:
+        try:
+            c.send(b"X")
+            await c.writer.drain()
+        except (ConnectionError, OSError):
+            break
+        await asyncio.sleep(0.05)
+    await heard
+    assert time.monotonic() - started < 2
+    await c.close()
+
+
+@pytest.mark.both_loops
 @pytest.mark.parametrize("rate", [0, 60])
 async def test_flood_from_one_outsider_does_not_lock_out_an_allowed_client(
     relay_service: Any, fake_mx: Any, rate: int
