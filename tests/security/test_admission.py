@@ -90,6 +90,23 @@ async def connect_then_close(port: int, source: str) -> None:
         await loop.sock_connect(s, ("127.0.0.1", port))
 
 
+async def trickle(c: RawClient, pattern: bytes, gap: float) -> tuple[bytes, float]:
+    """Send `pattern` a byte every `gap` seconds, over and over, until the server hangs up
+    (5 s at most); what the server said, and how long it took to hang up."""
+    started = time.monotonic()
+    heard = asyncio.ensure_future(c.closed(limit=10))
+    while not heard.done() and time.monotonic() - started < 5:
+        for byte in pattern:
+            try:
+                c.send(bytes([byte]))
+                await c.writer.drain()
+            except (ConnectionError, OSError):
+                break
+            await asyncio.sleep(gap)
+    said = await heard
+    return said, time.monotonic() - started
+
+
 @pytest.mark.both_loops
 async def test_over_max_clients_421_and_no_traceback(
     relay_service: Any, caplog: pytest.LogCaptureFixture
@@ -149,19 +166,10 @@ async def test_client_that_may_not_relay_is_cut_off_at_the_deadline_even_trickli
 ) -> None:
     svc = await relay_service({"server": {**ONLY_LOCALHOST, "untrusted_timeout": 0.5}})
     c = await RawClient.connect("127.0.0.1", port_of(svc), ehlo=False, source=OUTSIDER)
-    started = time.monotonic()
-    heard = asyncio.ensure_future(c.closed(limit=10))  # all the server says until it hangs up
     # One byte at a time, a command completed now and then: the idle timer never fires.
-    while not heard.done() and time.monotonic() - started < 5:
-        for byte in b"NOOP\r\n":
-            try:
-                c.send(bytes([byte]))
-                await c.writer.drain()
-            except (ConnectionError, OSError):
-                break
-            await asyncio.sleep(0.01)
-    said = (await heard).decode()
-    assert time.monotonic() - started < 5
+    heard, took = await trickle(c, b"NOOP\r\n", 0.01)
+    said = heard.decode()
+    assert took < 5
     assert "250 2.0.0 Ok" in said  # it was served while it trickled...
     assert said.endswith("421 4.4.2 relay.test Error: timeout exceeded\r\n"), said  # ...until
     await c.close()
@@ -180,17 +188,8 @@ async def test_a_trickled_command_line_has_idle_timeout_in_all_not_per_byte(
     make a line do not keep the session (a deadline per command line, not per read)."""
     svc = await relay_service({"server": {"idle_timeout": 0.5}})
     c = await RawClient.connect("127.0.0.1", port_of(svc), ehlo=False)
-    started = time.monotonic()
-    heard = asyncio.ensure_future(c.closed(limit=10))
-    while not heard.done() and time.monotonic() - started < 5:
-        try:
-            c.send(b"X")
-            await c.writer.drain()
-        except (ConnectionError, OSError):
-            break
-        await asyncio.sleep(0.05)
-    await heard
-    assert time.monotonic() - started < 2
+    _, took = await trickle(c, b"X", 0.05)  # never a whole line
+    assert took < 2
     await c.close()
 
 
