@@ -235,6 +235,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             problems.append(f"{name}: not a domain name or address literal: {host!r}")
     if cfg.queue.dsn_from and not is_valid_address(cfg.queue.dsn_from):
         problems.append(f"queue.dsn_from: not an address: {cfg.queue.dsn_from!r}")
+    _validate_admission(cfg.server, problems)
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
     try:
@@ -254,6 +255,23 @@ def _validate(cfg: Config, problems: list[str]) -> None:
 
 MAX_SCHEDULE_SECONDS = 3650 * 86400  # ten years: beyond, the date arithmetic overflows
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+def _validate_admission(server: ServerConfig, problems: list[str]) -> None:
+    """[server] connection admission and the memory budget (relay/admission.py)."""
+    for name in ("client_connection_count_limit", "client_connection_rate_limit"):
+        if getattr(server, name) < 0:
+            problems.append(f"server.{name}: 0 (no limit) or more, got {getattr(server, name)}")
+    if not 0 < server.untrusted_timeout < float("inf"):
+        problems.append(
+            f"server.untrusted_timeout: must be a finite number greater than 0, "
+            f"got {server.untrusted_timeout}"
+        )
+    if server.max_data_in_flight < server.max_message_size:
+        problems.append(
+            "server.max_data_in_flight: must be at least server.max_message_size "
+            f"({server.max_message_size}), got {server.max_data_in_flight}"
+        )
+
+
 MIN_VERP_SECRET = 16  # characters; the HMAC is only as strong as its key
 MIN_API_TOKEN = 16  # characters; a short bearer token is guessed
 

@@ -30,6 +30,12 @@ class ServerConfig:
     max_recipients: int = 100
     max_clients: int = 500  # concurrent client connections, all listeners together
     idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: server timeout is at least 5 minutes
+    # Per client address outside allowed_clients (relay/admission.py, after Postfix's anvil):
+    client_connection_count_limit: int = 50  # connections at once; 0 = no limit
+    client_connection_rate_limit: int = 60  # new connections a minute; 0 = no limit
+    untrusted_timeout: float = 10.0  # seconds such a client has, from connect, to authenticate
+    # Bytes of message data held at once by all transactions together; DATA over it: 452 4.3.1.
+    max_data_in_flight: int = 268_435_456
     tls_cert: str = ""
     tls_key: str = ""
     users_file: str = ""  # "user:scrypt-hash" lines; AUTH offered only after STARTTLS

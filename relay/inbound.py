@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -25,8 +26,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from policy.address import is_valid_address, normalize_address
 from policy.reply import Reply
 from policy.routing import hop_refusal
+from relay.admission import Admission, AdmissionLimits, IPAddress
 from relay.auth import ehlo_without_empty_auth
 from relay.config import IPNetwork
+from relay.data_in import DataBudget, DataState, Reservation, read_data
 from relay.events import ConnectEvent
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
 from relay.received import protocol_keyword, received_header
@@ -56,6 +59,13 @@ def content_refusal(content: bytes, max_hops: int) -> str | None:
         return "550 5.5.2 Error: NUL character in message data"
     looping = hop_refusal(content, max_hops)  # RFC 5321 §6.3: a mail loop
     return None if looping is None else reply_line(looping)
+def prepend(header: bytes, content: bytes) -> bytes:
+    """`header` + `content` without a second copy of the message when `content` is the
+    bytearray relay/data_in.py read it into (an insertion moves the bytes within it)."""
+    if isinstance(content, bytearray):
+        content[:0] = header
+        return content
+    return header + content
 
 
 MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
@@ -72,6 +82,8 @@ INTERNAL_PROBLEM = "451 4.3.0 Error: internal problem, try again later"
 # esmtp-value are printable ASCII); aiosmtpd decodes command arguments as UTF-8 with
 # surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF.
 _BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# Postfix's wording when a client runs out of time (RFC 5321 §3.8: 421 and the host name).
+UNTRUSTED_TIMEOUT = "421 4.4.2 {} Error: timeout exceeded"
 
 
 def reply_line(reply: Reply) -> str:
@@ -99,12 +111,13 @@ class InboundHandler:
         self.pipeline = server.pipeline
         self.txn: ClientTransaction | None = None
         self.client = "unknown[unknown]"
-        self.ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.ip: IPAddress | None = None
         self.transport: asyncio.BaseTransport | None = None
 
     # --- connection -------------------------------------------------------------------
 
-    def connected(self, peer: Any) -> None:
+    def admit(self, peer: Any) -> str | None:
+        """Note who `peer` is and take a connection slot; None, or the 421 line refusing it."""
         if isinstance(peer, tuple) and peer:
             try:
                 ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
@@ -116,6 +129,9 @@ class InboundHandler:
                 )  # a dual-stack "::" listener sees IPv4 clients as ::ffff:a.b.c.d
             self.ip = ip
             self.client = f"unknown[{peer[0]}]"
+        return self.server.admit(self)
+
+    def connected(self) -> None:
         self.server.events_emit(ConnectEvent(self.client, utcnow()))
 
     def hang_up(self) -> None:
@@ -137,11 +153,7 @@ class InboundHandler:
             await self.pipeline.abort(txn)
 
     def may_relay(self, session: Session) -> bool:
-        if session.authenticated:
-            return True
-        if self.ip is None:
-            return False
-        return any(self.ip in net for net in self.server.networks if net.version == self.ip.version)
+        return bool(session.authenticated) or self.server.trusted(self.ip)
 
     # --- hooks --------------------------------------------------------------------------
 
@@ -239,7 +251,7 @@ class InboundHandler:
             when=txn.arrived,
         )
         try:
-            reply = await self.pipeline.data(txn, header + content)
+            reply = await self.pipeline.data(txn, prepend(header, content))
         except asyncio.CancelledError:
             self._abort_later()
             raise
@@ -275,6 +287,24 @@ class InboundHandler:
         return "252 2.0.0 Cannot VRFY; send mail and see"  # RFC 5321 §3.5.3
 
 
+OVER_BUDGET = "452 4.3.1 Insufficient system storage, try again later"  # RFC 3463 4.3.1
+MAX_SIZE = 1 << 62  # no max_message_size: the budget still bounds what is held
+_DATA_REFUSALS = {
+    DataState.TOO_LONG: "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)",
+    DataState.TOO_MUCH: "552 5.3.4 Error: Too much mail data",
+    DataState.OVER_BUDGET: OVER_BUDGET,
+}
+
+
+def declared_size(mail_options: Sequence[str]) -> int:
+    """The SIZE= a client declared on MAIL (RFC 1870 §6), or 0."""
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
 def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return [name for name in dir(cls) if name.startswith(prefixes)]
 
@@ -303,6 +333,46 @@ class InboundSMTP(SMTP):
             await super().smtp_RCPT(arg)
         finally:
             self._in_rcpt = False
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's checks, then bouncer's reader (relay/data_in.py): the message is held
+        # once, in one buffer, and only within the budget of bytes in flight.
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        reservation = Reservation(self.event_handler.server.data_budget)
+        try:
+            # RFC 1870: a declared SIZE is reserved up front; the rest as the bytes come.
+            if not reservation.grow_to(declared_size(self.envelope.mail_options)):
+                await self.push(OVER_BUDGET)
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            state, content = await read_data(
+                self._reader,
+                size_limit=self.data_size_limit or MAX_SIZE,
+                line_limit=self.line_length_limit,
+                reservation=reservation,
+            )
+            if state is not DataState.COMPLETE:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                await self.push(_DATA_REFUSALS[state])
+                return
+            # The bytearray itself, not bytes(content) (a copy): it has bytes' read API, and
+            # the DATA hook prepends Received: in place (prepend()).
+            self.envelope.content = content  # type: ignore[assignment]
+            self.envelope.original_content = content  # type: ignore[assignment]
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(status)
+        finally:
+            reservation.release()
 
     async def push(self, status: Any) -> None:
         # aiosmtpd's stock replies lack the RFC 3463 code we advertise (relay/stock_replies).
@@ -334,27 +404,60 @@ class InboundSMTP(SMTP):
             # whatever it raises, the address is malformed.
             return None, None
 
+    _refused = False
+    _deadline: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler: InboundHandler = self.event_handler
         first = self.transport is None
+        if first:
+            refusal = handler.admit(transport.get_extra_info("peername"))
+            if refusal is not None:
+                # Over a limit (relay/admission.py): say so (RFC 5321 §3.8) and hang up. Only
+                # write() and close(), which every loop's transports have.
+                self._refused = True
+                log.info("%s: refused: %s", handler.client, refusal)
+                transport.write(refusal.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
         super().connection_made(transport)
         if first and self.session is not None:
-            self.event_handler.transport = transport
-            self.event_handler.connected(self.session.peer)
+            handler.transport = transport
+            handler.connected()
+            if not handler.server.trusted(handler.ip):
+                self._deadline = self.loop.call_later(
+                    handler.server.untrusted_timeout, self._untrusted_expired
+                )
+
+    def _untrusted_expired(self) -> None:
+        """A client that may not relay can do nothing useful before it authenticates: one
+        deadline from connect (not per read) ends a session that trickles or just sits."""
+        if self.session is None or self.session.authenticated or self.transport is None:
+            return
+        log.info("%s: no authentication within the deadline; closing", self.event_handler.client)
+        goodbye = UNTRUSTED_TIMEOUT.format(self.hostname) + "\r\n"
+        self.transport.write(goodbye.encode("ascii", "replace"))  # type: ignore[attr-defined]
+        self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        super().eof_received()
+        # aiosmtpd keeps a half-closed connection open (StreamReaderProtocol's True), and when
+        # EOF comes before its session task first runs (uvloop does that for a client that
+        # connects and closes) nothing ever closes it: the slot stayed held, in CLOSE-WAIT,
+        # until idle_timeout. A client that has closed its side has nothing more to say.
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
         super().connection_lost(error)
-        self.event_handler.disconnected()
-        self.event_handler.server.active -= 1
-        self.event_handler.server.handlers.discard(self.event_handler)
-
-
-class _Busy(asyncio.Protocol):
-    """Over max_clients: say so (RFC 5321 §3.8, 421) and hang up."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(b"421 4.3.2 Too many connections, try again later\r\n")
-        transport.close()
+        handler: InboundHandler = self.event_handler
+        handler.disconnected()
+        handler.server.release(handler)
 
 
 class InboundServer:
@@ -372,6 +475,9 @@ class InboundServer:
         idle_timeout: float,
         security: dict[str, Any] | None = None,
         max_hops: int = 30,
+        admission: AdmissionLimits | None = None,
+        untrusted_timeout: float = 10.0,
+        max_data_in_flight: int = 256 << 20,
     ) -> None:
         self.pipeline = pipeline
         self.hostname = hostname
@@ -385,9 +491,33 @@ class InboundServer:
             "auth_require_tls": True,
             "auth_exclude_mechanism": ["PLAIN", "LOGIN"],
         }
-        self.active = 0
+        self.untrusted_timeout = untrusted_timeout
+        self.data_budget = DataBudget(max_data_in_flight)
+        limits = admission or AdmissionLimits(max_clients=max_clients)
+        self.admission = Admission(limits, self.trusted)
         self.handlers: set[InboundHandler] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def active(self) -> int:
+        """Client connections holding a slot."""
+        return self.admission.active
+
+    def trusted(self, ip: IPAddress | None) -> bool:
+        """Whether `ip` is in allowed_clients: may relay, and exempt from per-address limits."""
+        if ip is None:
+            return False
+        return any(ip in net for net in self.networks if net.version == ip.version)
+
+    def admit(self, handler: InboundHandler) -> str | None:
+        refusal = self.admission.admit(handler.ip, time.monotonic())
+        if refusal is None:
+            self.handlers.add(handler)
+        return refusal
+
+    def release(self, handler: InboundHandler) -> None:
+        self.handlers.discard(handler)
+        self.admission.release(handler.ip)
 
     def events_emit(self, event: Any) -> None:
         self.pipeline.events.emit(event)
@@ -397,13 +527,9 @@ class InboundServer:
         task.add_done_callback(self._tasks.discard)
 
     def protocol(self) -> asyncio.BaseProtocol:
-        if self.active >= self.max_clients:
-            return _Busy()
-        self.active += 1
-        handler = InboundHandler(self)
-        self.handlers.add(handler)
+        # The peer is known only at connection_made: admission happens there (InboundSMTP).
         return InboundSMTP(
-            handler,
+            InboundHandler(self),
             hostname=self.hostname,
             ident="bouncer",
             data_size_limit=self.max_message_size,

@@ -189,9 +189,10 @@ class RemoteSession:
         if start.code != 354:
             return start  # the DATA command refused: still in_transaction
         try:
-            wired = wire_message(content)
-            self.wire.write(wired)
-            timeout = data_done_timeout(self.wire.command_timeout, len(wired))
+            message, end = wire_message(content)
+            self.wire.write(message)
+            self.wire.write(end)
+            timeout = data_done_timeout(self.wire.command_timeout, len(message))
             reply = self._answer(await self.wire.reply(timeout))
             self.in_transaction = False
             return reply

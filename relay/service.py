@@ -23,6 +23,7 @@ import lmdb
 
 from policy.classify import classify
 from policy.suppression import StoreError, SuppressionStore
+from relay.admission import AdmissionLimits
 from relay.auth import AuthConfigError, smtp_security_kwargs
 from relay.config import Config, parse_hostport, suppression_rules
 from relay.delivery import Delivery
@@ -135,6 +136,11 @@ class Service:
             idle_timeout=s.idle_timeout,
             security=security,
             max_hops=s.max_hops,
+            admission=AdmissionLimits(
+                s.max_clients, s.client_connection_count_limit, s.client_connection_rate_limit
+            ),
+            untrusted_timeout=s.untrusted_timeout,
+            max_data_in_flight=s.max_data_in_flight,
         )
         loop = asyncio.get_running_loop()
         for listen in s.listen:

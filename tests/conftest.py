@@ -1,18 +1,31 @@
 # Shared fixtures: the scripted fake MX and the loopback DNS server (tests/support/).
 # Each fixture starts its server on a free loopback port on the test's own loop and
 # stops it afterwards, so tests never collide and never touch the internet.
+# Every async test runs on uvloop, the loop `bouncer serve` runs on (relay/cli_serve.py):
+# transports differ between the two loops (uvloop's are not asyncio.WriteTransport, and
+# it reports EOF before a new task has run), and production only ever meets uvloop's.
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """pytest-asyncio's hook: the loop every async test and fixture runs on; a test marked
+    `both_loops` (where the two loops' transports behave differently) runs on each."""
+    if item.get_closest_marker("both_loops"):
+        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ _LINE_ENDINGS = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 def test_wire_message_and_bare_check_agree_with_the_regex_versions(content: bytes) -> None:
     proto = aiosmtplib.protocol
     expected = proto.PERIOD_REGEX.sub(b"..", proto.normalize_message_line_endings(content))
-    assert wire_message(content) == expected + b".\r\n"
+    assert b"".join(wire_message(content)) == expected + b".\r\n"
     assert has_bare_cr_or_lf(content) == bool(_LINE_ENDINGS.search(content))
 
 

@@ -31,8 +31,12 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, host: str, port: int, ehlo: bool = True) -> RawClient:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(
+        cls, host: str, port: int, ehlo: bool = True, source: str | None = None
+    ) -> RawClient:
+        """Connect (from the local address `source`, e.g. "127.0.0.2", when given)."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection(host, port, local_addr=local)
         client = cls(reader, writer)
         greeting = await client.reply()
         assert greeting.code == 220, str(greeting)

@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from relay.service import Service
 from tests.security.rawsmtp import RawClient
 from tests.support.wait import until
@@ -16,6 +18,7 @@ def port_of(svc: Service) -> int:
     return svc.addresses[0][1]
 
 
+@pytest.mark.both_loops
 async def test_max_clients_421_then_slot_is_freed(relay_service: Any) -> None:
     svc = await relay_service({"server": {"max_clients": 2}})
     port = port_of(svc)
@@ -42,6 +45,7 @@ async def test_max_clients_421_then_slot_is_freed(relay_service: Any) -> None:
     await second.close()
 
 
+@pytest.mark.both_loops
 async def test_idle_client_is_dropped(relay_service: Any) -> None:
     svc = await relay_service({"server": {"idle_timeout": 0.5}})
     c = await RawClient.connect("127.0.0.1", port_of(svc))
@@ -52,6 +56,7 @@ async def test_idle_client_is_dropped(relay_service: Any) -> None:
     await c.close()
 
 
+@pytest.mark.both_loops
 async def test_idle_client_mid_data_is_dropped_and_nothing_forwarded(
     relay_service: Any, fake_mx: Any
 ) -> None:

@@ -27,7 +27,7 @@ import socket
 import struct
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dns.flags
 import dns.message
@@ -190,8 +190,8 @@ class _TCPProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

@@ -40,7 +40,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -175,9 +175,10 @@ class _RefusingProtocol(asyncio.Protocol):
         self.line = line
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self.line.encode() + b"\r\n")
-        transport.close()
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.WriteTransport
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(self.line.encode() + b"\r\n")
+        writer.close()
 
 
 @dataclass

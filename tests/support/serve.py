@@ -128,8 +128,11 @@ def default_table(base: Path, port: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def bouncer_process(base: Path, table: dict[str, Any] | None = None) -> Iterator[BouncerProcess]:
-    """Run `bouncer serve` with `table` merged over the test defaults, for a block."""
+def bouncer_process(
+    base: Path, table: dict[str, Any] | None = None, root: Path = ROOT
+) -> Iterator[BouncerProcess]:
+    """Run `bouncer serve` with `table` merged over the test defaults, for a block; the code
+    is `root`'s (this tree, or another checkout to compare with)."""
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = merge(default_table(base, port), table or {})
@@ -140,7 +143,7 @@ def bouncer_process(base: Path, table: dict[str, Any] | None = None) -> Iterator
     with open(base / "output", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--config", str(config_path)],
-            cwd=ROOT,
+            cwd=root,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
