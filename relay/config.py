@@ -255,6 +255,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
 
 MAX_SCHEDULE_SECONDS = 3650 * 86400  # ten years: beyond, the date arithmetic overflows
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _validate_admission(server: ServerConfig, problems: list[str]) -> None:
     """[server] connection admission and the memory budget (relay/admission.py)."""
     for name in ("client_connection_count_limit", "client_connection_rate_limit"):

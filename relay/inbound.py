@@ -59,12 +59,14 @@ def content_refusal(content: bytes, max_hops: int) -> str | None:
         return "550 5.5.2 Error: NUL character in message data"
     looping = hop_refusal(content, max_hops)  # RFC 5321 §6.3: a mail loop
     return None if looping is None else reply_line(looping)
+
+
 def prepend(header: bytes, content: bytes) -> bytes:
     """`header` + `content` without a second copy of the message when `content` is the
     bytearray relay/data_in.py read it into (an insertion moves the bytes within it)."""
     if isinstance(content, bytearray):
         content[:0] = header
-        return content
+        return content  # type: ignore[unreachable,unused-ignore]
     return header + content
 
 

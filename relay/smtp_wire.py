@@ -113,7 +113,7 @@ def wire_message(content: bytes) -> tuple[bytes, bytes]:
 
     The common case (CRLF only, which bouncer's own intake guarantees; no line starting with
     a dot) costs three counts and a search and hands back `content` itself: a large message
-    is not copied again on its way out (issue 10).
+    is not copied again on its way out.
     """
     crlf = content.count(b"\r\n")
     if content.count(b"\r") != crlf or content.count(b"\n") != crlf:

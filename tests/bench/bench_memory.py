@@ -1,4 +1,4 @@
-# Benchmark (issue 10, item 4): bouncer's peak RSS while large messages are in flight at once.
+# Benchmark: bouncer's peak RSS while large messages are in flight at once.
 # Prints figures; asserts nothing. Run:
 #
 #     python tests/bench/bench_memory.py                      # 8 clients x 30 MB, default budget

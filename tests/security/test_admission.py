@@ -1,4 +1,4 @@
-# Connection admission (issue 10, items 2 and 3): per-address limits after Postfix's anvil, a
+# Connection admission: per-address limits after Postfix's anvil, a
 # 421 (never a bare close or a traceback) over any limit, slots given back the moment a peer
 # closes, and a deadline for clients that may not relay. The server runs on uvloop
 # (tests/conftest.py), where a connect-then-close reached EOF before aiosmtpd's session
@@ -198,7 +198,7 @@ async def test_a_trickled_command_line_has_idle_timeout_in_all_not_per_byte(
 async def test_flood_from_one_outsider_does_not_lock_out_an_allowed_client(
     relay_service: Any, fake_mx: Any, rate: int
 ) -> None:
-    """Issue 10's done-when: 150 idle plus 150 connect-then-close connections from an
+    """The acceptance case: 150 idle plus 150 connect-then-close connections from an
     address that may not relay, max_clients = 100: another client still sends in 10 s."""
     svc = await relay_service(
         {
