@@ -14,7 +14,7 @@ service's single writer thread, reads on the loop. The clock is read here.
     DELETE /suppressions/{address or domain}[?force=1&why=..]   (or the same keys as JSON)
     POST   /suppressions/import                CSV body (our export, or address[,category[,until]])
     POST   /activity                            {"address": ".."}   (open, click, reply...)
-    GET    /stats[?since=7d&by=day|domain|total]
+    GET    /stats[?since=7d&until=..&by=day|domain|day,domain|total&domain=..&format=json|csv]
     GET    /queue[?domain=..&sender=..&older_than=2h]   queued messages, `queue list --json`
     GET    /queue/summary[?domain=..]                   recipients by domain and age (qshape)
     GET    /queue/{id}[?content=1]                      one message (content=1: its bytes)
@@ -31,18 +31,18 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
-from policy.address import AddressError
+from policy.address import AddressError, normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError
-from policy.rates import GroupBy, parse_since
+from policy.rates import GROUPINGS, GroupBy, parse_period
 from policy.records import State, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
 from policy.suppression_csv import EXPORT_FIELDS, parse_when, record_row
 from policy.verdict import Category
-from relay.counters import read_stats, stats_document
+from relay.counters import read_stats, stats_csv, stats_document
 from relay.httpserve import bind_component, serve_app
 from relay.queue_view import (
     QueueFilter,
@@ -263,12 +263,20 @@ class Api:
     async def stats(self, request: web.Request) -> web.StreamResponse:
         if self.env is None:
             raise ApiError(503, "no state")
-        by = request.query.get("by", "day")
-        if by not in ("day", "domain", "total"):
-            raise ApiError(400, "by must be day, domain or total")
-        since = parse_since(request.query.get("since", "7d"), self.clock())
-        rows = read_stats(self.env, since, cast(GroupBy, by))
-        return _json(stats_document(rows, cast(GroupBy, by), since))
+        q = request.query
+        by = q.get("by", "day")
+        if by not in GROUPINGS:
+            raise ApiError(400, f"by must be one of {', '.join(GROUPINGS)}")
+        fmt = q.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ApiError(400, "format must be json or csv")
+        since, until = parse_period(q.get("since", "7d"), q.get("until"), self.clock())
+        domain = normalize_domain(q["domain"].lstrip("@")) if q.get("domain") else None
+        group: GroupBy = by
+        rows = read_stats(self.env, since, group, until, domain)
+        if fmt == "csv":
+            return web.Response(text=stats_csv(rows, group), content_type="text/csv")
+        return _json(stats_document(rows, group, since, until, domain))
 
     # -- queue ----------------------------------------------------------------------------
 
