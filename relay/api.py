@@ -15,11 +15,7 @@ service's single writer thread, reads on the loop. The clock is read here.
     POST   /suppressions/import                CSV body (our export, or address[,category[,until]])
     POST   /activity                            {"address": ".."}   (open, click, reply...)
     GET    /stats[?since=7d&until=..&by=day|domain|day,domain|total&domain=..&format=json|csv]
-    GET    /queue[?domain=..&sender=..&older_than=2h]   queued messages, `queue list --json`
-    GET    /queue/summary[?domain=..]                   recipients by domain and age (qshape)
-    GET    /queue/{id}[?content=1]                      one message (content=1: its bytes)
-    POST   /queue/{id}/hold|release|retry[?domain=..]   -> {"queue_id", "recipients": n}
-    DELETE /queue/{id}?why=..[&dsn=1&domain=..]          drop it (why is required)
+    GET    /queue...                                    the queue: relay/api_queue.py
 """
 
 from __future__ import annotations
@@ -42,17 +38,12 @@ from policy.records import State, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
 from policy.suppression_csv import EXPORT_FIELDS, parse_when, record_row
 from policy.verdict import Category
+from relay.api_queue import QueueRoutes
+from relay.api_reply import ApiError
+from relay.api_reply import json_reply as _json
 from relay.counters import read_stats, stats_csv, stats_document
 from relay.httpserve import bind_component, serve_app
-from relay.queue_view import (
-    QueueFilter,
-    domain_filter,
-    message_json,
-    parse_age,
-    summarize,
-    summary_json,
-)
-from relay.spool import QueuedMessage, Spool
+from relay.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +51,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024 * 1024  # an import of a few hundred thousand addresses
 STREAM_CHUNK = 500  # records per write when listing
 IMPORT_BATCH = 200  # rows per write transaction (one writer job) when importing
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, ensure_ascii=False) + "\n",
-        status=status,
-        content_type="application/json",
-    )
 
 
 class Api:
@@ -278,74 +255,6 @@ class Api:
             return web.Response(text=stats_csv(rows, group), content_type="text/csv")
         return _json(stats_document(rows, group, since, until, domain))
 
-    # -- queue ----------------------------------------------------------------------------
-
-    def _spool(self) -> Spool:
-        if self.spool is None:
-            raise ApiError(503, "no queue")
-        return self.spool
-
-    @staticmethod
-    def _queue_filter(request: web.Request) -> QueueFilter:
-        q = request.query
-        return QueueFilter(
-            domain_filter(q["domain"]) if q.get("domain") else None,
-            q.get("sender"),
-            parse_age(q["older_than"]) if q.get("older_than") else None,
-        )
-
-    async def list_queue(self, request: web.Request) -> web.StreamResponse:
-        found = self._queue_filter(request).select(self._spool().messages(), self.clock())
-        return _json([message_json(m) for m in found])
-
-    async def queue_summary(self, request: web.Request) -> web.StreamResponse:
-        now = self.clock()
-        found = self._queue_filter(request).select(self._spool().messages(), now)
-        return _json(summary_json(summarize(found, now)))
-
-    def _queued(self, request: web.Request) -> QueuedMessage:
-        qid = request.match_info["id"]
-        m = self._spool().get(qid)
-        if m is None:
-            raise ApiError(404, f"no message {qid} in the queue")
-        return m
-
-    async def get_queued(self, request: web.Request) -> web.StreamResponse:
-        m = self._queued(request)
-        if request.query.get("content") in ("1", "true", "yes"):
-            data = self._spool().data(m.queue_id)
-            return web.Response(body=data or b"", content_type="message/rfc822")
-        return _json(message_json(m))
-
-    async def change_queued(self, request: web.Request) -> web.StreamResponse:
-        m = self._queued(request)
-        spool, action, now = self._spool(), request.match_info["action"], self.clock()
-        domain = domain_filter(request.query["domain"]) if request.query.get("domain") else None
-        ids = [m.queue_id]
-        if action == "hold":
-            n = await self.write(spool.hold, ids, domain)
-        elif action == "release":
-            n = await self.write(spool.release, ids, now, domain)
-        else:
-            n = await self.write(spool.retry_now, ids, now, domain)
-        if action != "retry" and n:
-            log.warning("queue %s by the postmaster (API): %s, %d recipient(s)", action, ids[0], n)
-        return _json({"queue_id": m.queue_id, "action": action, "recipients": n})
-
-    async def drop_queued(self, request: web.Request) -> web.StreamResponse:
-        m = self._queued(request)
-        why = request.query.get("why", "").strip()
-        if not why:
-            raise ApiError(400, "'why' is required: it is logged and quoted in any DSN")
-        dsn = request.query.get("dsn") in ("1", "true", "yes")
-        domain = domain_filter(request.query["domain"]) if request.query.get("domain") else None
-        gone = await self.write(self._spool().drop, m.queue_id, why, dsn, self.clock(), domain)
-        if gone is None:
-            raise ApiError(404, f"no recipient of {m.queue_id} at {domain}")
-        rcpts = ", ".join(f"<{r.recipient}>" for r in gone.recipients)
-        log.warning("%s: removed by the postmaster (API): %s; to=%s", m.queue_id, why, rcpts)
-        return _json({"queue_id": m.queue_id, "dropped": len(gone.recipients), "dsn": dsn})
-
     # -- server ---------------------------------------------------------------------------
 
     def app(self) -> web.Application:
@@ -358,11 +267,7 @@ class Api:
         r.add_delete("/suppressions/{key}", self.delete_suppression)
         r.add_post("/activity", self.activity)
         r.add_get("/stats", self.stats)
-        r.add_get("/queue", self.list_queue)
-        r.add_get("/queue/summary", self.queue_summary)
-        r.add_get("/queue/{id:[A-Za-z0-9]{1,64}}", self.get_queued)
-        r.add_post("/queue/{id:[A-Za-z0-9]{1,64}}/{action:hold|release|retry}", self.change_queued)
-        r.add_delete("/queue/{id:[A-Za-z0-9]{1,64}}", self.drop_queued)
+        QueueRoutes(self).add_to(r)
         return app
 
     async def serve(self, listen: str) -> int:
