@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from policy.address import normalize_domain
-from policy.rates import GROUPINGS, Counts, GroupBy, key_fields, parse_period
+from policy.rates import COUNTER_NAMES, GROUPINGS, Counts, GroupBy, key_fields, parse_period
 from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
 from relay.counters import read_stats, stats_csv, stats_document
 from relay.state import StateError, open_state
@@ -41,18 +41,7 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-_COLUMNS = (
-    "sent",
-    "delivered",
-    "hard",
-    "soft",
-    "block",
-    "undetermined",
-    "expired",
-    "suppressed",
-    "dsn",
-    "dsn_failed",
-)
+_COLUMNS = COUNTER_NAMES  # every counter, in its order
 
 
 def render_table(rows: list[tuple[str, Counts]], by: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from policy.rates import Counts, aggregate, increment, parse_period
+from policy.rates import Counts, aggregate, increment, key_fields, parse_period
 from policy.verdict import BounceClass
 from relay.api import Api
 from relay.cli import main
@@ -57,6 +57,13 @@ def test_periods() -> None:
         parse_period("2026-12-01", None, NOW)
     with pytest.raises(ValueError, match="after --until"):
         parse_period("2026-11-10", "2026-11-01", NOW)
+    with pytest.raises(ValueError, match="at most"):
+        parse_period("0001-01-01", None, NOW)
+    assert key_fields("total", "total") == {} and key_fields("2026-11-01", "day") == {
+        "day": "2026-11-01"
+    }
+    rows = [(D20, "a.test", Counts(sent=1)), (D22, "b.test", Counts(sent=2))]
+    assert aggregate(rows, "total", D20, D21) == [("total", Counts(sent=1))]
 
 
 def test_day_by_domain_with_a_filter_and_zero_rows() -> None:

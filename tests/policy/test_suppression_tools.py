@@ -17,27 +17,21 @@ import aiohttp
 import pytest
 
 from policy.suppression import SuppressionRules, SuppressionStore
-from policy.suppression_csv import ImportProblem, ImportRow, read_csv, sniff_delimiter
+from policy.suppression_csv import (
+    ImportProblem,
+    ImportRow,
+    read_csv,
+    sniff_delimiter,
+    unicode_key,
+)
 from policy.verdict import Category
 from relay.api import Api
-from relay.cli import main
 from relay.service import Service
 from relay.state import open_state
+from tests.policy.test_suppression_cli import config, run
 
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "bouncer.toml"
-    path.write_text(f'[store]\npath = "{tmp_path / "state"}"\nmap_size = 16777216\n')
-    return path
-
-
-def run(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
-    code = main(["suppression", *argv, "--config", str(config)])
-    out, err = capsys.readouterr()
-    return code, out, err
+__all__ = ["config"]  # the fixture, shared with test_suppression_cli
 
 
 def _with_store(tmp_path: Path, work: Any) -> None:
@@ -132,6 +126,13 @@ def test_read_csv_units() -> None:
     ]
     (problem,) = read_csv(["a@x.example,nonsense\n"], NOW)
     assert isinstance(problem, ImportProblem) and "unknown category" in problem.problem
+
+
+def test_unicode_key() -> None:
+    assert unicode_key("zoe@xn--bcher-kva.example") == "zoe@bücher.example"
+    assert unicode_key("xn--mnchen-3ya.example") == "münchen.example"
+    assert unicode_key("bob@example.com") == "bob@example.com"
+    assert unicode_key("x@xn--zz.example") == "x@xn--zz.example"  # not decodable: as stored
 
 
 def test_export_unicode(capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path) -> None:

@@ -43,8 +43,7 @@ def _accept(spool: Spool, qid: str, sender: str, rcpts: list[str], age: timedelt
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "bouncer.toml"
     path.write_text(f'[store]\npath = "{tmp_path / "state"}"\n[server]\nhostname = "relay.test"\n')
-    cfg = load_config(path)
-    spool = spool_from_config(open_state(cfg.store.path, cfg.store.map_size), cfg)
+    spool = _spool(path)
     _accept(spool, "AAA111", "a@a.example", ["x@b.example", "y@c.example"], timedelta(minutes=1))
     _accept(spool, "BBB222", "news@a.example", ["z@b.example"], timedelta(hours=3))
     _accept(spool, "CCC333", "a@a.example", ["w@c.example"], timedelta(days=2))
