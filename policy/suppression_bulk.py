@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import lmdb
 
 from policy import escalation as esc
-from policy.address import normalize_address, normalize_domain
+from policy.address import domain_of, normalize_address, normalize_domain
 from policy.escalation import RuleError, SuppressionRules
 from policy.record_codec import CODE_STATE, decode, encode, peek
 from policy.records import Scope, State, SuppressionRecord
@@ -38,6 +38,24 @@ class ImportResult:
     added: int
     skipped: int
     problems: tuple[str, ...]
+
+
+def select(
+    records: Iterable[SuppressionRecord],
+    domain: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[SuppressionRecord]:
+    """Records of `domain` (its own record and its addresses'; normalised A-labels) whose
+    suppression began in [since, until): `list --domain/--since/--until` and the API's."""
+    for r in records:
+        if domain is not None and domain_of(r.key) != domain:
+            continue
+        if since is not None and (r.since is None or r.since < since):
+            continue
+        if until is not None and (r.since is None or r.since >= until):
+            continue
+        yield r
 
 
 def decode_or_fail(key: str, raw: bytes) -> SuppressionRecord:

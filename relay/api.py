@@ -7,7 +7,8 @@ same `relay.counters.read_stats` as `bouncer stats`; record JSON is
 `policy.records.as_dict`, the CLI's `--format json` shape. Writes run on the
 service's single writer thread, reads on the loop. The clock is read here.
 
-    GET    /suppressions[?state=suppressed|permanent|blocked|active|all&category=..&format=json|csv]
+    GET    /suppressions[?state=suppressed|permanent|blocked|active|all&category=..&format=json|csv
+                      &domain=..&since=DATE&until=DATE&limit=N&after=KEY]
     GET    /suppressions/{address or domain}
     PUT    /suppressions/{address or domain}   {"category": "bad-mailbox", "until": "2027-01-30",
                                                 "why": "..."}   (until and why optional)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -36,6 +38,7 @@ from policy.escalation import ForceRequired, NotSuppressed, RuleError
 from policy.rates import GROUPINGS, GroupBy, parse_period
 from policy.records import State, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
+from policy.suppression_bulk import select
 from policy.suppression_csv import EXPORT_FIELDS, parse_when, record_row
 from policy.verdict import Category
 from relay.api_queue import QueueRoutes
@@ -144,8 +147,18 @@ class Api:
         store = self._store()
         state = request.query.get("state")
         states = None if state is None else list(State) if state == "all" else [State(state)]
-        category = Category(request.query["category"]) if "category" in request.query else None
-        records = iter(store.scan(self.clock(), states, category))
+        q = request.query
+        category = Category(q["category"]) if "category" in q else None
+        domain = normalize_domain(q["domain"].lstrip("@")) if q.get("domain") else None
+        since = parse_when(q["since"]) if q.get("since") else None
+        until = parse_when(q["until"]) if q.get("until") else None
+        limit = int(q["limit"]) if q.get("limit") else None
+        if limit is not None and limit < 1:
+            raise ApiError(400, "limit must be a positive number")
+        found = select(
+            store.scan(self.clock(), states, category, q.get("after")), domain, since, until
+        )
+        records = itertools.islice(found, limit)
         first = next(records, None)  # a StoreError here still becomes a 503
         as_csv = request.query.get("format") == "csv"
         resp = web.StreamResponse(

@@ -24,6 +24,7 @@ from policy.escalation import RuleError
 from policy.escalation_core import REFUSING_STATES as REFUSING
 from policy.records import Scope, State, SuppressionRecord, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
+from policy.suppression_bulk import select
 from policy.suppression_csv import iso, parse_when, write_csv
 from policy.verdict import Category
 from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
@@ -95,14 +96,7 @@ def _selected(args: argparse.Namespace, store: SuppressionStore) -> Iterator[Sup
     category = Category(args.category) if args.category else None
     records = store.scan(datetime.now(UTC), _states(args.state), category, args.after)
     domain = normalize_domain(args.domain.lstrip("@")) if args.domain else None
-    for r in records:
-        if domain is not None and domain_of(r.key) != domain:
-            continue
-        if args.since is not None and (r.since is None or r.since < args.since):
-            continue
-        if args.until is not None and (r.since is None or r.since >= args.until):
-            continue
-        yield r
+    return select(records, domain, args.since, args.until)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -209,3 +209,14 @@ async def test_api_takes_at_domain(api: tuple[str, aiohttp.ClientSession]) -> No
         assert resp.status == 200 and (await resp.json())["scope"] == "domain"
     async with http.get(f"{base}/suppressions/@dead.example") as resp:
         assert (await resp.json())["address"] == "dead.example"
+    for key in ("a@dead.example", "b@dead.example", "c@live.example"):
+        async with http.put(f"{base}/suppressions/{key}", json={}) as resp:
+            assert resp.status == 200
+    params = {"domain": "dead.example", "limit": "2", "after": "@dead.example"}
+    async with http.get(f"{base}/suppressions", params=params) as resp:
+        assert [r["address"] for r in await resp.json()] == ["a@dead.example", "b@dead.example"]
+    tomorrow = (NOW + timedelta(days=1)).date().isoformat()
+    async with http.get(f"{base}/suppressions", params={"since": tomorrow}) as resp:
+        assert await resp.json() == []
+    async with http.get(f"{base}/suppressions", params={"limit": "0"}) as resp:
+        assert resp.status == 400
