@@ -250,8 +250,10 @@ class SuppressionStore(SuppressionBulk):
     # ---- admin: one implementation for the CLI and the HTTP API ------------------------------
 
     def _target(self, key: str) -> tuple[Any, str, Scope]:
-        """An address, or a bare domain for a domain-level record."""
+        """An address, or a domain (bare or "@domain") for a domain-level record."""
         k = key.strip()
+        if k.startswith("@") and k.count("@") == 1:
+            k = k[1:]  # "@example.com", as `list` prints a domain record
         db, scope = (self._addr, Scope.ADDRESS) if "@" in k else (self._dom, Scope.DOMAIN)
         k = normalize_address(k) if scope is Scope.ADDRESS else _normalize_domain(k)
         if not 0 < len(k.encode("utf-8", "surrogatepass")) <= _MAX_KEY:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import lmdb
 
 from policy import escalation as esc
+from policy.address import domain_of, normalize_address, normalize_domain
 from policy.escalation import RuleError, SuppressionRules
 from policy.record_codec import CODE_STATE, decode, encode, peek
 from policy.records import Scope, State, SuppressionRecord
@@ -39,6 +40,24 @@ class ImportResult:
     problems: tuple[str, ...]
 
 
+def select(
+    records: Iterable[SuppressionRecord],
+    domain: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[SuppressionRecord]:
+    """Records of `domain` (its own record and its addresses'; normalised A-labels) whose
+    suppression began in [since, until): `list --domain/--since/--until` and the API's."""
+    for r in records:
+        if domain is not None and domain_of(r.key) != domain:
+            continue
+        if since is not None and (r.since is None or r.since < since):
+            continue
+        if until is not None and (r.since is None or r.since >= until):
+            continue
+        yield r
+
+
 def decode_or_fail(key: str, raw: bytes) -> SuppressionRecord:
     try:
         return decode(raw)
@@ -59,15 +78,26 @@ class SuppressionBulk:
         now: datetime,
         states: Iterable[State] | None = None,
         category: Category | None = None,
+        after: str | None = None,
     ) -> Iterator[SuppressionRecord]:
         """Records (domains first, then addresses, in key order) as of `now`, filtered.
 
-        `states=None` means the refusing ones: suppressed, permanent, blocked.
+        `states=None` means the refusing ones: suppressed, permanent, blocked. `after`
+        (a key as `list` prints it: "@domain" or an address) starts after that record,
+        for paging: one cursor seek, not a walk from the start.
         """
         now = esc.utc(now)
         wanted = frozenset(states) if states is not None else esc.REFUSING_STATES
-        for db in (self._dom, self._addr):
-            for raw in self._raw_values(db):
+        starts: list[tuple[Any, bytes | None]] = [(self._dom, None), (self._addr, None)]
+        if after is not None:
+            mark = after.strip()
+            if mark.startswith("@") or "@" not in mark:
+                start = normalize_domain(mark.lstrip("@")).encode()
+                starts = [(self._dom, start), (self._addr, None)]
+            else:
+                starts = [(self._addr, normalize_address(mark).encode())]
+        for db, last in starts:
+            for raw in self._raw_values(db, last):
                 rec = esc.effective(decode_or_fail("?", raw), self.rules, now)
                 if rec.state in wanted and (
                     category is None
@@ -76,9 +106,8 @@ class SuppressionBulk:
                 ):
                     yield rec
 
-    def _raw_values(self, db: Any) -> Iterator[bytes]:
-        """Every value of `db`, a batch per short read txn."""
-        last: bytes | None = None
+    def _raw_values(self, db: Any, last: bytes | None = None) -> Iterator[bytes]:
+        """Every value of `db` (after key `last`), a batch per short read txn."""
         while True:
             batch: list[tuple[bytes, bytes]] = []
             try:
@@ -115,9 +144,16 @@ class SuppressionBulk:
                 counts[state.value] += 1
         return counts
 
-    def export_csv(self, out: TextIO, now: datetime, states: Iterable[State] | None = None) -> int:
-        """Write the refusing records (or `states`) as CSV to `out`; returns the row count."""
-        return write_csv(self.scan(now, states), out)
+    def export_csv(
+        self,
+        out: TextIO,
+        now: datetime,
+        states: Iterable[State] | None = None,
+        unicode: bool = False,
+    ) -> int:
+        """Write the refusing records (or `states`) as CSV to `out`; returns the row count.
+        `unicode`: IDN domains as U-labels (bücher.example), for people; else A-labels."""
+        return write_csv(self.scan(now, states), out, unicode)
 
     def import_csv(self, lines: Iterable[str], now: datetime, why: str = "import") -> ImportResult:
         """Add every row of a CSV (our export format, or one address per line)."""

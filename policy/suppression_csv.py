@@ -10,11 +10,14 @@ optional `category` and `until` columns, and turns each row into an
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
+
+import idna
 
 from policy.address import (
     AddressError,
@@ -74,13 +77,25 @@ def _uncell(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
 
 
-def record_row(rec: SuppressionRecord) -> list[str]:
-    """One export row; cells a spreadsheet would run as formulas get a leading "'"."""
+def unicode_key(key: str) -> str:
+    """A stored key (A-labels) with its domain as U-labels, for people: bücher.example."""
+    local, at, domain = key.rpartition("@")
+    if "xn--" not in domain:
+        return key
+    try:
+        return local + at + idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):
+        return key  # not decodable: the A-label form is still right
+
+
+def record_row(rec: SuppressionRecord, unicode: bool = False) -> list[str]:
+    """One export row; cells a spreadsheet would run as formulas get a leading "'".
+    `unicode`: the key's IDN domain as U-labels (import reads either form back)."""
     category = rec.cause or rec.category
     return [
         _cell(c)
         for c in [
-            rec.key,
+            unicode_key(rec.key) if unicode else rec.key,
             rec.scope.value,
             rec.state.value,
             category.value if category else "",
@@ -97,13 +112,13 @@ def record_row(rec: SuppressionRecord) -> list[str]:
     ]
 
 
-def write_csv(records: Iterable[SuppressionRecord], out: TextIO) -> int:
+def write_csv(records: Iterable[SuppressionRecord], out: TextIO, unicode: bool = False) -> int:
     """Header plus one row per record; returns the number of records written."""
     w = csv.writer(out)
     w.writerow(EXPORT_FIELDS)
     n = 0
     for rec in records:
-        w.writerow(record_row(rec))
+        w.writerow(record_row(rec, unicode))
         n += 1
     return n
 
@@ -165,15 +180,76 @@ def _row(cells: dict[str, str], line: int, now: datetime) -> ImportRow | ImportP
     return ImportRow(key, scope, state, category, until, why, line)
 
 
+# Header names of the email column in the exports of mail tools, CRMs and spreadsheets
+# (compared lower-case, spaces, "_" and "-" kept as written).
+EMAIL_HEADERS = frozenset(
+    {
+        "address",
+        "email",
+        "e-mail",
+        "e_mail",
+        "email address",
+        "e-mail address",
+        "email_address",
+        "emailaddress",
+        "mail",
+        "courriel",
+        "adresse",
+        "adresse email",
+        "adresse e-mail",
+        "adresse mail",
+        "adresse courriel",
+        "correo",
+        "correo electrónico",
+        "e-mail-adresse",
+        "mailadresse",
+        "recipient",
+    }
+)
+_OUR_COLUMNS = frozenset({"category", "until", "state", "reason"})  # read from a header too
+_DELIMITERS = (",", ";", "\t")  # Excel writes ";" where "," is the decimal mark
+_BARE_COLUMNS = ["address", "category", "until"]
+
+
+def sniff_delimiter(line: str) -> str:
+    """The delimiter the first line uses most (",", ";" or tab); "," when it has none."""
+    best = max(_DELIMITERS, key=line.count)
+    return best if line.count(best) else ","
+
+
+def _header(cells: list[str]) -> list[str] | None:
+    """Column names if `cells` is a header naming an email column, else None; columns
+    that are neither the email column nor ours are named "" (ignored)."""
+    names = [c.strip().strip('"').lower() for c in cells]
+    email = next((i for i, c in enumerate(names) if c in EMAIL_HEADERS), None)
+    if email is None:
+        return None
+    return [
+        "address" if i == email else c if c in _OUR_COLUMNS else "" for i, c in enumerate(names)
+    ]
+
+
 def read_csv(lines: Iterable[str], now: datetime) -> Iterator[ImportRow | ImportProblem]:
-    """Rows of an export (header naming `address`), or of a bare address[,category[,until]] list.
+    """Rows of an export or a spreadsheet (a header naming the email column: `email`,
+    `e-mail`, `address`, `courriel`...; other columns ignored), or of a bare
+    address[,category[,until]] list. A UTF-8 BOM is dropped and the delimiter (",", ";"
+    or tab) is taken from the first line; a headerless line of more than three columns
+    is read for its address only (a contact list, not our format).
 
     Blank lines and lines starting with "#" are skipped. A line the csv module cannot read
     (a field over its size limit) or holding bytes that were not UTF-8 (read with
     errors="surrogateescape") is a problem naming the line, and reading goes on.
     """
+    it = iter(lines)
+    seen: list[str] = []
+    for line in it:
+        line = line.removeprefix("\ufeff") if not seen else line
+        seen.append(line)
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+    delimiter = sniff_delimiter(seen[-1]) if seen else ","
     columns: list[str] | None = None
-    reader = csv.reader(lines)
+    reader = csv.reader(itertools.chain(seen, it), delimiter=delimiter)
     n = 0
     while True:
         try:
@@ -191,9 +267,14 @@ def read_csv(lines: Iterable[str], now: datetime) -> Iterator[ImportRow | Import
             yield ImportProblem(n, "not UTF-8")
             continue
         if columns is None:
-            lowered = [c.strip().lower() for c in cells]
-            if "address" in lowered:
-                columns = lowered
+            columns = _header(cells)
+            if columns is not None:
                 continue
-            columns = ["address", "category", "until"]
+            if not any("@" in c or "." in c for c in cells):
+                names = ", ".join(sorted(EMAIL_HEADERS)[:6])
+                yield ImportProblem(n, f"a header without an email column ({names}...)")
+                return
+            columns = _BARE_COLUMNS
+        if columns is _BARE_COLUMNS and len(cells) > len(_BARE_COLUMNS):
+            cells = cells[:1]
         yield _row(dict(zip(columns, map(_uncell, cells), strict=False)), n, now)

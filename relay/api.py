@@ -7,14 +7,16 @@ same `relay.counters.read_stats` as `bouncer stats`; record JSON is
 `policy.records.as_dict`, the CLI's `--format json` shape. Writes run on the
 service's single writer thread, reads on the loop. The clock is read here.
 
-    GET    /suppressions[?state=suppressed|permanent|blocked|active|all&category=..&format=json|csv]
+    GET    /suppressions[?state=suppressed|permanent|blocked|active|all&category=..&format=json|csv
+                      &domain=..&since=DATE&until=DATE&limit=N&after=KEY]
     GET    /suppressions/{address or domain}
     PUT    /suppressions/{address or domain}   {"category": "bad-mailbox", "until": "2027-01-30",
                                                 "why": "..."}   (until and why optional)
     DELETE /suppressions/{address or domain}[?force=1&why=..]   (or the same keys as JSON)
     POST   /suppressions/import                CSV body (our export, or address[,category[,until]])
     POST   /activity                            {"address": ".."}   (open, click, reply...)
-    GET    /stats[?since=7d&by=day|domain|total]
+    GET    /stats[?since=7d&until=..&by=day|domain|day,domain|total&domain=..&format=json|csv]
+    GET    /queue...                                    the queue: relay/api_queue.py
 """
 
 from __future__ import annotations
@@ -22,23 +24,29 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
-from policy.address import AddressError
+from policy.address import AddressError, normalize_domain
 from policy.escalation import ForceRequired, NotSuppressed, RuleError
-from policy.rates import GroupBy, parse_since
+from policy.rates import GROUPINGS, GroupBy, parse_period
 from policy.records import State, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
+from policy.suppression_bulk import select
 from policy.suppression_csv import EXPORT_FIELDS, parse_when, record_row
 from policy.verdict import Category
-from relay.counters import read_stats, stats_document
+from relay.api_queue import QueueRoutes
+from relay.api_reply import ApiError
+from relay.api_reply import json_reply as _json
+from relay.counters import read_stats, stats_csv, stats_document
 from relay.httpserve import bind_component, serve_app
+from relay.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +54,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024 * 1024  # an import of a few hundred thousand addresses
 STREAM_CHUNK = 500  # records per write when listing
 IMPORT_BATCH = 200  # rows per write transaction (one writer job) when importing
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, ensure_ascii=False) + "\n",
-        status=status,
-        content_type="application/json",
-    )
 
 
 class Api:
@@ -73,6 +67,7 @@ class Api:
         env: Any = None,
         write: Callable[..., Awaitable[Any]] | None = None,
         clock: Callable[[], datetime] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
@@ -80,6 +75,7 @@ class Api:
         self.listen = listen
         self.store = store
         self.env = env
+        self.spool = spool
         self._write = write
         self.clock = clock or (lambda: datetime.now(UTC))
         self._runner: web.AppRunner | None = None
@@ -151,8 +147,18 @@ class Api:
         store = self._store()
         state = request.query.get("state")
         states = None if state is None else list(State) if state == "all" else [State(state)]
-        category = Category(request.query["category"]) if "category" in request.query else None
-        records = iter(store.scan(self.clock(), states, category))
+        q = request.query
+        category = Category(q["category"]) if "category" in q else None
+        domain = normalize_domain(q["domain"].lstrip("@")) if q.get("domain") else None
+        since = parse_when(q["since"]) if q.get("since") else None
+        until = parse_when(q["until"]) if q.get("until") else None
+        limit = int(q["limit"]) if q.get("limit") else None
+        if limit is not None and limit < 1:
+            raise ApiError(400, "limit must be a positive number")
+        found = select(
+            store.scan(self.clock(), states, category, q.get("after")), domain, since, until
+        )
+        records = itertools.islice(found, limit)
         first = next(records, None)  # a StoreError here still becomes a 503
         as_csv = request.query.get("format") == "csv"
         resp = web.StreamResponse(
@@ -247,12 +253,20 @@ class Api:
     async def stats(self, request: web.Request) -> web.StreamResponse:
         if self.env is None:
             raise ApiError(503, "no state")
-        by = request.query.get("by", "day")
-        if by not in ("day", "domain", "total"):
-            raise ApiError(400, "by must be day, domain or total")
-        since = parse_since(request.query.get("since", "7d"), self.clock())
-        rows = read_stats(self.env, since, cast(GroupBy, by))
-        return _json(stats_document(rows, cast(GroupBy, by), since))
+        q = request.query
+        by = q.get("by", "day")
+        if by not in GROUPINGS:
+            raise ApiError(400, f"by must be one of {', '.join(GROUPINGS)}")
+        fmt = q.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ApiError(400, "format must be json or csv")
+        since, until = parse_period(q.get("since", "7d"), q.get("until"), self.clock())
+        domain = normalize_domain(q["domain"].lstrip("@")) if q.get("domain") else None
+        group: GroupBy = by
+        rows = read_stats(self.env, since, group, until, domain)
+        if fmt == "csv":
+            return web.Response(text=stats_csv(rows, group), content_type="text/csv")
+        return _json(stats_document(rows, group, since, until, domain))
 
     # -- server ---------------------------------------------------------------------------
 
@@ -266,6 +280,7 @@ class Api:
         r.add_delete("/suppressions/{key}", self.delete_suppression)
         r.add_post("/activity", self.activity)
         r.add_get("/stats", self.stats)
+        QueueRoutes(self).add_to(r)
         return app
 
     async def serve(self, listen: str) -> int:
@@ -275,6 +290,7 @@ class Api:
     async def start(self, service: Any) -> None:
         self.store = service.store
         self.env = service.env
+        self.spool = service.spool
         self._write = service.writer.run
         self.clock = service.clock
         if self.listen:

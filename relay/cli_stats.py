@@ -1,5 +1,6 @@
 # `bouncer stats`: prints the bounce-rate counters; the numbers come from relay/counters.py.
-"""`bouncer stats [--since 7d] [--by day|domain|total] [--format table|json]`.
+"""`bouncer stats [--since 7d] [--until DAY] [--by day|domain|day,domain|total]
+[--domain DOMAIN] [--format table|json|csv]`.
 
 Reads the LMDB state read-only, so it runs beside a live server.
 """
@@ -12,9 +13,10 @@ import sys
 from datetime import UTC, datetime
 from typing import cast
 
-from policy.rates import Counts, GroupBy, parse_since
+from policy.address import normalize_domain
+from policy.rates import COUNTER_NAMES, GROUPINGS, Counts, GroupBy, key_fields, parse_period
 from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
-from relay.counters import read_stats, stats_document
+from relay.counters import read_stats, stats_csv, stats_document
 from relay.state import StateError, open_state
 
 
@@ -24,10 +26,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_config_option(parser)
     parser.add_argument(
-        "--since", default="7d", help="period: 7d (today and 6 days before), 4w or 2026-11-01"
+        "--since",
+        default="7d",
+        help="first day: 7d (today and 6 days before), 4w, yesterday, today or 2026-11-01",
     )
-    parser.add_argument("--by", choices=("day", "domain", "total"), default="day")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--until", help="last day, included (same forms; default today)")
+    parser.add_argument("--by", choices=GROUPINGS, default="day")
+    parser.add_argument("--domain", help="only this recipient domain")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.set_defaults(handler=run)
 
 
@@ -35,38 +41,39 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+_COLUMNS = COUNTER_NAMES  # every counter, in its order
+
+
 def render_table(rows: list[tuple[str, Counts]], by: str) -> str:
     """Aligned columns with a total row; rates as percentages."""
-    head = (by, "sent", "delivered", "hard", "soft", "block", "suppressed", "hard%", "soft%")
+    keys = by.split(",") if by != "total" else ["total"]
+    head = (*keys, *_COLUMNS, "hard%", "soft%", "refused%")
     total = Counts()
     body: list[tuple[str, ...]] = []
     for key, c in rows:
         total = total + c
-        body.append(_cells(key or "(none)", c))
+        parts = list(key_fields(key, cast(GroupBy, by)).values()) or [key]
+        body.append(_cells([p or "(none)" for p in parts], c))
     if by != "total":
-        body.append(_cells("total", total))
+        body.append(_cells(["total"] + [""] * (len(keys) - 1), total))
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = [
         "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
+            cell.ljust(w) if i < len(keys) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
+        ).rstrip()
         for row in [head, *body]
     ]
     return "\n".join(lines)
 
 
-def _cells(key: str, c: Counts) -> tuple[str, ...]:
+def _cells(keys: list[str], c: Counts) -> tuple[str, ...]:
     return (
-        key,
-        str(c.sent),
-        str(c.delivered),
-        str(c.hard),
-        str(c.soft),
-        str(c.block),
-        str(c.suppressed),
+        *keys,
+        *(str(getattr(c, n)) for n in _COLUMNS),
         _rate(c.hard_rate),
         _rate(c.soft_rate),
+        _rate(c.refused_rate),
     )
 
 
@@ -74,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_or_exit(args)
     by = cast(GroupBy, args.by)
     try:
-        since = parse_since(args.since, datetime.now(UTC))
-    except ValueError as exc:
+        since, until = parse_period(args.since, args.until, datetime.now(UTC))
+        domain = normalize_domain(args.domain.lstrip("@")) if args.domain else None
+    except ValueError as exc:  # AddressError included
         print(f"bouncer stats: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -84,12 +92,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"bouncer stats: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        rows = read_stats(env, since, by)
+        rows = read_stats(env, since, by, until, domain)
     finally:
         env.close()
     if args.format == "json":
-        print(json.dumps(stats_document(rows, by, since), indent=2))
+        print(json.dumps(stats_document(rows, by, since, until, domain), indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(stats_csv(rows, by))
     else:
-        print(f"since {since.isoformat()} (UTC days)")
+        where = f", domain {domain}" if domain else ""
+        print(f"{since.isoformat()} to {until.isoformat()} (UTC days{where})")
         print(render_table(rows, by))
     return EXIT_OK

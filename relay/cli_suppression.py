@@ -10,18 +10,21 @@ at the edge, is the clock read.
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TextIO
 
-from policy.address import AddressError
+from policy.address import AddressError, domain_of, normalize_domain
 from policy.escalation import RuleError
-from policy.records import State, SuppressionRecord, as_dict
+from policy.escalation_core import REFUSING_STATES as REFUSING
+from policy.records import Scope, State, SuppressionRecord, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
+from policy.suppression_bulk import select
 from policy.suppression_csv import iso, parse_when, write_csv
 from policy.verdict import Category
 from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
@@ -36,6 +39,12 @@ def _when(text: str) -> datetime:
         return parse_when(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use 2027-01-30)") from exc
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
 
 
 def open_store(args: argparse.Namespace) -> SuppressionStore:
@@ -58,7 +67,7 @@ _WIDTH_SAMPLE = 500  # column widths come from the first rows; then the table st
 def _row(r: SuppressionRecord) -> tuple[str, ...]:
     category = r.cause or r.category
     return (
-        r.key if r.scope.value == "address" else f"@{r.key}",
+        _key(r),
         r.state.value,
         category.value if category else "",
         iso(r.since)[:10],
@@ -81,10 +90,25 @@ def _table(records: Iterable[SuppressionRecord], out: TextIO) -> int:
     return n - 1
 
 
+def _selected(args: argparse.Namespace, store: SuppressionStore) -> Iterator[SuppressionRecord]:
+    """`list`'s records: state and category from the store's scan (paged from `--after`),
+    then `--domain` and the `--since`/`--until` range of the suppression's start."""
+    category = Category(args.category) if args.category else None
+    records = store.scan(datetime.now(UTC), _states(args.state), category, args.after)
+    domain = normalize_domain(args.domain.lstrip("@")) if args.domain else None
+    return select(records, domain, args.since, args.until)
+
+
 def _list(args: argparse.Namespace) -> int:
     store = open_store(args)
-    category = Category(args.category) if args.category else None
-    records = store.scan(datetime.now(UTC), _states(args.state), category)
+    shown: list[str] = []
+
+    def paged(records: Iterable[SuppressionRecord]) -> Iterator[SuppressionRecord]:
+        for r in itertools.islice(records, args.limit):
+            shown.append(_key(r))
+            yield r
+
+    records = paged(_selected(args, store))
     if args.format == "csv":
         write_csv(records, sys.stdout)
     elif args.format == "json":
@@ -92,18 +116,34 @@ def _list(args: argparse.Namespace) -> int:
             print(json.dumps(as_dict(r), ensure_ascii=False))
     else:
         _table(records, sys.stdout)
+    if args.limit is not None and len(shown) == args.limit:
+        print(f"bouncer: more may follow: --after {shown[-1]}", file=sys.stderr)
     return EXIT_OK
+
+
+def _key(r: SuppressionRecord) -> str:
+    """The key as `list` prints it and every command takes it: "@domain" for a domain."""
+    return r.key if r.scope.value == "address" else f"@{r.key}"
 
 
 def _show(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rec = store.get(args.address, datetime.now(UTC))
+    now = datetime.now(UTC)
+    rec = store.get(args.address, now)
+    via = _through_domain(store, args.address, rec, now)
+    if via is not None:
+        # The address's own record (if any) does not refuse; its domain's does (RCPT checks
+        # the domain first): show that record, saying so.
+        rec = via
     if rec is None:
         print(f"bouncer: no suppression record for {args.address}", file=sys.stderr)
         return EXIT_FAILED
     if args.format == "json":
-        print(json.dumps(as_dict(rec), ensure_ascii=False, indent=2))
+        shown = as_dict(rec) | ({"refuses": args.address} if via is not None else {})
+        print(json.dumps(shown, ensure_ascii=False, indent=2))
         return EXIT_OK
+    if via is not None:
+        print(f"{'refused:':12} {args.address}, through its domain's record @{via.key}:")
     d = as_dict(rec)
     for key in ("address", "scope", "state", "class", "category", "reason", "since", "until"):
         print(f"{key + ':':12} {d[key] if d[key] is not None else '-'}")
@@ -124,14 +164,37 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _through_domain(
+    store: SuppressionStore, key: str, own: SuppressionRecord | None, now: datetime
+) -> SuppressionRecord | None:
+    """The domain record that refuses address `key` when its own record does not."""
+    if "@" not in key.strip().lstrip("@") or (own is not None and own.state in REFUSING):
+        return None
+    refusal = store.check(key, now)
+    if refusal is None or refusal.scope != Scope.DOMAIN.value:
+        return None
+    return store.get(domain_of(refusal.address), now)
+
+
 def _add(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rec = store.add(args.address, Category(args.category), datetime.now(UTC), args.until, args.why)
-    if rec.until:
-        print(f"{rec.key}: {rec.state.value} until {iso(rec.until)} ({rec.reason})")
+    now = datetime.now(UTC)
+    before = store.get(args.address, now)
+    rec = store.add(args.address, Category(args.category), now, args.until, args.why)
+    what = f"{rec.state.value}" + (f" until {iso(rec.until)}" if rec.until else "")
+    if before is None or before.state not in REFUSING:
+        print(f"{_key(rec)}: added, {what} ({rec.reason})")
+    elif _same(before, rec):
+        print(f"{_key(rec)}: unchanged, already {what} ({rec.reason})")
     else:
-        print(f"{rec.key}: {rec.state.value} ({rec.reason})")
+        was = f"{before.state.value}" + (f" until {iso(before.until)}" if before.until else "")
+        print(f"{_key(rec)}: updated, was {was} ({before.reason}), now {what} ({rec.reason})")
     return EXIT_OK
+
+
+def _same(a: SuppressionRecord, b: SuppressionRecord) -> bool:
+    """The same refusal: state, end, cause and reason (history and last_seen aside)."""
+    return (a.state, a.until, a.cause, a.reason) == (b.state, b.until, b.cause, b.reason)
 
 
 def _remove(args: argparse.Namespace) -> int:
@@ -161,13 +224,21 @@ def _import(args: argparse.Namespace) -> int:
         result = store.import_csv(fh, datetime.now(UTC), why=args.why)
     for problem in result.problems:
         print(f"bouncer: {args.file}: {problem}", file=sys.stderr)
-    print(f"imported {result.added}, skipped {result.skipped}")
+    why = collections.Counter(_problem_kind(p) for p in result.problems)
+    reasons = "".join(f"; {n} {kind}" for kind, n in why.most_common())
+    print(f"imported {result.added}, skipped {result.skipped}{reasons}")
     return EXIT_OK if result.added or not result.skipped else EXIT_FAILED
+
+
+def _problem_kind(problem: str) -> str:
+    """ "line 3: not a valid address: 'x'" -> "not a valid address", to sum the report up."""
+    text = problem.split(": ", 1)[1] if problem.startswith("line ") else problem
+    return text.split(": ", 1)[0].split(" {", 1)[0].split(" (", 1)[0]
 
 
 def _export(args: argparse.Namespace) -> int:
     store = open_store(args)
-    n = store.export_csv(sys.stdout, datetime.now(UTC), _states(args.state))
+    n = store.export_csv(sys.stdout, datetime.now(UTC), _states(args.state), args.unicode)
     print(f"exported {n}", file=sys.stderr)
     return EXIT_OK
 
@@ -221,6 +292,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--state", choices=STATES, help="only this state ('all' includes active)")
     p.add_argument("--category", choices=categories)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--domain", help="only this domain: its record and its addresses'")
+    p.add_argument("--since", type=_when, metavar="DATE", help="suppressed on or after DATE")
+    p.add_argument("--until", type=_when, metavar="DATE", help="suppressed before DATE")
+    p.add_argument("--limit", type=_positive, metavar="N", help="at most N records (a page)")
+    p.add_argument("--after", metavar="KEY", help="start after this record (the next page)")
     p.set_defaults(handler=_guarded(_list))
 
     p = sub.add_parser("show", help="one record with its history")
@@ -230,9 +306,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = sub.add_parser("add", help="suppress an address or domain by hand")
     p.add_argument("address", metavar="ADDRESS", help="an address, or a bare domain")
-    p.add_argument("--category", choices=categories, required=True)
+    p.add_argument(
+        "--category", choices=categories, default=Category.OTHER.value, help="default: other"
+    )
     p.add_argument("--until", type=_when, metavar="DATE", help="end date; default permanent")
-    p.add_argument("--why", default="", help="reason, quoted in the refusal and the history")
+    p.add_argument("--why", default="manual", help="reason, quoted in the refusal and the history")
     p.set_defaults(handler=_guarded(_add))
 
     p = sub.add_parser("remove", help="lift a suppression (permanent/blocked: --force --why)")
@@ -241,13 +319,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--why", default="", help="reason, kept in the history")
     p.set_defaults(handler=_guarded(_remove))
 
-    p = sub.add_parser("import", help="add every row of a CSV (export format or one per line)")
+    p = sub.add_parser(
+        "import", help="add every row of a CSV: our export, a spreadsheet with an email column"
+    )
     p.add_argument("file", metavar="FILE", help="CSV file, '-' for stdin")
     p.add_argument("--why", default="import", help="reason for rows without one")
     p.set_defaults(handler=_guarded(_import))
 
     p = sub.add_parser("export", help="CSV of the suppressed addresses, for list cleaning")
     p.add_argument("--state", choices=STATES, help="only this state ('all' includes active)")
+    p.add_argument("--unicode", action="store_true", help="IDN domains as U-labels (bücher.de)")
     p.set_defaults(handler=_guarded(_export))
 
     p = sub.add_parser("activity", help="the recipient opened, clicked or replied: reset")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import logging
 from datetime import date
@@ -23,7 +25,17 @@ from typing import Any
 
 import lmdb
 
-from policy.rates import Counts, GroupBy, Phase, aggregate, day_of, domain_of, increment
+from policy.rates import (
+    COUNTER_NAMES,
+    Counts,
+    GroupBy,
+    Phase,
+    aggregate,
+    day_of,
+    domain_of,
+    increment,
+    key_fields,
+)
 from relay.events import Event, RecipientEvent
 from relay.logfmt import REPORT_STAGES
 
@@ -63,7 +75,7 @@ class StatsCounters:
         if not isinstance(event, RecipientEvent):
             return
         klass = event.verdict.klass if event.verdict else None
-        add = increment(str(event.status), klass, phase_of(event))
+        add = increment(str(event.status), klass, phase_of(event), event.notice)
         key = (day_of(event.when), domain_of(event.recipient))
         self._pending[key] = self._pending.get(key, Counts()) + add
 
@@ -132,23 +144,55 @@ def read_rows(env: lmdb.Environment) -> list[tuple[date, str, Counts]]:
     return rows
 
 
-def read_stats(env: lmdb.Environment, since: date, by: GroupBy) -> list[tuple[str, Counts]]:
+def read_stats(
+    env: lmdb.Environment,
+    since: date,
+    by: GroupBy,
+    until: date | None = None,
+    domain: str | None = None,
+) -> list[tuple[str, Counts]]:
     """The one query behind `bouncer stats` and the API's GET /stats."""
-    return aggregate(read_rows(env), by, since)
+    return aggregate(read_rows(env), by, since, until, domain)
 
 
-def stats_document(rows: list[tuple[str, Counts]], by: GroupBy, since: date) -> dict[str, Any]:
+def _rates(counts: Counts) -> dict[str, float | None]:
+    return {
+        "hard_rate": counts.hard_rate,
+        "soft_rate": counts.soft_rate,
+        "refused_rate": counts.refused_rate,
+    }
+
+
+def stats_document(
+    rows: list[tuple[str, Counts]],
+    by: GroupBy,
+    since: date,
+    until: date | None = None,
+    domain: str | None = None,
+) -> dict[str, Any]:
     """The JSON shape both the CLI (--format json) and the API return."""
     return {
         "since": since.isoformat(),
+        "until": None if until is None else until.isoformat(),
+        "domain": domain,
         "by": by,
         "rows": [
-            {
-                "key": key,
-                **counts.as_dict(),
-                "hard_rate": counts.hard_rate,
-                "soft_rate": counts.soft_rate,
-            }
+            {"key": key, **key_fields(key, by), **counts.as_dict(), **_rates(counts)}
             for key, counts in rows
         ],
     }
+
+
+def stats_csv(rows: list[tuple[str, Counts]], by: GroupBy) -> str:
+    """The same rows as CSV (CLI --format csv, GET /stats?format=csv): a header, no total;
+    rates as fractions with 4 decimals, empty when nothing was sent."""
+    head = [*(by.split(",") if by != "total" else ["total"]), *COUNTER_NAMES]
+    head += ["hard_rate", "soft_rate", "refused_rate"]
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(head)
+    for key, counts in rows:
+        keys = list(key_fields(key, by).values()) or [key]
+        rates = ["" if r is None else f"{r:.4f}" for r in _rates(counts).values()]
+        out.writerow([*keys, *(getattr(counts, n) for n in COUNTER_NAMES), *rates])
+    return buf.getvalue()

@@ -50,6 +50,7 @@ class RecipientEvent:
     attempt: int = 0  # 0 = live, in-transaction; n = nth retry from the queue
     sender: str = ""
     client: str = ""  # "name[ip]" of the SMTP client, for the reject line of a suppressed rcpt
+    notice: bool = False  # the message is a DSN bouncer wrote itself (stats count it apart)
 
 
 @dataclass(frozen=True)

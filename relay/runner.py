@@ -193,6 +193,7 @@ class RetryWorker:
                     verdict=res.verdict,
                     attempt=res.rcpt.tries + (1 if msg.kind == "dsn" else 0),
                     sender=msg.sender,
+                    notice=msg.kind == "dsn",
                 )
             )
         if dsn_id is not None:

@@ -19,11 +19,13 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lmdb
 
+from policy.address import AddressError, normalize_domain
 from policy.dsn import FailedRecipient
 from policy.retry import DEFAULT_SCHEDULE, next_attempt, schedule_from_seconds
 from relay.config import Config
@@ -56,15 +58,33 @@ __all__ = [
     "QueuedMessage",
     "QueuedRecipient",
     "Settlement",
+    "HELD_US",
     "Spool",
     "SpoolMessage",
     "new_queue_id",
     "owner_alive",
+    "rcpt_domain",
     "spool_from_config",
     "utcnow",
 ]
 
 HISTORY = 20  # attempts kept per recipient; `tries` still counts them all
+# A held recipient's due entry: far beyond any schedule, so the runner never takes it, while
+# every recipient keeps its one due entry (relay/spool_tables.py).
+HELD_US = to_us(datetime(9999, 1, 1, tzinfo=UTC))
+
+
+def _held(state: dict[str, Any]) -> bool:
+    return bool(state.get("held"))
+
+
+def rcpt_domain(address: str) -> str:
+    """A recipient's domain as the queue tools match it: lower-case A-labels."""
+    domain = address.rpartition("@")[2]
+    try:
+        return normalize_domain(domain)
+    except AddressError:
+        return domain.lower()
 
 
 def new_queue_id() -> str:
@@ -115,6 +135,9 @@ class Spool:
                 state = self._t.get_rcpt(txn, qid, rcpt)
                 if state is None:  # stale index entry: taking it removed it
                     continue
+                if _held(state):  # held while in flight, and its lease ran out: on hold now
+                    self._t.reschedule(txn, qid, rcpt, state, HELD_US, "")
+                    continue
                 self._t.reschedule(txn, qid, rcpt, state, to_us(until), owner)
                 picked.setdefault(qid, []).append(state)
             leases = []
@@ -154,7 +177,7 @@ class Spool:
                     if state["first_failure"] is None and not s.attempt.reply.is_success:
                         state["first_failure"] = to_us(s.attempt.when)
                 if s.disposition is Disposition.DEFERRED:
-                    next_us = to_us(s.next_at or now)
+                    next_us = HELD_US if _held(state) else to_us(s.next_at or now)
                     self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
                     continue
                 self._t.delete_rcpt(txn, queue_id, s.recipient, state)
@@ -168,39 +191,92 @@ class Spool:
 
         return self._t.write(work)
 
-    def retry_now(self, queue_ids: Iterable[str] | None, now: datetime) -> int:
-        """Make recipients due at `now` (None = all); leased ones are in flight already."""
-        return self._make_due(queue_ids, now, lambda owner: not owner)
+    def retry_now(
+        self, queue_ids: Iterable[str] | None, now: datetime, domain: str | None = None
+    ) -> int:
+        """Make recipients due at `now` (None = all, `domain`: only its recipients); leased
+        ones are in flight already and held ones wait for `release`."""
+        due = to_us(now)
+        return self._change(
+            queue_ids, domain, lambda st: None if st["leased_by"] or _held(st) else (due, "")
+        )
 
-    def drop(self, queue_id: str, why: str, dsn: bool, now: datetime) -> QueuedMessage | None:
-        """Remove a message (all its recipients); with `dsn`, tell the sender why."""
+    def hold(self, queue_ids: Iterable[str] | None, domain: str | None = None) -> int:
+        """Put recipients on hold (postsuper -h): the runner leaves them until `release`.
+
+        One in flight now is marked held and keeps its lease; when it settles deferred,
+        or its lease runs out, it goes on hold instead of coming due.
+        """
+
+        def change(st: dict[str, Any]) -> tuple[int, str] | None:
+            if _held(st):
+                return None
+            st["held"] = True
+            return (st["next_at"], st["leased_by"]) if st["leased_by"] else (HELD_US, "")
+
+        return self._change(queue_ids, domain, change)
+
+    def release(
+        self, queue_ids: Iterable[str] | None, now: datetime, domain: str | None = None
+    ) -> int:
+        """Release held recipients (postsuper -H): due at `now`, or at their lease's end."""
+
+        def change(st: dict[str, Any]) -> tuple[int, str] | None:
+            if not _held(st):
+                return None
+            st["held"] = False
+            return (st["next_at"], st["leased_by"]) if st["leased_by"] else (to_us(now), "")
+
+        return self._change(queue_ids, domain, change)
+
+    def drop(
+        self, queue_id: str, why: str, dsn: bool, now: datetime, domain: str | None = None
+    ) -> QueuedMessage | None:
+        """Remove a message (all its recipients, or those at `domain`); with `dsn`, tell the
+        sender why. Returns the message with the recipients removed, None if none were."""
         msg = self.get(queue_id)
         if msg is None:
             return None
+        gone = tuple(
+            r for r in msg.recipients if domain is None or rcpt_domain(r.recipient) == domain
+        )
+        if domain is not None and not gone:
+            return None
         note = f"dropped by the postmaster: {why}"
-        drops = [
-            Settlement(r.recipient, Disposition.DROPPED, note=note, notify=dsn)
-            for r in msg.recipients
-        ]
-        if not drops:  # a message record left without recipients: remove it directly
+        drops = [Settlement(r.recipient, Disposition.DROPPED, note=note, notify=dsn) for r in gone]
+        if not msg.recipients:  # a message record left without recipients: remove it directly
             self._t.write(lambda txn: self._t.delete_message(txn, queue_id))
         self.settle(queue_id, drops, now)
-        return msg
+        return replace(msg, recipients=gone)
 
     def recover(self, now: datetime, alive: Callable[[str], bool]) -> int:
-        """On start: leases whose owner is not `alive` are due again at once."""
-        return self._make_due(None, now, lambda owner: bool(owner) and not alive(owner))
+        """On start: leases whose owner is not `alive` are due again at once (held: on hold)."""
+        due = to_us(now)
 
-    def _make_due(
-        self, queue_ids: Iterable[str] | None, now: datetime, pick: Callable[[str], bool]
+        def change(st: dict[str, Any]) -> tuple[int, str] | None:
+            if not st["leased_by"] or alive(st["leased_by"]):
+                return None
+            return (HELD_US if _held(st) else due), ""
+
+        return self._change(None, None, change)
+
+    def _change(
+        self,
+        queue_ids: Iterable[str] | None,
+        domain: str | None,
+        change: Callable[[dict[str, Any]], tuple[int, str] | None],
     ) -> int:
-        """Make the recipients whose lease owner `pick` accepts due at `now`, unleased."""
+        """Move each recipient (of `queue_ids`, at `domain`) to the (due µs, lease owner) that
+        `change` returns for its state (which it may also edit); None leaves it alone."""
 
         def work(txn: lmdb.Transaction) -> int:
             n = 0
             for qid, rcpt, state in list(self._t.iter_rcpts(txn, queue_ids)):
-                if pick(state["leased_by"]):
-                    self._t.reschedule(txn, qid, rcpt, state, to_us(now), "")
+                if domain is not None and rcpt_domain(rcpt) != domain:
+                    continue
+                new = change(state)
+                if new is not None:
+                    self._t.reschedule(txn, qid, rcpt, state, *new)
                     n += 1
             return n
 

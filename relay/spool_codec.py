@@ -108,6 +108,7 @@ class QueuedRecipient:
     tries: int
     attempts: tuple[Attempt, ...]
     leased_by: str = ""
+    held: bool = False  # `queue hold`: not retried until `queue release`
 
     @property
     def last_reply(self) -> Reply | None:
@@ -184,6 +185,7 @@ def recipient_from_json(qid: str, s: dict[str, Any]) -> QueuedRecipient:
         s["tries"],
         tuple(attempt_from_json(a) for a in s["attempts"]),
         s["leased_by"],
+        bool(s.get("held", False)),
     )
 
 

@@ -34,11 +34,12 @@ def test_increment_counts_each_recipient_once_in_sent() -> None:
     assert increment("bounced", BounceClass.HARD) == Counts(sent=1, hard=1)
     assert increment("queued", BounceClass.SOFT) == Counts(sent=1, soft=1)
     assert increment("bounced", BounceClass.BLOCK) == Counts(sent=1, block=1)
-    assert increment("bounced", BounceClass.UNDETERMINED) == Counts(sent=1)
+    # An undetermined refusal is a failure too (issue 14: 100% refused showed 0%).
+    assert increment("bounced", BounceClass.UNDETERMINED) == Counts(sent=1, undetermined=1)
     assert increment("suppressed", BounceClass.HARD) == Counts(suppressed=1)
     # Retries: only late final results; the soft failure was counted at attempt 0.
     assert increment("queued", BounceClass.SOFT, "retry") == Counts()
-    assert increment("expired", BounceClass.SOFT, "retry") == Counts()
+    assert increment("expired", BounceClass.SOFT, "retry") == Counts(expired=1)
     assert increment("sent", BounceClass.DELIVERED, "retry") == Counts(delivered=1)
     assert increment("bounced", BounceClass.HARD, "retry") == Counts(hard=1)
     # Asynchronous reports: the recipient was counted in sent when it went out.
@@ -48,7 +49,7 @@ def test_increment_counts_each_recipient_once_in_sent() -> None:
     # Without a verdict the status word decides.
     assert increment("deferred", None) == Counts(sent=1, soft=1)
     assert increment("sent", None) == Counts(sent=1, delivered=1)
-    assert increment("bounced", None) == Counts(sent=1)  # unclassified: sent, no class
+    assert increment("bounced", None) == Counts(sent=1, undetermined=1)  # unclassified
 
 
 def test_rates_and_aggregation() -> None:
@@ -138,14 +139,15 @@ def test_stats_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     conf = tmp_path / "b.toml"
     conf.write_text(f'[store]\npath = "{tmp_path / "state"}"\n')
     # --since is counted back from today's real date; our rows are dated 2026-11-2x.
-    since = "2026-11-01"
-    assert main(["stats", "--config", str(conf), "--since", since, "--format", "json"]) == 0
+    since, until = "2026-11-21", "2026-11-22"
+    argv = ["stats", "--config", str(conf), "--since", since, "--until", until]
+    assert main([*argv, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in doc["rows"]] == ["2026-11-21", "2026-11-22"]
     today = doc["rows"][1]
     assert (today["sent"], today["hard"], today["soft"], today["suppressed"]) == (11, 3, 1, 1)
     assert today["hard_rate"] == pytest.approx(3 / 11)
-    assert main(["stats", "--config", str(conf), "--since", since, "--by", "domain"]) == 0
+    assert main([*argv, "--by", "domain"]) == 0
     out = capsys.readouterr().out
     assert "gmail.test" in out and "22.22%" in out  # 2 hard of 9 sent at gmail.test
     assert main(["stats", "--config", str(conf), "--since", "soon"]) == 2
@@ -153,4 +155,5 @@ def test_stats_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_table_shows_dash_for_no_traffic() -> None:
     table = render_table([("x.test", Counts(suppressed=2))], "domain")
-    assert table.splitlines()[1].split() == ["x.test", "0", "0", "0", "0", "0", "2", "-", "-"]
+    row = table.splitlines()[1].split()
+    assert row == ["x.test", "0", "0", "0", "0", "0", "0", "0", "2", "0", "0", "-", "-", "-"]

@@ -58,7 +58,7 @@ def test_add_list_show_remove(capsys: pytest.CaptureFixture[str], config: Path) 
     code, out, _ = run(
         capsys, config, "add", "Bob@Example.com", "--category", "bad-mailbox", "--why", "left"
     )
-    assert code == 0 and out.startswith("bob@example.com: permanent (bad-mailbox: left)")
+    assert code == 0 and out.startswith("bob@example.com: added, permanent (bad-mailbox: left)")
     code, out, _ = run(
         capsys,
         config,
