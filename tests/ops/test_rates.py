@@ -34,7 +34,7 @@ def test_increment_counts_each_recipient_once_in_sent() -> None:
     assert increment("bounced", BounceClass.HARD) == Counts(sent=1, hard=1)
     assert increment("queued", BounceClass.SOFT) == Counts(sent=1, soft=1)
     assert increment("bounced", BounceClass.BLOCK) == Counts(sent=1, block=1)
-    # An undetermined refusal is a failure too (issue 14: 100% refused showed 0%).
+    # An undetermined refusal is a failure too (a domain that refused 100% once showed 0%).
     assert increment("bounced", BounceClass.UNDETERMINED) == Counts(sent=1, undetermined=1)
     assert increment("suppressed", BounceClass.HARD) == Counts(suppressed=1)
     # Retries: only late final results; the soft failure was counted at attempt 0.

@@ -1,4 +1,4 @@
-"""Stats that add up (issue 14, item 6): undetermined refusals and expiries have their
+"""Stats that add up: undetermined refusals and expiries have their
 columns, bouncer's own DSNs are counted apart from deliveries, CSV from the CLI and the
 API, day x domain with a domain filter, zero rows for quiet days, `--since yesterday`,
 and a future `--since` that says so. The last test is the issue's done-when check: a
@@ -27,8 +27,9 @@ from relay.counters import StatsCounters, stats_csv
 from relay.service import Service
 from relay.state import open_state
 from tests.ops.client import open_client, transaction
-from tests.relay.test_queue_e2e import ROOT, Server, _until
+from tests.relay.test_queue_e2e import ROOT, Server
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 D20, D21, D22 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
@@ -207,7 +208,7 @@ async def test_stats_match_a_hand_count_through_a_running_server(tmp_path: Path)
                 )
 
             try:
-                await _until(counted, "the counters to match the hand count", 45)
+                await until(counted, "the counters to match the hand count", 45)
             except AssertionError:
                 raise AssertionError(f"counted {seen}, expected {expected}") from None
             assert len(sender_mx.messages) == 1  # the DSN really went out

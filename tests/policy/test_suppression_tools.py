@@ -1,4 +1,4 @@
-"""Suppression tools for operators (issue 14, item 9): `show` explains a refusal through
+"""Suppression tools for operators: `show` explains a refusal through
 the domain's record, "@domain" is taken wherever `list` prints it, `add` has defaults
 and says what it did, the importer takes spreadsheet exports, `export --unicode`, and
 `list` filters by date and domain, with paging."""

@@ -1,4 +1,4 @@
-"""Queue tools like Postfix's (issue 14, item 8): postcat -q, filters, hold/release,
+"""Queue tools like Postfix's: postcat -q, filters, hold/release,
 retry and drop by domain or by IDs on stdin, qshape's summary, the same in the API,
 and a held message that a running server does not retry until it is released."""
 
@@ -26,8 +26,9 @@ from relay.service import Service
 from relay.spool import HELD_US, Spool, SpoolMessage, spool_from_config
 from relay.spool_codec import to_us
 from relay.state import open_state
-from tests.relay.test_queue_e2e import Server, _send, _until
+from tests.relay.test_queue_e2e import Server, _send
 from tests.support.fake_mx import FakeMX
+from tests.support.wait import until
 
 DATA = b"From: a@a.example\r\nSubject: postcat me\r\n\r\nbody line\r\n"
 SOFT = Reply(452, "4.2.2", "Mailbox full", "mx.b.example[127.0.0.1]")
@@ -206,7 +207,11 @@ TOKEN = "queue-api-token-0123456789"
 
 @pytest.fixture
 async def api(relay_service: Any) -> AsyncIterator[tuple[Service, str, aiohttp.ClientSession]]:
-    svc: Service = await relay_service({"api": {"listen": "127.0.0.1:0", "token": TOKEN}})
+    # A first retry 30 days on: the service's own queue runner must not deliver these
+    # messages while the test looks at them.
+    svc: Service = await relay_service(
+        {"api": {"listen": "127.0.0.1:0", "token": TOKEN}, "queue": {"schedule": ["30d"]}}
+    )
     (component,) = [c for c in svc.components if isinstance(c, Api)]
     assert svc.spool is not None
     _accept(svc.spool, "AAA111", "a@a.example", ["x@b.example", "y@c.example"], timedelta(0))
@@ -281,7 +286,7 @@ async def test_a_running_server_does_not_retry_a_held_message(tmp_path: Path) ->
                 return [m.rcpt_tos for m in mx.messages] == [("carol@c.example",)]
 
             # The poll that delivered carol saw bob too, held: he stays queued.
-            await _until(carol_delivered, "the unheld message to be delivered")
+            await until(carol_delivered, "the unheld message to be delivered")
             (entry,) = await server.queue()
             assert entry["recipients"][0]["held"] is True
             code, out = await server.cli("release", "--all")
@@ -290,6 +295,6 @@ async def test_a_running_server_does_not_retry_a_held_message(tmp_path: Path) ->
             async def all_delivered() -> bool:
                 return len(mx.messages) == 2 and await server.queue() == []
 
-            await _until(all_delivered, "the released message to be delivered")
+            await until(all_delivered, "the released message to be delivered")
         finally:
             assert await server.stop() == 0
