@@ -33,19 +33,25 @@ from relay.spool_codec import (
     Lease,
     QueuedMessage,
     QueuedRecipient,
+    RecordError,
     Settlement,
     SpoolMessage,
     attempt_json,
+    check_message,
+    check_rcpt,
     decode_envelope,
     decode_message,
+    decode_rcpt,
     from_us,
     message_from_json,
     new_envelope,
     new_rcpt_state,
+    rcpt_key,
     recipient_from_json,
     to_us,
 )
 from relay.spool_dsn import DsnSettings, Report, failed_recipient, queue_dsn
+from relay.spool_quarantine import Quarantine
 from relay.spool_tables import QueueTables
 
 __all__ = [
@@ -87,6 +93,10 @@ class Spool:
         self.dsn = dsn or DsnSettings()
         self.new_id = new_id
         self._t = QueueTables(env)
+        # Undecodable records aside first, so nothing below (or later) trips on them.
+        self.quarantine = Quarantine(self._t)
+        self.quarantine.sweep()
+        self._t.write(self._t.index_arrivals)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -112,15 +122,27 @@ class Spool:
         def work(txn: lmdb.Transaction) -> list[Lease]:
             picked: dict[str, list[dict[str, Any]]] = {}
             for qid, rcpt in self._t.take_due(txn, to_us(now), limit):
-                state = self._t.get_rcpt(txn, qid, rcpt)
-                if state is None:  # stale index entry: taking it removed it
+                key = rcpt_key(qid, rcpt)
+                raw = txn.get(key, db=self._t.rcpts)
+                if raw is None:  # stale index entry: taking it removed it
                     continue
+                try:
+                    check_rcpt(key, raw)
+                except RecordError as exc:  # damaged since the queue was opened
+                    self.quarantine.move_rcpt(txn, key, str(exc))
+                    continue
+                state = decode_rcpt(raw)
                 self._t.reschedule(txn, qid, rcpt, state, to_us(until), owner)
                 picked.setdefault(qid, []).append(state)
             leases = []
             for qid, states in picked.items():
                 raw_msg = txn.get(qid.encode(), db=self._t.msgs)
                 if raw_msg is None:
+                    continue
+                try:
+                    check_message(qid, raw_msg)
+                except RecordError as exc:
+                    self.quarantine.move_message(txn, qid.encode(), str(exc))
                     continue
                 env, data = decode_message(raw_msg)
                 rcpts = tuple(recipient_from_json(qid, s) for s in states)

@@ -56,7 +56,6 @@ class QueueTables:
             self.arrived = env.open_db(b"queue_arrived")
         except lmdb.Error as exc:
             raise StateError(f"cannot open the queue databases: {exc}") from exc
-        self.write(self._index_arrivals)
 
     def write(self, work: Callable[[lmdb.Transaction], T]) -> T:
         """Run `work` in one write transaction; LMDB errors become StateError."""
@@ -66,7 +65,7 @@ class QueueTables:
         except lmdb.Error as exc:  # map full, disk error, read-only directory
             raise StateError(f"queue write failed: {exc}") from exc
 
-    def _index_arrivals(self, txn: lmdb.Transaction) -> None:
+    def index_arrivals(self, txn: lmdb.Transaction) -> None:
         # A queue written before the arrival index existed: build it once, on open.
         if txn.stat(self.arrived)["entries"] == txn.stat(self.msgs)["entries"]:
             return
