@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,6 +60,7 @@ __all__ = [
     "Disposition",
     "DsnSettings",
     "Lease",
+    "Recovered",
     "QueuedMessage",
     "QueuedRecipient",
     "Settlement",
@@ -152,47 +154,68 @@ class Spool:
         return self._t.write(work)
 
     def settle(self, queue_id: str, results: Sequence[Settlement], now: datetime) -> str | None:
-        """Record one attempt's outcomes for a message in one transaction.
+        """Record one attempt's outcomes for a message in one transaction (see `settle_in`)."""
+        return self._t.write(lambda txn: self.settle_in(txn, queue_id, results, now))
+
+    def settle_in(
+        self, txn: lmdb.Transaction, queue_id: str, results: Sequence[Settlement], now: datetime
+    ) -> str | None:
+        """Record one attempt's outcomes for a message, inside `txn`.
 
         Delivered/failed/expired/dropped recipients leave the queue; deferred ones get
         their attempt and next time; the message goes when its last recipient does.
         Failed and expired ones (and dropped ones with a note asking for it) get one
         DSN, queued in the same transaction. Returns the DSN's queue id, if any.
         """
+        raw_msg = txn.get(queue_id.encode(), db=self._t.msgs)
+        if raw_msg is None:
+            return None  # dropped by an operator meanwhile
+        env, data = decode_message(raw_msg)
+        failed: list[FailedRecipient] = []
+        for s in results:
+            state = self._t.get_rcpt(txn, queue_id, s.recipient)
+            if state is None:
+                continue
+            if s.attempt is not None:
+                state["tries"] += 1
+                state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
+                if state["first_failure"] is None and not s.attempt.reply.is_success:
+                    state["first_failure"] = to_us(s.attempt.when)
+            if s.disposition is Disposition.DEFERRED:
+                next_us = to_us(s.next_at or now)
+                self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
+                continue
+            self._t.delete_rcpt(txn, queue_id, s.recipient, state)
+            if s.wants_dsn:
+                failed.append(failed_recipient(recipient_from_json(queue_id, state), s))
+        if not self._t.has_recipients(txn, queue_id):
+            self._t.delete_message(txn, queue_id)
+        return self._queue_dsn(
+            txn, queue_id, env["sender"], data, from_us(env["arrived"]), failed, now
+        )
 
-        def work(txn: lmdb.Transaction) -> str | None:
-            raw_msg = txn.get(queue_id.encode(), db=self._t.msgs)
-            if raw_msg is None:
-                return None  # dropped by an operator meanwhile
-            env, data = decode_message(raw_msg)
-            failed: list[FailedRecipient] = []
-            for s in results:
-                state = self._t.get_rcpt(txn, queue_id, s.recipient)
-                if state is None:
-                    continue
-                if s.attempt is not None:
-                    state["tries"] += 1
-                    state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
-                    if state["first_failure"] is None and not s.attempt.reply.is_success:
-                        state["first_failure"] = to_us(s.attempt.when)
-                if s.disposition is Disposition.DEFERRED:
-                    next_us = to_us(s.next_at or now)
-                    self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
-                    continue
-                self._t.delete_rcpt(txn, queue_id, s.recipient, state)
-                if s.wants_dsn:
-                    failed.append(failed_recipient(recipient_from_json(queue_id, state), s))
-            if not self._t.has_recipients(txn, queue_id):
-                self._t.delete_message(txn, queue_id)
-            return self._queue_dsn(
-                txn, queue_id, env["sender"], data, from_us(env["arrived"]), failed, now
-            )
+    def mark_delivering_in(
+        self, txn: lmdb.Transaction, queue_id: str, recipients: Sequence[str], now: datetime
+    ) -> None:
+        """Write ahead, before the message's final dot: these recipients may get it now.
 
-        return self._t.write(work)
+        A recipient still marked at the next start was between the dot and the settle
+        when the process died: the remote may have it. It is sent again (at-least-once)
+        and `recover` names it; a recipient only leased was certainly not delivered.
+        """
+        for rcpt in recipients:
+            state = self._t.get_rcpt(txn, queue_id, rcpt)
+            if state is not None:
+                state["delivering"] = to_us(now)
+                self._t.put_rcpt(txn, queue_id, rcpt, state)
+
+    def write_many(self, works: Sequence[Callable[[lmdb.Transaction], Any]]) -> list[Any]:
+        """Several queue writes in one transaction, one fsync: a group commit."""
+        return self._t.write(lambda txn: [work(txn) for work in works])
 
     def retry_now(self, queue_ids: Iterable[str] | None, now: datetime) -> int:
         """Make recipients due at `now` (None = all); leased ones are in flight already."""
-        return self._make_due(queue_ids, now, lambda owner: not owner)
+        return self._make_due(queue_ids, now, lambda q, r, state: not state["leased_by"])
 
     def drop(self, queue_id: str, why: str, dsn: bool, now: datetime) -> QueuedMessage | None:
         """Remove a message (all its recipients); with `dsn`, tell the sender why."""
@@ -209,19 +232,36 @@ class Spool:
         self.settle(queue_id, drops, now)
         return msg
 
-    def recover(self, now: datetime, alive: Callable[[str], bool]) -> int:
-        """On start: leases whose owner is not `alive` are due again at once."""
-        return self._make_due(None, now, lambda owner: bool(owner) and not alive(owner))
+    def recover(self, now: datetime, alive: Callable[[str], bool]) -> Recovered:
+        """On start: leases whose owner is not `alive` are due again at once.
+
+        Returns how many, and which of them were marked delivering (possibly delivered).
+        """
+        maybe: list[tuple[str, str]] = []
+
+        def pick(qid: str, rcpt: str, state: dict[str, Any]) -> bool:
+            owner = state["leased_by"]
+            if not owner or alive(owner):
+                return False
+            if state.get("delivering"):
+                maybe.append((qid, rcpt))
+            return True
+
+        n = self._make_due(None, now, pick)
+        return Recovered(n, tuple(maybe))
 
     def _make_due(
-        self, queue_ids: Iterable[str] | None, now: datetime, pick: Callable[[str], bool]
+        self,
+        queue_ids: Iterable[str] | None,
+        now: datetime,
+        pick: Callable[[str, str, dict[str, Any]], bool],
     ) -> int:
-        """Make the recipients whose lease owner `pick` accepts due at `now`, unleased."""
+        """Make the recipients `pick` accepts due at `now`, unleased."""
 
         def work(txn: lmdb.Transaction) -> int:
             n = 0
             for qid, rcpt, state in list(self._t.iter_rcpts(txn, queue_ids)):
-                if pick(state["leased_by"]):
+                if pick(qid, rcpt, state):
                     self._t.reschedule(txn, qid, rcpt, state, to_us(now), "")
                     n += 1
             return n
@@ -290,6 +330,14 @@ def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:
         schedule_from_seconds(cfg.queue_schedule_seconds),
         DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
     )
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What `Spool.recover` found: leases of dead processes made due again."""
+
+    count: int
+    possibly_delivered: tuple[tuple[str, str], ...]  # (queue id, recipient) past the final dot
 
 
 def owner_alive(owner: str) -> bool:

@@ -110,7 +110,10 @@ class QueueTables:
     def put_rcpt(
         self, txn: lmdb.Transaction, queue_id: str, rcpt: str, state: dict[str, Any]
     ) -> None:
-        """Write a recipient's state and its due entry at `state["next_at"]` (µs)."""
+        """Write a recipient's state and its due entry at `state["next_at"]` (µs).
+
+        The due entry may exist already (a rewrite in place): the put then changes nothing.
+        """
         txn.put(rcpt_key(queue_id, rcpt), encode_rcpt(state), db=self.rcpts)
         txn.put(due_key(state["next_at"], queue_id, rcpt), b"", db=self.due)
 
@@ -126,6 +129,7 @@ class QueueTables:
         """Move a recipient's due entry to `next_us` and record who holds it ("" = nobody)."""
         txn.delete(due_key(state["next_at"], queue_id, rcpt), db=self.due)
         state["next_at"], state["leased_by"] = next_us, leased_by
+        state.pop("delivering", None)  # a new lease, a deferral or a recovery: not past the dot
         self.put_rcpt(txn, queue_id, rcpt, state)
 
     def delete_rcpt(

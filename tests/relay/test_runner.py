@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,11 +48,15 @@ class Script:
         data: bytes,
         queue_id: str,
         options: Sequence[str] = (),
+        *,
+        before_data: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> Mapping[str, Outcome]:
         self.calls.append((sender, tuple(rcpts), queue_id))
         self.options.append(tuple(options))
         if self.gate is not None:
             await self.gate.wait()
+        if before_data is not None:
+            await before_data(rcpts)
         if self.data_reply is not None:
             reply = parse_reply(self.data_reply)
             shared = Outcome(reply, "mx[127.0.0.1]:25", "DATA", len(rcpts))
