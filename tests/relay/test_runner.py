@@ -23,7 +23,7 @@ from relay.config import PolicyConfig, suppression_rules
 from relay.events import Event, EventBus, MessageEvent, RecipientEvent, Status
 from relay.runner import RetryWorker, RunnerSettings
 from relay.spool import DsnSettings, Spool, SpoolMessage
-from relay.state import open_state
+from relay.state import StateError, open_state
 from relay.transaction import Outcome
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -269,3 +269,42 @@ async def test_a_data_refusal_is_hard_only_for_a_lone_recipient(
         assert event.verdict is not None
         assert (event.verdict.klass is BounceClass.HARD) is hard
         assert (store.check(event.recipient, clock["now"]) is not None) is hard
+
+
+async def test_delivering_mark_is_durable_before_data_and_settled_after(parts: Any) -> None:
+    """Write-ahead: when the deliver step is about to send DATA, the recipient's record
+    already says 'delivering'; the settlement removes it (one group commit each)."""
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    seen: list[bool] = []
+
+    async def deliver(sender, rcpts, data, queue_id, options=(), *, before_data=None):  # type: ignore[no-untyped-def]
+        assert before_data is not None
+        await before_data(rcpts)
+        raw = spool.env.begin().get(b"Q1\0b@b.example", db=spool.env.open_db(b"queue_recipients"))
+        seen.append(b'"delivering"' in raw)
+        return await script(sender, rcpts, data, queue_id, options)
+
+    worker.deliver = deliver
+    clock["now"] = T0 + timedelta(minutes=5)
+    assert await worker.run_once(clock["now"]) == 1
+    await _settle(worker)
+    assert seen == [True]
+    assert spool.get("Q1") is None  # delivered and settled
+    assert worker.commits.commits == 2  # the mark, then the settlement
+
+
+async def test_a_failed_mark_sends_nothing(parts: Any) -> None:
+    """No mark, no DATA: when the write-ahead mark cannot be written the attempt defers."""
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+
+    def broken(txn: Any, *args: Any) -> None:
+        raise StateError("disk full")
+
+    spool.mark_delivering_in = broken  # type: ignore[method-assign]
+    clock["now"] = T0 + timedelta(minutes=5)
+    assert await worker.run_once(clock["now"]) == 1
+    await _settle(worker)
+    (r,) = spool.get("Q1").recipients  # still queued: the fake's 250 was never reached
+    assert r.tries == 2 and r.last_reply is not None and r.last_reply.code == 451
