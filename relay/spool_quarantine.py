@@ -87,13 +87,8 @@ class Quarantine:
 
     def move_message(self, txn: lmdb.Transaction, key: bytes, why: str) -> int:
         """Move a message record and all its recipients aside; returns records moved."""
-        raw = txn.get(key, db=self.t.msgs)
-        if raw is None:
+        if not self._take(txn, MESSAGES, key, why):
             return 0
-        self._keep(txn, MESSAGES, key, raw, why)
-        txn.delete(key, db=self.t.msgs)
-        _delete_index(txn, self.t.arrived, key)
-        moved = 1
         prefix = key + b"\0"
         cur = txn.cursor(db=self.t.rcpts)
         keys = []
@@ -102,24 +97,31 @@ class Quarantine:
                 if not bytes(k).startswith(prefix):
                     break
                 keys.append(bytes(k))
-        for k in keys:
-            moved += self.move_rcpt(txn, k, "its message record was quarantined", follow=False)
-        return moved
+        why = "its message record was quarantined"
+        return 1 + sum(self.move_rcpt(txn, k, why, follow=False) for k in keys)
 
     def move_rcpt(self, txn: lmdb.Transaction, key: bytes, why: str, follow: bool = True) -> int:
         """Move a recipient record aside (and, with `follow`, a message left without any)."""
-        raw = txn.get(key, db=self.t.rcpts)
-        if raw is None:
+        if not self._take(txn, RECIPIENTS, key, why):
             return 0
-        self._keep(txn, RECIPIENTS, key, raw, why)
-        txn.delete(key, db=self.t.rcpts)
-        _delete_index(txn, self.t.due, key)
         qid = key.partition(b"\0")[0]
         if follow and txn.get(qid, db=self.t.msgs) is not None:
-            cur = txn.cursor(db=self.t.rcpts)
-            if not (cur.set_range(qid + b"\0") and bytes(cur.key()).startswith(qid + b"\0")):
+            if not self.t.has_recipients(txn, qid.decode("ascii", "replace")):
                 return 1 + self.move_message(txn, qid, "its recipients were quarantined")
         return 1
+
+    def _take(self, txn: lmdb.Transaction, table: str, key: bytes, why: str) -> bool:
+        """Move one record and its index entry (arrival or due) aside; False if absent."""
+        db, index = (
+            (self.t.msgs, self.t.arrived) if table == MESSAGES else (self.t.rcpts, self.t.due)
+        )
+        raw = txn.get(key, db=db)
+        if raw is None:
+            return False
+        self._keep(txn, table, key, raw, why)
+        txn.delete(key, db=db)
+        _delete_index(txn, index, key)
+        return True
 
     def _keep(
         self, txn: lmdb.Transaction, table: str, key: bytes, raw: bytes | memoryview, why: str
