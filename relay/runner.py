@@ -9,8 +9,11 @@ of remote sessions away from live mail. Spool and store writes go through the
 one writer thread of the process (`run_write`); the event loop only reads.
 `drain` lets in-flight attempts finish within the drain time; attempts cut short
 stay leased and are due again at the next start (`Spool.recover`), so a stop can
-duplicate a delivery but never lose one. The service component around it
-(config, poll loop, stop) is relay/runner_service.py.
+duplicate a delivery but never lose one. Before DATA the recipients are marked
+"delivering" (write-ahead), so that start can name the ones that may be at the
+remote already; marks and settlements share group commits (relay/runner_commit.py),
+which keeps the time from a remote's 250 to a durable record about one fsync. The
+service component around it (config, poll loop, stop) is relay/runner_service.py.
 """
 
 from __future__ import annotations
