@@ -107,6 +107,9 @@ def problem_of(path: str | Path) -> str | None:
         return None
     with open(data, "rb") as f:
         head = f.read(2 * 65536)
+        # The size after the meta: a server writing meanwhile writes its pages before the
+        # meta page that names them, so a size read first could look short (a false alarm).
+        size = os.fstat(f.fileno()).st_size
     meta = read_meta(head)
     if meta is None:
         return f"{DATA_FILE} ({size} bytes) does not start with LMDB meta pages"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,3 +170,27 @@ def test_a_record_damaged_while_running_is_quarantined_at_lease(tmp_path: Path) 
     assert [q.table for q in spool.quarantine.entries()] == ["messages", "recipients"]
     assert spool.count() == (1, 1) and spool.oldest_arrival() is not None
     assert spool.get("A1") is None
+
+
+def test_the_check_beside_a_busy_writer_raises_no_false_alarm(tmp_path: Path) -> None:
+    """The server grows data.mdb while the CLI checks it: never reported as cut short."""
+    env = open_state(tmp_path, 1 << 29)
+    db = env.open_db(b"junk")
+    done = threading.Event()
+
+    def grow() -> None:
+        for i in range(400):
+            with env.begin(write=True, db=db) as txn:
+                txn.put(b"%06d" % i, b"z" * 20_000)
+        done.set()
+
+    writer = threading.Thread(target=grow)
+    writer.start()
+    problems = []
+    while not done.is_set():
+        problem = problem_of(tmp_path)
+        if problem is not None:
+            problems.append(problem)
+    writer.join()
+    env.close()
+    assert problems == []
