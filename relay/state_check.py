@@ -102,9 +102,9 @@ def problem_of(path: str | Path) -> str | None:
     except FileNotFoundError:
         return f"{DATA_FILE} is missing although {MARKER} says a store was here" if known else None
     if size == 0:
-        if known or (base / LOCK_FILE).exists():
-            return f"{DATA_FILE} is empty (0 bytes)"
-        return None
+        # Without the marker this is a first start (LMDB writes its meta pages while
+        # another worker may be looking): only a store known to exist can be emptied.
+        return f"{DATA_FILE} is empty (0 bytes)" if known else None
     with open(data, "rb") as f:
         head = f.read(2 * 65536)
         # The size after the meta: a server writing meanwhile writes its pages before the
@@ -112,6 +112,8 @@ def problem_of(path: str | Path) -> str | None:
         size = os.fstat(f.fileno()).st_size
     meta = read_meta(head)
     if meta is None:
+        if not known:
+            return None  # being created, or not LMDB at all: lmdb.open says which
         return f"{DATA_FILE} ({size} bytes) does not start with LMDB meta pages"
     if size < 2 * meta.page_size:
         return f"{DATA_FILE} is {size} bytes, shorter than its two meta pages"

@@ -194,3 +194,12 @@ def test_the_check_beside_a_busy_writer_raises_no_false_alarm(tmp_path: Path) ->
     writer.join()
     env.close()
     assert problems == []
+
+
+def test_an_empty_data_file_without_the_marker_is_a_first_start(tmp_path: Path) -> None:
+    """A worker starting beside another that is creating the store sees 0 bytes: no alarm."""
+    (tmp_path / "data.mdb").touch()
+    (tmp_path / "lock.mdb").touch()
+    assert problem_of(tmp_path) is None
+    (tmp_path / MARKER).touch()
+    assert problem_of(tmp_path) == "data.mdb is empty (0 bytes)"
