@@ -38,6 +38,7 @@ class GroupCommit:
         self.run_write = run_write
         self._pending: list[tuple[Work, After | None, asyncio.Future[Any]]] = []
         self._flushing = False
+        self._task: asyncio.Task[None] | None = None  # held: the loop keeps weak references
         self.commits = 0  # transactions written (for tests and figures)
 
     async def commit(self, work: Work, after: After | None = None) -> Any:
@@ -45,7 +46,7 @@ class GroupCommit:
         self._pending.append((work, after, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._task = asyncio.get_running_loop().create_task(self._flush())
         return await asyncio.shield(future)  # a cancelled attempt: its write still completes
 
     async def _flush(self) -> None:
