@@ -3,7 +3,8 @@
 
 Each subcommand lives in its own module with a `register(subparsers)` that adds
 its parser and sets `handler(args) -> int`. Exit codes: 0 ok, 1 the operation
-failed, 2 bad usage, 3 bad config (systemd's RestartPreventExitStatus=3).
+failed, 2 bad usage, 3 bad config (systemd's RestartPreventExitStatus=3), 4 the state
+store is damaged (relay/state_check.py; `bouncer store check|repair`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from relay.config import Config, ConfigError, load_config
+from relay.state_check import EXIT_DAMAGED, StoreDamaged
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
@@ -26,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "relay.cli_queue",
     "relay.cli_parse",
     "relay.cli_classify",
+    "relay.cli_store",
 )
 
 
@@ -73,4 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except BrokenPipeError:
         return EXIT_OK  # `bouncer suppression export | head` is not an error
+    except StoreDamaged as exc:  # any subcommand that opens the state directory
+        print(f"bouncer: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
     return code

@@ -152,9 +152,16 @@ def _list(args: argparse.Namespace) -> int:
     try:
         with _open(args) as spool:
             messages = _filter(args).select(spool.messages(), utcnow())
+            quarantined = spool.quarantine.count()
     except StateError as exc:
         print(f"bouncer: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if quarantined:
+        print(
+            f"bouncer: queue: {quarantined} undecodable record(s) in quarantine; "
+            "`bouncer store check` lists them",
+            file=sys.stderr,
+        )
     if args.json:
         for m in messages:
             print(json.dumps(message_json(m)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from policy.address import domain_of
@@ -152,12 +152,16 @@ class Delivery:
         data: bytes,
         queue_id: str = "",
         options: Sequence[str] = (),
+        *,
+        before_data: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> dict[str, Outcome]:
         """Deliver `data` to each recipient: route, MAIL, RCPT, DATA, one attempt.
 
         Recipients sharing a route and a remote sender share one remote transaction;
         transactions run concurrently. Returns one Outcome per recipient: the RCPT
-        refusal, the DATA reply, or the routing/connect failure.
+        refusal, the DATA reply, or the routing/connect failure. `before_data(accepted)`
+        runs before DATA is sent (the queue's write-ahead "delivering" mark); if it
+        raises, the remote transaction is reset and nothing is sent.
         """
         outcomes: dict[str, Outcome] = {}
         groups: dict[tuple[str, str], tuple[Route, list[str]]] = {}
@@ -181,6 +185,8 @@ class Delivery:
                     if not outcome.reply.is_success:
                         outcomes[rcpt] = outcome
                 if txn.accepted:
+                    if before_data is not None:
+                        await before_data(list(txn.accepted))
                     result = await txn.data(data)
                     for rcpt in txn.accepted:
                         outcomes[rcpt] = result

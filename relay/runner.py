@@ -9,8 +9,11 @@ of remote sessions away from live mail. Spool and store writes go through the
 one writer thread of the process (`run_write`); the event loop only reads.
 `drain` lets in-flight attempts finish within the drain time; attempts cut short
 stay leased and are due again at the next start (`Spool.recover`), so a stop can
-duplicate a delivery but never lose one. The service component around it
-(config, poll loop, stop) is relay/runner_service.py.
+duplicate a delivery but never lose one. Before DATA the recipients are marked
+"delivering" (write-ahead), so that start can name the ones that may be at the
+remote already; marks and settlements share group commits (relay/runner_commit.py),
+which keeps the time from a remote's 250 to a durable record about one fsync. The
+service component around it (config, poll loop, stop) is relay/runner_service.py.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from policy.reply import Reply
 from policy.retry import next_attempt
 from policy.verdict import BounceClass, Category, Verdict
 from relay.events import EventBus, MessageEvent, RecipientEvent, Status
+from relay.runner_commit import GroupCommit
 from relay.spool import (
     Attempt,
     Disposition,
     Lease,
     QueuedRecipient,
+    Recovered,
     Settlement,
     Spool,
     owner_alive,
@@ -46,11 +51,28 @@ from relay.transaction import Outcome
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The deliver step (Delivery.deliver_message): (sender, recipients, data, queue_id,
-# MAIL options) -> one Outcome per recipient.
-Deliver = Callable[
-    [str, Sequence[str], bytes, str, Sequence[str]], Awaitable[Mapping[str, Outcome]]
-]
+BeforeData = Callable[[Sequence[str]], Awaitable[None]]
+
+
+class Deliver(Protocol):
+    """The deliver step (Delivery.deliver_message): one Outcome per recipient.
+
+    `before_data(recipients)` is awaited before the message's final dot is sent to
+    those recipients; when it raises, they are not sent the message.
+    """
+
+    def __call__(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        queue_id: str,
+        options: Sequence[str],
+        *,
+        before_data: BeforeData | None = None,
+    ) -> Awaitable[Mapping[str, Outcome]]: ...
+
+
 RunWrite = Callable[[Callable[[], Any]], Awaitable[Any]]
 INTERNAL = Reply(451, "4.3.0", "Internal error while retrying; will try again")
 EXPIRED_RULE = "queue-expired"
@@ -104,6 +126,7 @@ class RetryWorker:
         self.store, self.events, self.run_write = store, events, run_write
         self.settings, self.clock = settings, clock
         self.owner = f"{os.getpid()}:{secrets.token_hex(4)}"
+        self.commits = GroupCommit(spool, run_write)
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self._domains: dict[str, tuple[asyncio.Semaphore, int]] = {}  # (slots, users)
@@ -116,10 +139,19 @@ class RetryWorker:
         def alive(owner: str) -> bool:
             return owner == self.owner or (not owner.startswith(mine) and owner_alive(owner))
 
-        n: int = await self.run_write(lambda: self.spool.recover(now, alive))
-        if n:
-            log.info("queue: %d recipient(s) in flight at the last stop are due again", n)
-        return n
+        found: Recovered = await self.run_write(lambda: self.spool.recover(now, alive))
+        if found.count:
+            log.info("queue: %d recipient(s) in flight at the last stop are due again", found.count)
+        for qid, rcpt in found.possibly_delivered:
+            # Past the final dot when the process died: the remote may have it. Sent again
+            # (at-least-once, as every MTA does); the log says which ones might be twice.
+            log.warning(
+                "queue %s: to=<%s> was being delivered when bouncer stopped; "
+                "sending again (the remote may already have it)",
+                qid,
+                rcpt,
+            )
+        return found.count
 
     async def run_once(self, now: datetime) -> int:
         """Start attempts for due recipients (up to the free slots); returns how many."""
@@ -163,7 +195,12 @@ class RetryWorker:
                 for domain in sorted({r.rpartition("@")[2].lower() for r in rcpts}):
                     await stack.enter_async_context(self._domain_slot(domain))
                 outcomes = await self.deliver(
-                    msg.sender, rcpts, lease.data, msg.queue_id, msg.options
+                    msg.sender,
+                    rcpts,
+                    lease.data,
+                    msg.queue_id,
+                    msg.options,
+                    before_data=self._mark_delivering(msg.queue_id),
                 )
         except asyncio.CancelledError:
             raise  # stopped: the lease stays and comes due again
@@ -173,7 +210,12 @@ class RetryWorker:
         now = self.clock()
         results = [self._judge(r, outcomes.get(r.recipient), now) for r in msg.recipients]
         try:
-            dsn_id = await self.run_write(lambda: self._record(msg.queue_id, results, now))
+            dsn_id = await self.commits.commit(
+                lambda txn: self.spool.settle_in(
+                    txn, msg.queue_id, [r.settlement for r in results], now
+                ),
+                lambda _: self._record_store(msg.queue_id, results, now),
+            )
         except StateError:
             # Not recorded: the lease stays, so it is tried again when the lease ends (a
             # delivered recipient may then get a duplicate; nothing is lost).
@@ -235,9 +277,17 @@ class RetryWorker:
         s = Settlement(r.recipient, Disposition.DEFERRED, attempt, next_at=nxt)
         return _Result(r, out, verdict, s, Status.QUEUED)  # logged "deferred (queued for retry)"
 
-    def _record(self, queue_id: str, results: list[_Result], now: datetime) -> str | None:
-        """In the writer thread: settle the spool first (the durable part), then the store."""
-        dsn_id = self.spool.settle(queue_id, [r.settlement for r in results], now)
+    def _mark_delivering(self, queue_id: str) -> BeforeData:
+        async def mark(recipients: Sequence[str]) -> None:
+            now = self.clock()
+            await self.commits.commit(
+                lambda txn: self.spool.mark_delivering_in(txn, queue_id, recipients, now)
+            )
+
+        return mark
+
+    def _record_store(self, queue_id: str, results: list[_Result], now: datetime) -> None:
+        """In the writer thread, once the settlement is durable: the suppression store."""
         if self.store is not None:
             for res in results:
                 try:
@@ -249,7 +299,6 @@ class RetryWorker:
                         )
                 except Exception:  # the queue outcome stands even when the store is full
                     log.exception("queue %s: store write for %s failed", queue_id, res.rcpt)
-        return dsn_id
 
     async def drain(self, within: float) -> None:
         """Let in-flight attempts finish for up to `within` seconds, then cancel the rest."""

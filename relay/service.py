@@ -35,7 +35,8 @@ from relay.outbound import OutboundSettings, open_session
 from relay.pipeline import Pipeline, utcnow
 from relay.pool import SessionPool
 from relay.spool import DsnSettings, Spool
-from relay.state import StateError, open_state
+from relay.state import StateError, StoreDamaged, open_state
+from relay.state_check import EXIT_DAMAGED
 from relay.transaction import Route
 from relay.workers import listen_reuse_port
 from relay.writer import Writer
@@ -208,6 +209,10 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             await self.startup()
+        except StoreDamaged as exc:  # exit 4: neither a restart nor a config edit mends it
+            log.error("startup failed: %s", exc)
+            await self.shutdown()
+            return EXIT_DAMAGED
         except StartupError as exc:
             log.error("startup failed: %s", exc)
             await self.shutdown()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,19 +35,25 @@ from relay.spool_codec import (
     Lease,
     QueuedMessage,
     QueuedRecipient,
+    RecordError,
     Settlement,
     SpoolMessage,
     attempt_json,
+    check_message,
+    check_rcpt,
     decode_envelope,
     decode_message,
+    decode_rcpt,
     from_us,
     message_from_json,
     new_envelope,
     new_rcpt_state,
+    rcpt_key,
     recipient_from_json,
     to_us,
 )
 from relay.spool_dsn import DsnSettings, Report, failed_recipient, queue_dsn
+from relay.spool_quarantine import Quarantine
 from relay.spool_tables import QueueTables
 
 __all__ = [
@@ -55,6 +61,7 @@ __all__ = [
     "Disposition",
     "DsnSettings",
     "Lease",
+    "Recovered",
     "QueuedMessage",
     "QueuedRecipient",
     "Settlement",
@@ -107,6 +114,10 @@ class Spool:
         self.dsn = dsn or DsnSettings()
         self.new_id = new_id
         self._t = QueueTables(env)
+        # Undecodable records aside first, so nothing below (or later) trips on them.
+        self.quarantine = Quarantine(self._t)
+        self.quarantine.sweep()
+        self._t.write(self._t.index_arrivals)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -132,9 +143,16 @@ class Spool:
         def work(txn: lmdb.Transaction) -> list[Lease]:
             picked: dict[str, list[dict[str, Any]]] = {}
             for qid, rcpt in self._t.take_due(txn, to_us(now), limit):
-                state = self._t.get_rcpt(txn, qid, rcpt)
-                if state is None:  # stale index entry: taking it removed it
+                key = rcpt_key(qid, rcpt)
+                raw = txn.get(key, db=self._t.rcpts)
+                if raw is None:  # stale index entry: taking it removed it
                     continue
+                try:
+                    check_rcpt(key, raw)
+                except RecordError as exc:  # damaged since the queue was opened
+                    self.quarantine.move_rcpt(txn, key, str(exc))
+                    continue
+                state = decode_rcpt(raw)
                 if _held(state):  # held while in flight, and its lease ran out: on hold now
                     self._t.reschedule(txn, qid, rcpt, state, HELD_US, "")
                     continue
@@ -145,6 +163,11 @@ class Spool:
                 raw_msg = txn.get(qid.encode(), db=self._t.msgs)
                 if raw_msg is None:
                     continue
+                try:
+                    check_message(qid, raw_msg)
+                except RecordError as exc:
+                    self.quarantine.move_message(txn, qid.encode(), str(exc))
+                    continue
                 env, data = decode_message(raw_msg)
                 rcpts = tuple(recipient_from_json(qid, s) for s in states)
                 leases.append(Lease(message_from_json(qid, env, rcpts), data, until))
@@ -153,43 +176,64 @@ class Spool:
         return self._t.write(work)
 
     def settle(self, queue_id: str, results: Sequence[Settlement], now: datetime) -> str | None:
-        """Record one attempt's outcomes for a message in one transaction.
+        """Record one attempt's outcomes for a message in one transaction (see `settle_in`)."""
+        return self._t.write(lambda txn: self.settle_in(txn, queue_id, results, now))
+
+    def settle_in(
+        self, txn: lmdb.Transaction, queue_id: str, results: Sequence[Settlement], now: datetime
+    ) -> str | None:
+        """Record one attempt's outcomes for a message, inside `txn`.
 
         Delivered/failed/expired/dropped recipients leave the queue; deferred ones get
         their attempt and next time; the message goes when its last recipient does.
         Failed and expired ones (and dropped ones with a note asking for it) get one
         DSN, queued in the same transaction. Returns the DSN's queue id, if any.
         """
+        raw_msg = txn.get(queue_id.encode(), db=self._t.msgs)
+        if raw_msg is None:
+            return None  # dropped by an operator meanwhile
+        env, data = decode_message(raw_msg)
+        failed: list[FailedRecipient] = []
+        for s in results:
+            state = self._t.get_rcpt(txn, queue_id, s.recipient)
+            if state is None:
+                continue
+            if s.attempt is not None:
+                state["tries"] += 1
+                state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
+                if state["first_failure"] is None and not s.attempt.reply.is_success:
+                    state["first_failure"] = to_us(s.attempt.when)
+            if s.disposition is Disposition.DEFERRED:
+                next_us = HELD_US if _held(state) else to_us(s.next_at or now)
+                self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
+                continue
+            self._t.delete_rcpt(txn, queue_id, s.recipient, state)
+            if s.wants_dsn:
+                failed.append(failed_recipient(recipient_from_json(queue_id, state), s))
+        if not self._t.has_recipients(txn, queue_id):
+            self._t.delete_message(txn, queue_id)
+        return self._queue_dsn(
+            txn, queue_id, env["sender"], data, from_us(env["arrived"]), failed, now
+        )
 
-        def work(txn: lmdb.Transaction) -> str | None:
-            raw_msg = txn.get(queue_id.encode(), db=self._t.msgs)
-            if raw_msg is None:
-                return None  # dropped by an operator meanwhile
-            env, data = decode_message(raw_msg)
-            failed: list[FailedRecipient] = []
-            for s in results:
-                state = self._t.get_rcpt(txn, queue_id, s.recipient)
-                if state is None:
-                    continue
-                if s.attempt is not None:
-                    state["tries"] += 1
-                    state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
-                    if state["first_failure"] is None and not s.attempt.reply.is_success:
-                        state["first_failure"] = to_us(s.attempt.when)
-                if s.disposition is Disposition.DEFERRED:
-                    next_us = HELD_US if _held(state) else to_us(s.next_at or now)
-                    self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
-                    continue
-                self._t.delete_rcpt(txn, queue_id, s.recipient, state)
-                if s.wants_dsn:
-                    failed.append(failed_recipient(recipient_from_json(queue_id, state), s))
-            if not self._t.has_recipients(txn, queue_id):
-                self._t.delete_message(txn, queue_id)
-            return self._queue_dsn(
-                txn, queue_id, env["sender"], data, from_us(env["arrived"]), failed, now
-            )
+    def mark_delivering_in(
+        self, txn: lmdb.Transaction, queue_id: str, recipients: Sequence[str], now: datetime
+    ) -> None:
+        """Write ahead, before the message's final dot: these recipients may get it now.
 
-        return self._t.write(work)
+        A recipient still marked at the next start was between the dot and the settle
+        when the process died: the remote may have it. It is sent again (at-least-once)
+        and `recover` names it; a recipient only leased was certainly not delivered.
+        """
+        for rcpt in recipients:
+            state = self._t.get_rcpt(txn, queue_id, rcpt)
+            if state is not None:
+                state["delivering"] = to_us(now)
+                self._t.put_rcpt(txn, queue_id, rcpt, state)
+
+    def write_many(self, works: Sequence[Callable[[lmdb.Transaction], Any]]) -> list[Any]:
+        """Several queue writes in one transaction, one fsync: a group commit."""
+        return self._t.write(lambda txn: [work(txn) for work in works])
 
     def retry_now(
         self, queue_ids: Iterable[str] | None, now: datetime, domain: str | None = None
@@ -249,16 +293,26 @@ class Spool:
         self.settle(queue_id, drops, now)
         return replace(msg, recipients=gone)
 
-    def recover(self, now: datetime, alive: Callable[[str], bool]) -> int:
-        """On start: leases whose owner is not `alive` are due again at once (held: on hold)."""
+    def recover(self, now: datetime, alive: Callable[[str], bool]) -> Recovered:
+        """On start: leases whose owner is not `alive` are due again at once (held ones go
+        back on hold). Returns how many, and which of them were marked delivering (the
+        remote may have the message already)."""
         due = to_us(now)
+        maybe: list[tuple[str, str]] = []
 
-        def change(st: dict[str, Any]) -> tuple[int, str] | None:
-            if not st["leased_by"] or alive(st["leased_by"]):
-                return None
-            return (HELD_US if _held(st) else due), ""
+        def work(txn: lmdb.Transaction) -> int:
+            n = 0
+            for qid, rcpt, state in list(self._t.iter_rcpts(txn, None)):
+                owner = state["leased_by"]
+                if not owner or alive(owner):
+                    continue
+                if state.get("delivering"):
+                    maybe.append((qid, rcpt))
+                self._t.reschedule(txn, qid, rcpt, state, HELD_US if _held(state) else due, "")
+                n += 1
+            return n
 
-        return self._change(None, None, change)
+        return Recovered(self._t.write(work), tuple(maybe))
 
     def _change(
         self,
@@ -344,6 +398,14 @@ def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:
         schedule_from_seconds(cfg.queue_schedule_seconds),
         DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
     )
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What `Spool.recover` found: leases of dead processes made due again."""
+
+    count: int
+    possibly_delivered: tuple[tuple[str, str], ...]  # (queue id, recipient) past the final dot
 
 
 def owner_alive(owner: str) -> bool:

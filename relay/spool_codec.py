@@ -19,6 +19,15 @@ from typing import Any
 from policy.reply import Reply
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# What a damaged record raises while being decoded (bad length prefix, bad JSON or UTF-8,
+# missing or mistyped fields); check_* turn any of them into one RecordError.
+_UNDECODABLE = (struct.error, ValueError, KeyError, TypeError, IndexError, OverflowError)
+
+
+class RecordError(ValueError):
+    """A queue record that cannot be decoded; it is quarantined (relay/spool_quarantine.py)."""
+
+
 _HEAD = struct.Struct(">I")  # length of the envelope JSON that precedes the message bytes
 
 
@@ -237,3 +246,28 @@ def new_rcpt_state(
         "attempts": [attempt_json(a) for a in attempts],
         "leased_by": "",
     }
+
+
+def check_message(queue_id: str, raw: bytes | memoryview) -> None:
+    """Raise RecordError unless `raw` decodes to a whole message record (envelope only)."""
+    try:
+        env = decode_envelope(raw)
+        message_from_json(queue_id, env, ())
+        from_us(env["arrived"])
+        (n,) = _HEAD.unpack_from(raw)
+        if len(raw) != _HEAD.size + n + env["size"]:
+            raise ValueError(f"{len(raw)} bytes, the envelope says {_HEAD.size + n + env['size']}")
+    except _UNDECODABLE as exc:
+        raise RecordError(f"message record: {type(exc).__name__}: {exc}") from exc
+
+
+def check_rcpt(key: bytes, raw: bytes | memoryview) -> tuple[str, str]:
+    """(queue id, recipient) of a whole recipient record; RecordError otherwise."""
+    try:
+        qid, rcpt = split_rcpt_key(bytes(key))
+        r = recipient_from_json(qid, decode_rcpt(raw))
+        if r.recipient != rcpt or not isinstance(r.tries, int):
+            raise ValueError("the record names another recipient than its key")
+        return qid, rcpt
+    except _UNDECODABLE as exc:
+        raise RecordError(f"recipient record: {type(exc).__name__}: {exc}") from exc

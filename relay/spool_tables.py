@@ -56,7 +56,6 @@ class QueueTables:
             self.arrived = env.open_db(b"queue_arrived")
         except lmdb.Error as exc:
             raise StateError(f"cannot open the queue databases: {exc}") from exc
-        self.write(self._index_arrivals)
 
     def write(self, work: Callable[[lmdb.Transaction], T]) -> T:
         """Run `work` in one write transaction; LMDB errors become StateError."""
@@ -66,7 +65,7 @@ class QueueTables:
         except lmdb.Error as exc:  # map full, disk error, read-only directory
             raise StateError(f"queue write failed: {exc}") from exc
 
-    def _index_arrivals(self, txn: lmdb.Transaction) -> None:
+    def index_arrivals(self, txn: lmdb.Transaction) -> None:
         # A queue written before the arrival index existed: build it once, on open.
         if txn.stat(self.arrived)["entries"] == txn.stat(self.msgs)["entries"]:
             return
@@ -111,7 +110,10 @@ class QueueTables:
     def put_rcpt(
         self, txn: lmdb.Transaction, queue_id: str, rcpt: str, state: dict[str, Any]
     ) -> None:
-        """Write a recipient's state and its due entry at `state["next_at"]` (µs)."""
+        """Write a recipient's state and its due entry at `state["next_at"]` (µs).
+
+        The due entry may exist already (a rewrite in place): the put then changes nothing.
+        """
         txn.put(rcpt_key(queue_id, rcpt), encode_rcpt(state), db=self.rcpts)
         txn.put(due_key(state["next_at"], queue_id, rcpt), b"", db=self.due)
 
@@ -127,6 +129,7 @@ class QueueTables:
         """Move a recipient's due entry to `next_us` and record who holds it ("" = nobody)."""
         txn.delete(due_key(state["next_at"], queue_id, rcpt), db=self.due)
         state["next_at"], state["leased_by"] = next_us, leased_by
+        state.pop("delivering", None)  # a new lease, a deferral or a recovery: not past the dot
         self.put_rcpt(txn, queue_id, rcpt, state)
 
     def delete_rcpt(

@@ -7,10 +7,17 @@ once: LMDB's lock file makes that safe. Each user opens its own named databases.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import lmdb
+
+from relay.state_check import StoreDamaged, check_state, mark_state
+
+__all__ = ["MAX_NAMED_DBS", "StateError", "StoreDamaged", "open_state"]
+
+log = logging.getLogger(__name__)
 
 MAX_NAMED_DBS = 32
 
@@ -20,11 +27,16 @@ class StateError(Exception):
 
 
 def open_state(path: str | Path, map_size: int, readonly: bool = False) -> lmdb.Environment:
-    """Open (creating if needed) the LMDB environment at `path`."""
+    """Open (creating if needed) the LMDB environment at `path`.
+
+    Raises StoreDamaged, before LMDB maps anything, when the data file is cut short,
+    emptied or gone (relay/state_check.py); StateError when it cannot be opened.
+    """
+    check_state(path)
     try:
         if not readonly:
             os.makedirs(path, mode=0o750, exist_ok=True)
-        return lmdb.open(
+        env = lmdb.open(
             str(path),
             map_size=map_size,
             max_dbs=MAX_NAMED_DBS,
@@ -38,3 +50,9 @@ def open_state(path: str | Path, map_size: int, readonly: bool = False) -> lmdb.
         )
     except (lmdb.Error, OSError) as exc:
         raise StateError(f"cannot open state directory {path}: {exc}") from exc
+    if not readonly:
+        try:
+            mark_state(path)
+        except OSError as exc:  # a read-only directory: the store still works, unguarded
+            log.warning("cannot write the state marker in %s: %s", path, exc)
+    return env

@@ -47,7 +47,7 @@ def test_unit_has_the_required_directives() -> None:
         "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
         "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
         "Restart": "on-failure",
-        "RestartPreventExitStatus": "3",
+        "RestartPreventExitStatus": "3 4",
     }
     for key, value in expected.items():
         assert d.get(key) == [value], key

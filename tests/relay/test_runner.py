@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from relay.config import PolicyConfig, suppression_rules
 from relay.events import Event, EventBus, MessageEvent, RecipientEvent, Status
 from relay.runner import RetryWorker, RunnerSettings
 from relay.spool import DsnSettings, Spool, SpoolMessage
-from relay.state import open_state
+from relay.state import StateError, open_state
 from relay.transaction import Outcome
 from tests.support.mime import status_blocks
 from tests.support.wait import until
@@ -46,21 +46,25 @@ class Script:
     async def __call__(
         self,
         sender: str,
-        rcpts: Sequence[str],
+        recipients: Sequence[str],
         data: bytes,
         queue_id: str,
         options: Sequence[str] = (),
+        *,
+        before_data: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> Mapping[str, Outcome]:
-        self.calls.append((sender, tuple(rcpts), queue_id))
+        self.calls.append((sender, tuple(recipients), queue_id))
         self.options.append(tuple(options))
         if self.gate is not None:
             await self.gate.wait()
+        if before_data is not None:
+            await before_data(recipients)
         if self.data_reply is not None:
             reply = parse_reply(self.data_reply)
-            shared = Outcome(reply, "mx[127.0.0.1]:25", "DATA", len(rcpts))
-            return dict.fromkeys(rcpts, shared)
+            shared = Outcome(reply, "mx[127.0.0.1]:25", "DATA", len(recipients))
+            return dict.fromkeys(recipients, shared)
         out = {}
-        for r in rcpts:
+        for r in recipients:
             reply = parse_reply(self.replies.get(r, "250 2.0.0 Ok")).with_host("mx[127.0.0.1]")
             out[r] = Outcome(reply, "mx[127.0.0.1]:25", "RCPT")
         return out
@@ -266,3 +270,42 @@ async def test_a_data_refusal_is_hard_only_for_a_lone_recipient(
         assert event.verdict is not None
         assert (event.verdict.klass is BounceClass.HARD) is hard
         assert (store.check(event.recipient, clock["now"]) is not None) is hard
+
+
+async def test_delivering_mark_is_durable_before_data_and_settled_after(parts: Any) -> None:
+    """Write-ahead: when the deliver step is about to send DATA, the recipient's record
+    already says 'delivering'; the settlement removes it (one group commit each)."""
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    seen: list[bool] = []
+
+    async def deliver(sender, rcpts, data, queue_id, options=(), *, before_data=None):
+        assert before_data is not None
+        await before_data(rcpts)
+        raw = spool.env.begin().get(b"Q1\0b@b.example", db=spool.env.open_db(b"queue_recipients"))
+        seen.append(b'"delivering"' in raw)
+        return await script(sender, rcpts, data, queue_id, options)
+
+    worker.deliver = deliver
+    clock["now"] = T0 + timedelta(minutes=5)
+    assert await worker.run_once(clock["now"]) == 1
+    await _settle(worker)
+    assert seen == [True]
+    assert spool.get("Q1") is None  # delivered and settled
+    assert worker.commits.commits == 2  # the mark, then the settlement
+
+
+async def test_a_failed_mark_sends_nothing(parts: Any) -> None:
+    """No mark, no DATA: when the write-ahead mark cannot be written the attempt defers."""
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q1", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+
+    def broken(txn: Any, *args: Any) -> None:
+        raise StateError("disk full")
+
+    spool.mark_delivering_in = broken
+    clock["now"] = T0 + timedelta(minutes=5)
+    assert await worker.run_once(clock["now"]) == 1
+    await _settle(worker)
+    (r,) = spool.get("Q1").recipients  # still queued: the fake's 250 was never reached
+    assert r.tries == 2 and r.last_reply is not None and r.last_reply.code == 451

@@ -199,9 +199,28 @@ def test_recover_makes_dead_owners_leases_due(tmp_path: Path) -> None:
     spool.lease_due(now, 1, "dead:1", far)
     spool.lease_due(now, 1, "alive:2", far)
     assert spool.lease_due(now, 10, "x", far) == []
-    assert spool.recover(now, lambda owner: owner.startswith("alive")) == 1
+    assert spool.recover(now, lambda owner: owner.startswith("alive")).count == 1
     leases = spool.lease_due(now, 10, "x", far)
     assert [le.message.queue_id for le in leases] == ["Q1"]
+
+
+def test_recover_names_recipients_left_past_the_final_dot(tmp_path: Path) -> None:
+    """The write-ahead mark: a dead owner's recipient marked delivering may be at the
+    remote already (it is named); one only leased was certainly not sent."""
+    spool = _spool(tmp_path)
+    spool.accept(_msg("Q1", deferred=(("b@b.example", SOFT),)), T0)
+    spool.accept(_msg("Q2", deferred=(("c@b.example", SOFT),)), T0)
+    now = T0 + timedelta(minutes=6)
+    far = now + timedelta(hours=1)
+    assert len(spool.lease_due(now, 10, "dead:1", far)) == 2
+    spool.write_many([lambda txn: spool.mark_delivering_in(txn, "Q1", ["b@b.example"], now)])
+    found = spool.recover(now, lambda owner: False)
+    assert found.count == 2 and found.possibly_delivered == (("Q1", "b@b.example"),)
+    # The mark goes with the recovery (and with every new lease or settlement).
+    assert spool.recover(now, lambda owner: False).possibly_delivered == ()
+    leases = spool.lease_due(now, 10, "x", far)
+    assert sorted(le.message.queue_id for le in leases) == ["Q1", "Q2"]
+    assert spool.recover(now, lambda owner: False).possibly_delivered == ()
 
 
 def test_owner_alive_probes_the_process() -> None:
