@@ -27,7 +27,8 @@ from policy.reply import Reply
 from policy.routing import hop_refusal
 from relay.auth import ehlo_without_empty_auth
 from relay.config import IPNetwork
-from relay.events import ConnectEvent
+from relay.events import ConnectEvent, ProtocolEvent
+from relay.headers import message_id_of
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
 from relay.received import protocol_keyword, received_header
 from relay.smtp_path import simple_path
@@ -118,6 +119,15 @@ class InboundHandler:
             self.client = f"unknown[{peer[0]}]"
         self.server.events_emit(ConnectEvent(self.client, utcnow()))
 
+    def warn(self, text: str) -> None:
+        """A `warning: name[ip]: text` line in the mail log (relay/logfmt.py)."""
+        self.server.events_emit(ProtocolEvent(self.client, text, utcnow()))
+
+    def auth_failed(self, mechanism: str) -> None:
+        """Called by the authenticator (relay/auth.py): Postfix's exact wording, which
+        fail2ban's postfix-sasl filter matches (tests/ops/test_operator.py)."""
+        self.warn(f"SASL {mechanism} authentication failed: authentication failure")
+
     def hang_up(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -180,7 +190,9 @@ class InboundHandler:
             return NEEDS_SMTPUTF8
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        self.txn = ClientTransaction(sender, tuple(options), self.client)
+        self.txn = ClientTransaction(
+            sender, tuple(options), self.client, sasl_username=_login_of(session)
+        )
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -227,8 +239,10 @@ class InboundHandler:
         refusal = content_refusal(content, self.server.max_hops)
         if refusal is not None:
             await self.pipeline.abort(txn)
-            log.warning("%s: from %s: %s", txn.queue_id, self.client, refusal)
+            # Postfix smtpd's form, "warning: name[ip]: ...", for the mail log and fail2ban.
+            self.warn(f"{txn.queue_id}: message refused: {refusal}")
             return refusal
+        txn.message_id = message_id_of(content)
         header = received_header(
             helo=session.host_name or "unknown",
             client_ip=str(self.ip) if self.ip else "unknown",
@@ -275,6 +289,19 @@ class InboundHandler:
         return "252 2.0.0 Cannot VRFY; send mail and see"  # RFC 5321 §3.5.3
 
 
+def _login_of(session: Session) -> str:
+    login = getattr(session.auth_data, "login", None) if session.authenticated else None
+    if isinstance(login, bytes):
+        return login.decode("utf-8", "replace")
+    return login if isinstance(login, str) else ""
+
+
+class _Session(Session):
+    # aiosmtpd sets `session.login_data` on every successful AUTH and its property logs
+    # "Session.login_data is deprecated" each time; a plain attribute keeps the log clean.
+    login_data: Any = None
+
+
 def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return [name for name in dir(cls) if name.startswith(prefixes)]
 
@@ -295,6 +322,9 @@ class InboundSMTP(SMTP):
         return names
 
     _in_rcpt = False
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
