@@ -16,9 +16,17 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay import oplog
+from relay.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    config_or_exit,
+    open_state_or_exit,
+)
 from relay.spool import QueuedMessage, QueuedRecipient, Spool, spool_from_config, utcnow
-from relay.state import StateError, open_state
+from relay.state import StateError
 
 log = logging.getLogger("bouncer.queue")
 
@@ -56,7 +64,7 @@ def queue_id(text: str) -> str:
 @contextmanager
 def _open(args: argparse.Namespace) -> Iterator[Spool]:
     cfg = config_or_exit(args)
-    env = open_state(cfg.store.path, cfg.store.map_size)
+    env = open_state_or_exit(args, cfg, create=False)  # no state directory: no queue
     try:
         yield spool_from_config(env, cfg)
     finally:
@@ -172,6 +180,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 def _drop(args: argparse.Namespace) -> int:
     code = EXIT_OK
+    dropped = []
     try:
         with _open(args) as spool:
             for qid in args.ids:
@@ -181,11 +190,14 @@ def _drop(args: argparse.Namespace) -> int:
                     code = EXIT_FAILED
                     continue
                 rcpts = ", ".join(f"<{r.recipient}>" for r in m.recipients)
-                # The operator's record: who was dropped and why (stderr, beside the event log).
-                log.warning("%s: removed by the postmaster: %s; to=%s", qid, args.why, rcpts)
+                facts = [("from", f"<{m.sender}>"), ("to", rcpts), ("dsn", str(args.dsn).lower())]
+                dropped.append(oplog.action(oplog.QUEUE, qid, "removed", args.why, facts))
                 dsn = " with a DSN to the sender" if args.dsn else ""
                 print(f"{qid}: dropped ({len(m.recipients)} recipient(s)){dsn}", flush=True)
     except StateError as exc:
         print(f"bouncer: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        # The operator's record in the mail log: which message, who, why (relay/oplog.py).
+        oplog.record(config_or_exit(args).log, dropped)
     return code

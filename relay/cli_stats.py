@@ -13,9 +13,14 @@ from datetime import UTC, datetime
 from typing import cast
 
 from policy.rates import Counts, GroupBy, parse_since
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    config_or_exit,
+    open_state_or_exit,
+)
 from relay.counters import read_stats, stats_document
-from relay.state import StateError, open_state
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bouncer stats: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        env = open_state(cfg.store.path, cfg.store.map_size, readonly=True)
-    except StateError as exc:
-        print(f"bouncer stats: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    env = open_state_or_exit(args, cfg, create=False)  # says where it looked
     try:
         rows = read_stats(env, since, by)
     finally:

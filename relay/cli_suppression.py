@@ -24,9 +24,17 @@ from policy.records import State, SuppressionRecord, as_dict
 from policy.suppression import NotFound, StoreError, SuppressionStore
 from policy.suppression_csv import iso, parse_when, write_csv
 from policy.verdict import Category
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay import oplog
+from relay.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    config_or_exit,
+    open_state_or_exit,
+)
 from relay.config import suppression_rules
-from relay.state import StateError, open_state
+from relay.state import StateError
 
 STATES = [s.value for s in State] + ["all"]
 
@@ -38,11 +46,22 @@ def _when(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use 2027-01-30)") from exc
 
 
+# Actions that may create the state directory; the others only read (or change a record
+# that must already exist), and say where they looked instead of creating an empty store.
+CREATES = frozenset({"add", "import"})
+
+
 def open_store(args: argparse.Namespace) -> SuppressionStore:
-    """The store in the configured state directory (created if missing)."""
+    """The store in the configured state directory."""
     cfg = config_or_exit(args)
-    env = open_state(cfg.store.path, cfg.store.map_size)
+    env = open_state_or_exit(args, cfg, create=args.action in CREATES)
     return SuppressionStore(env, suppression_rules(cfg.policy))
+
+
+def _log_action(args: argparse.Namespace, key: str, what: str, why: str, **facts: str) -> None:
+    """The operator's action as a line in the mail log (relay/oplog.py)."""
+    event = oplog.action(oplog.SUPPRESSION, key, what, why, facts.items())
+    oplog.record(config_or_exit(args).log, [event])
 
 
 def _states(text: str | None) -> list[State] | None:
@@ -127,6 +146,8 @@ def _show(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     store = open_store(args)
     rec = store.add(args.address, Category(args.category), datetime.now(UTC), args.until, args.why)
+    until = iso(rec.until) if rec.until else "permanent"
+    _log_action(args, rec.key, "added", args.why, category=args.category, until=until)
     if rec.until:
         print(f"{rec.key}: {rec.state.value} until {iso(rec.until)} ({rec.reason})")
     else:
@@ -140,6 +161,7 @@ def _remove(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     store = open_store(args)
     rec = store.remove(args.address, datetime.now(UTC), force=args.force, why=args.why)
+    _log_action(args, rec.key, "lifted", args.why, state=rec.state.value)
     print(f"{rec.key}: {rec.history[-1].detail}; now {rec.state.value}")
     return EXIT_OK
 
@@ -159,6 +181,8 @@ def _import(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     with fh:
         result = store.import_csv(fh, datetime.now(UTC), why=args.why)
+    added, skipped = str(result.added), str(result.skipped)
+    _log_action(args, args.file, "imported", args.why, added=added, skipped=skipped)
     for problem in result.problems:
         print(f"bouncer: {args.file}: {problem}", file=sys.stderr)
     print(f"imported {result.added}, skipped {result.skipped}")
