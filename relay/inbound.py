@@ -123,7 +123,7 @@ class InboundHandler:
         """A `warning: name[ip]: text` line in the mail log (relay/logfmt.py)."""
         self.server.events_emit(ProtocolEvent(self.client, text, utcnow()))
 
-    def auth_failed(self, mechanism: str) -> None:
+    def report_auth_failure(self, mechanism: str) -> None:
         """Called by the authenticator (relay/auth.py): Postfix's exact wording, which
         fail2ban's postfix-sasl filter matches (tests/ops/test_operator.py)."""
         self.warn(f"SASL {mechanism} authentication failed: authentication failure")
