@@ -121,7 +121,7 @@ def test_sighup_reopens_the_log_file_after_logrotate_moved_it(tmp_path: Path) ->
         before = rotated.read_text()
         with socket.create_connection(("127.0.0.1", b.port)) as s:
             s.recv(512)
-        new = _file_with(b.log_path, "connect from unknown[127.0.0.1]")
+        _file_with(b.log_path, "connect from unknown[127.0.0.1]")  # in the new file
         assert rotated.read_text() == before  # nothing more went to the rotated file
 
 
