@@ -65,28 +65,22 @@ def config_or_exit(args: argparse.Namespace) -> Config:
         raise SystemExit(EXIT_CONFIG) from exc
 
 
-def open_state_or_exit(args: argparse.Namespace, cfg: Config, *, create: bool) -> Any:
+def open_state_for(args: argparse.Namespace, cfg: Config, *, create: bool) -> Any:
     """The configured state directory's LMDB environment, for a CLI command.
 
     A command that only reads never creates the directory: an empty store made
-    in the wrong place would answer "nothing" where the server holds records. It
-    says where it looked and which config named that place, and exits 1.
+    in the wrong place would answer "nothing" where the server holds records.
+    Raises StateError saying where it looked and which config named that place.
     """
     from relay.state import StateError, open_state
 
     path = cfg.store.path
     if not create and not os.path.isdir(path):
-        print(
-            f"bouncer: no state directory at {os.path.abspath(path)} ([store] path from "
-            f"{config_name(args)}); the server creates it when it first starts",
-            file=sys.stderr,
+        raise StateError(
+            f"no state directory at {os.path.abspath(path)} ([store] path from "
+            f"{config_name(args)}); the server creates it when it first starts"
         )
-        raise SystemExit(EXIT_FAILED)
-    try:
-        return open_state(path, cfg.store.map_size)
-    except StateError as exc:
-        print(f"bouncer: {exc} (config: {config_name(args)})", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from exc
+    return open_state(path, cfg.store.map_size)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from relay.cli import (
     EXIT_USAGE,
     add_config_option,
     config_or_exit,
-    open_state_or_exit,
+    open_state_for,
 )
 from relay.spool import QueuedMessage, QueuedRecipient, Spool, spool_from_config, utcnow
 from relay.state import StateError
@@ -64,7 +64,7 @@ def queue_id(text: str) -> str:
 @contextmanager
 def _open(args: argparse.Namespace) -> Iterator[Spool]:
     cfg = config_or_exit(args)
-    env = open_state_or_exit(args, cfg, create=False)  # no state directory: no queue
+    env = open_state_for(args, cfg, create=False)  # no state directory: no queue
     try:
         yield spool_from_config(env, cfg)
     finally:

@@ -14,13 +14,15 @@ from typing import cast
 
 from policy.rates import Counts, GroupBy, parse_since
 from relay.cli import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     add_config_option,
     config_or_exit,
-    open_state_or_exit,
+    open_state_for,
 )
 from relay.counters import read_stats, stats_document
+from relay.state import StateError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bouncer stats: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    env = open_state_or_exit(args, cfg, create=False)  # says where it looked
+    try:
+        env = open_state_for(args, cfg, create=False)  # says where it looked
+    except StateError as exc:
+        print(f"bouncer stats: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         rows = read_stats(env, since, by)
     finally:

@@ -31,7 +31,7 @@ from relay.cli import (
     EXIT_USAGE,
     add_config_option,
     config_or_exit,
-    open_state_or_exit,
+    open_state_for,
 )
 from relay.config import suppression_rules
 from relay.state import StateError
@@ -54,7 +54,7 @@ CREATES = frozenset({"add", "import"})
 def open_store(args: argparse.Namespace) -> SuppressionStore:
     """The store in the configured state directory."""
     cfg = config_or_exit(args)
-    env = open_state_or_exit(args, cfg, create=args.action in CREATES)
+    env = open_state_for(args, cfg, create=args.action in CREATES)
     return SuppressionStore(env, suppression_rules(cfg.policy))
 
 
