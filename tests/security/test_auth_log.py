@@ -16,7 +16,8 @@ from relay.logfmt import postfix_lines
 from relay.service import Service
 from tests.security.conftest import PASSWORD, USER
 from tests.security.rawsmtp import RawClient
-from tests.security.test_relay_access import MSG, NOT_US, port_of
+from tests.security.test_relay_access import MSG, port_of
+from tests.security.test_relay_access import secured as secured  # the fixture, reused
 from tests.support.fake_mx import FakeMX
 
 # fail2ban's filter.d/postfix.conf, mode "auth" (its mdre-auth, with the prefix line it
@@ -32,20 +33,9 @@ FAIL2BAN_SASL = re.compile(
 
 
 @pytest.fixture
-async def logged(
-    relay_service: Any, fake_mx: FakeMX, tls_files: tuple[str, str], users_file: str
-) -> tuple[Service, list[str]]:
-    svc: Service = await relay_service(
-        {
-            "server": {
-                "allowed_clients": NOT_US,
-                "tls_cert": tls_files[0],
-                "tls_key": tls_files[1],
-                "users_file": users_file,
-            },
-            "delivery": {"routes": {"example.test": fake_mx.address}},
-        }
-    )
+async def logged(secured: Service) -> tuple[Service, list[str]]:
+    """test_relay_access's server (STARTTLS, AUTH, relay for no network) and its log lines."""
+    svc = secured
     lines: list[str] = []
 
     def sink(event: Event) -> None:
