@@ -49,13 +49,15 @@ if [ "${1:-}" = "--inside" ]; then
 Description=only what the bouncer check needs
 EOF
     # A boot that touches nothing the host shares: no tmpfiles, sysctl, modules, clock,
-    # udev, binfmt or timers; journald and bouncer's own dependencies stay.
+    # udev, binfmt, timers, /dev mounts or /dev/log (/dev is the host's); journald and
+    # bouncer's own dependencies stay.
     for unit in $(ls /lib/systemd/system/sysinit.target.wants /etc/systemd/system/sysinit.target.wants \
                      /lib/systemd/system/timers.target.wants /etc/systemd/system/timers.target.wants \
                      /lib/systemd/system/local-fs.target.wants 2>/dev/null | grep -v -e : -e '^$') \
                 systemd-udevd.service systemd-udev-trigger.service systemd-hwdb-update.service \
                 systemd-remount-fs.service systemd-fsck-root.service ldconfig.service \
-                systemd-journal-catalog-update.service systemd-tmpfiles-clean.service; do
+                systemd-journal-catalog-update.service systemd-tmpfiles-clean.service \
+                systemd-journald-dev-log.socket systemd-journald-audit.socket; do
         case $unit in systemd-journald.service|*.target) continue ;; esac
         ln -sf /dev/null "/etc/systemd/system/$unit"
     done
