@@ -66,6 +66,10 @@ EOF
 fi
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
+if [ -d /run/systemd/system ]; then
+    echo "systemd already runs this machine: install as the README says and use systemctl" >&2
+    exit 2
+fi
 src=$(cd "$(dirname "$0")/../.." && pwd)
 # Outside every path the namespace covers (/tmp, /var, ...): its output is read from here.
 scratch=$(mktemp -d /dev/shm/bouncer-boot.XXXXXX)
@@ -79,6 +83,11 @@ pid=""
 cleanup() {
     if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
     kill -9 "$outer" 2>/dev/null || true
+    sleep 1
+    # The cgroups that systemd made in the (shared) hierarchy, now empty: unit names only.
+    find /sys/fs/cgroup/*/ -mindepth 1 -depth -type d 2>/dev/null \
+        | grep -E '\.(mount|scope|slice|service|socket|swap)(/|$)' \
+        | while read -r dir; do rmdir "$dir" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; status=1; }
