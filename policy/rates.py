@@ -55,7 +55,8 @@ GroupBy = Literal["day", "domain", "day,domain", "total"]
 GROUPINGS: tuple[GroupBy, ...] = ("day", "domain", "day,domain", "total")
 Phase = Literal["live", "retry", "report"]
 
-# Statuses (relay.events.Status values) are plain strings here: policy/ imports nothing from relay/.
+# Statuses (relay.observe.events.Status values) are plain strings here: policy/ imports
+# nothing from relay/
 _SUPPRESSED = "suppressed"
 _SENT = "sent"
 _EXPIRED = "expired"

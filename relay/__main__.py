@@ -1,4 +1,4 @@
 # `python -m relay` runs the bouncer command; nothing else belongs here.
-from relay.cli import main
+from relay.cli.main import main
 
 raise SystemExit(main())

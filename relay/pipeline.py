@@ -17,15 +17,15 @@ from datetime import UTC, datetime
 from functools import partial
 
 from policy.address import domain_of
-from policy.classify import shared_data_verdict
+from policy.classify.classify import shared_data_verdict
 from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
 from policy.reply import Reply
 from policy.verdict import Verdict
-from relay.delivery import Delivery, RemoteTransaction
-from relay.events import EventBus, MessageEvent, RecipientEvent, Status
-from relay.spool_codec import SpoolMessage
-from relay.transaction import Classifier, Outcome, SpoolSink, Store, new_queue_id
-from relay.writer import Writer
+from relay.observe.events import EventBus, MessageEvent, RecipientEvent, Status
+from relay.outbound.delivery import Delivery, RemoteTransaction
+from relay.outbound.values import Classifier, Outcome, SpoolSink, Store, new_queue_id
+from relay.queue.records import SpoolMessage
+from relay.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

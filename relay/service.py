@@ -22,26 +22,26 @@ from typing import Any, Protocol
 
 import lmdb
 
-from policy.classify import classify
-from policy.suppression import StoreError, SuppressionStore
+from policy.classify.classify import classify
+from policy.suppression.store import StoreError, SuppressionStore
 from relay import __version__
-from relay.admission import AdmissionLimits
-from relay.auth import AuthConfigError, smtp_security_kwargs
-from relay.config import Config, parse_hostport, suppression_rules
-from relay.delivery import Delivery
-from relay.events import EventBus
-from relay.inbound import InboundServer
-from relay.intake import verp_sender
-from relay.mx import MXResolver, build_resolver
-from relay.outbound import OutboundSettings, open_session
+from relay.config.load import Config, parse_hostport, suppression_rules
+from relay.inbound.admission import AdmissionLimits
+from relay.inbound.auth import AuthConfigError, smtp_security_kwargs
+from relay.inbound.server import InboundServer
+from relay.intake.listener import verp_sender
+from relay.observe.events import EventBus
+from relay.outbound.delivery import Delivery
+from relay.outbound.pool import SessionPool
+from relay.outbound.routes import MXResolver, build_resolver
+from relay.outbound.session import OutboundSettings, open_session
+from relay.outbound.values import Route
 from relay.pipeline import Pipeline, utcnow
-from relay.pool import SessionPool
-from relay.spool import DsnSettings, Spool
-from relay.state import StateError, StoreDamaged, open_state
-from relay.state_check import EXIT_DAMAGED
-from relay.transaction import Route
+from relay.queue.queue import DsnSettings, Spool
+from relay.store.env import StateError, StoreDamaged, open_state
+from relay.store.integrity import EXIT_DAMAGED
+from relay.store.writer import Writer
 from relay.workers import listen_reuse_port
-from relay.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,14 @@ EXIT_BUSY = 75  # a listen address in use: transient (sysexits EX_TEMPFAIL), sys
 
 # Contributed components, "module:factory", started in this order (see module docstring).
 COMPONENTS: tuple[str, ...] = (
-    "relay.ops:log_writer",  # first, so it sees the other components' events
-    "relay.ops:counters",
-    "relay.runner_service:queue_runner",
-    "relay.ops:metrics",
-    "relay.ops:api",
-    "relay.intake:intake_component",  # [intake] listen: late DSNs and ARF reports
-    "relay.ops:reloader",  # SIGHUP re-reads config_path (relay/reload.py)
-    "relay.ops:notifier",  # last: READY=1 once everything runs
+    "relay.observe.components:log_writer",  # first, so it sees the other components' events
+    "relay.observe.components:counters",
+    "relay.queue.component:queue_runner",
+    "relay.observe.components:metrics",
+    "relay.observe.components:api",
+    "relay.intake.listener:intake_component",  # [intake] listen: late DSNs and ARF reports
+    "relay.observe.components:reloader",  # SIGHUP re-reads config_path (relay/config/reload.py)
+    "relay.observe.components:notifier",  # last: READY=1 once everything runs
 )
 
 
@@ -93,7 +93,7 @@ class Service:
         listen_override: tuple[str, ...] | None = None,
     ) -> None:
         self.config = config
-        self.config_path = config_path  # re-read on SIGHUP (relay/reload.py)
+        self.config_path = config_path  # re-read on SIGHUP (relay/config/reload.py)
         self.listen_override = listen_override  # `serve --listen`: kept across reloads
         self.state_dir = os.path.abspath(config.store.path)  # named in the startup line
         self.clock = clock

@@ -1,7 +1,7 @@
 # Shared fixtures: the scripted fake MX and the loopback DNS server (tests/support/).
 # Each fixture starts its server on a free loopback port on the test's own loop and
 # stops it afterwards, so tests never collide and never touch the internet.
-# Every async test runs on uvloop, the loop `bouncer serve` runs on (relay/cli_serve.py):
+# Every async test runs on uvloop, the loop `bouncer serve` runs on (relay/cli/serve.py):
 # transports differ between the two loops (uvloop's are not asyncio.WriteTransport, and
 # it reports EOF before a new task has run), and production only ever meets uvloop's.
 from __future__ import annotations
@@ -67,7 +67,7 @@ async def relay_service(
     where it listens. Defaults: state in tmp_path, small timeouts, hostname relay.test.
     Stopped (drained) after the test.
     """
-    from relay.config import config_from_dict
+    from relay.config.load import config_from_dict
     from relay.service import Service
 
     started: list[Service] = []

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import main
-from relay.config import ConfigError, config_from_dict, load_config, parse_duration
+from relay.cli.main import main
+from relay.config.load import ConfigError, config_from_dict, load_config, parse_duration
 
 
 def test_defaults_listen_on_loopback_2525() -> None:
@@ -57,8 +57,8 @@ def test_check_config_cli_rejects_unknown_key(
 def test_policy_section_carries_every_suppression_rule_with_its_default() -> None:
     from dataclasses import fields
 
-    from policy.escalation import SuppressionRules
-    from relay.config import PolicyConfig, suppression_rules
+    from policy.suppression.escalate import SuppressionRules
+    from relay.config.load import PolicyConfig, suppression_rules
 
     assert suppression_rules(PolicyConfig()) == SuppressionRules()
     cfg = config_from_dict({"policy": {"hard_suppress_days": 5, "soft_suppress_days": [1, 2]}})

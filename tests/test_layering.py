@@ -21,7 +21,7 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("path", sorted(POLICY.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(POLICY.rglob("*.py")), ids=lambda p: p.name)
 def test_policy_module_does_no_network_io(path: Path) -> None:
     assert not (_imported_roots(path) & FORBIDDEN)
 

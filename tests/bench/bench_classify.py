@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from policy.classify import classify  # noqa: E402
+from policy.classify.classify import classify  # noqa: E402
+from policy.classify.rules import default_rules  # noqa: E402
 from policy.reply import Reply, parse_reply  # noqa: E402
-from policy.rules import default_rules  # noqa: E402
 from tests.support.reply_corpus import load  # noqa: E402
 from tests.support.sisimai import corpus_dir, reply_of, samples  # noqa: E402
 

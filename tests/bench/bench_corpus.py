@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from policy.classify import classify  # noqa: E402
+from policy.classify.classify import classify  # noqa: E402
 from policy.reply import parse_reply  # noqa: E402
 from tests.support.reply_corpus import CORPUS, evaluate, load  # noqa: E402
 

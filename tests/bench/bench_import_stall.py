@@ -21,7 +21,7 @@ import aiohttp
 import uvloop
 
 from policy.verdict import Category
-from relay.config import config_from_dict
+from relay.config.load import config_from_dict
 from relay.service import Service
 
 TOKEN = "bench-token-0123456789abcdef"

@@ -18,15 +18,15 @@ import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from policy.bounce_parse import parse_bounce  # noqa: E402
-from policy.escalation import SuppressionRules  # noqa: E402
-from policy.suppression import SuppressionStore  # noqa: E402
+from policy.bounces.parse import parse_bounce  # noqa: E402
+from policy.suppression.escalate import SuppressionRules  # noqa: E402
+from policy.suppression.store import SuppressionStore  # noqa: E402
 from policy.verp import VerpKey, encode  # noqa: E402
-from relay.config import config_from_dict  # noqa: E402
-from relay.events import EventBus  # noqa: E402
-from relay.intake import Intake  # noqa: E402
-from relay.state import open_state  # noqa: E402
-from relay.writer import Writer  # noqa: E402
+from relay.config.load import config_from_dict  # noqa: E402
+from relay.intake.listener import Intake  # noqa: E402
+from relay.observe.events import EventBus  # noqa: E402
+from relay.store.env import open_state  # noqa: E402
+from relay.store.writer import Writer  # noqa: E402
 from tests.intake import samples  # noqa: E402
 from tests.support.sisimai import corpus_dir  # noqa: E402
 

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from policy.reply import Reply  # noqa: E402
-from relay.spool import Spool, SpoolMessage  # noqa: E402
-from relay.state import open_state  # noqa: E402
+from relay.queue.queue import Spool, SpoolMessage  # noqa: E402
+from relay.store.env import open_state  # noqa: E402
 from tests.support.fake_mx import FakeMX  # noqa: E402
 from tests.support.postfix import free_port  # noqa: E402
 from tests.support.serve import default_table, to_toml  # noqa: E402

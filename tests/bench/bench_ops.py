@@ -13,13 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from policy.reply import Reply  # noqa: E402
 from policy.verdict import BounceClass, Category, Verdict  # noqa: E402
-from relay.config import LogConfig  # noqa: E402
-from relay.counters import StatsCounters  # noqa: E402
-from relay.events import RecipientEvent, Status  # noqa: E402
-from relay.logfmt import format_lines  # noqa: E402
-from relay.logsink import LogWriter  # noqa: E402
-from relay.metrics import Metrics  # noqa: E402
-from relay.state import open_state  # noqa: E402
+from relay.config.load import LogConfig  # noqa: E402
+from relay.observe.counters import StatsCounters  # noqa: E402
+from relay.observe.events import RecipientEvent, Status  # noqa: E402
+from relay.observe.logfmt import format_lines  # noqa: E402
+from relay.observe.logsink import LogWriter  # noqa: E402
+from relay.observe.metrics import Metrics  # noqa: E402
+from relay.store.env import open_state  # noqa: E402
 
 N = 50_000
 

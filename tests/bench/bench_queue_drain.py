@@ -20,15 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from policy.classify import classify  # noqa: E402
+from policy.classify.classify import classify  # noqa: E402
 from policy.reply import Reply  # noqa: E402
-from relay.config import config_from_dict  # noqa: E402
-from relay.events import EventBus  # noqa: E402
-from relay.runner import RetryWorker, RunnerSettings  # noqa: E402
+from relay.config.load import config_from_dict  # noqa: E402
+from relay.observe.events import EventBus  # noqa: E402
+from relay.queue.queue import Spool, SpoolMessage  # noqa: E402
+from relay.queue.scheduler import RetryWorker, RunnerSettings  # noqa: E402
 from relay.service import build_delivery  # noqa: E402
-from relay.spool import Spool, SpoolMessage  # noqa: E402
-from relay.state import open_state  # noqa: E402
-from relay.writer import Writer  # noqa: E402
+from relay.store.env import open_state  # noqa: E402
+from relay.store.writer import Writer  # noqa: E402
 from tests.support.fake_mx import FakeMX  # noqa: E402
 
 SOFT = Reply(452, "4.2.2", "Mailbox full")

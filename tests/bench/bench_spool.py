@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from policy.reply import Reply  # noqa: E402
-from relay.spool import Attempt, Disposition, Settlement, Spool, SpoolMessage  # noqa: E402
-from relay.state import open_state  # noqa: E402
+from relay.queue.queue import Attempt, Disposition, Settlement, Spool, SpoolMessage  # noqa: E402
+from relay.store.env import open_state  # noqa: E402
 
 SOFT = Reply(452, "4.2.2", "Mailbox full", "mx.example[192.0.2.1]")
 OK = Reply(250, "2.0.0", "Ok", "mx.example[192.0.2.1]")

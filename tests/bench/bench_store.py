@@ -37,18 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from policy.record_codec import encode  # noqa: E402
-from policy.records import (  # noqa: E402
+from policy.reply import Reply  # noqa: E402
+from policy.suppression.encoding import encode  # noqa: E402
+from policy.suppression.records import (  # noqa: E402
     HistoryEvent,
     Scope,
     SoftStreak,
     State,
     SuppressionRecord,
 )
-from policy.reply import Reply  # noqa: E402
-from policy.suppression import ADDRESS_DB, DOMAIN_DB, SuppressionRules, SuppressionStore  # noqa: E402
+from policy.suppression.store import ADDRESS_DB, DOMAIN_DB, SuppressionRules, SuppressionStore  # noqa: E402
 from policy.verdict import BounceClass, Category  # noqa: E402
-from relay.state import open_state  # noqa: E402
+from relay.store.env import open_state  # noqa: E402
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DOMAINS = [f"d{i}.example" for i in range(1000)]

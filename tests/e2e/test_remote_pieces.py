@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from relay.delivery import Delivery
-from relay.mx import MXResolver, build_resolver
-from relay.outbound import OutboundSettings, RemoteSession, open_session
-from relay.pool import SessionPool
-from relay.transaction import Route, Target
+from relay.outbound.delivery import Delivery
+from relay.outbound.pool import SessionPool
+from relay.outbound.routes import MXResolver, build_resolver
+from relay.outbound.session import OutboundSettings, RemoteSession, open_session
+from relay.outbound.values import Route, Target
 from tests.relay.test_relay_e2e import MSG, converse, routes, send
 from tests.support.fake_mx import FakeMX, by_line, in_thirds
 

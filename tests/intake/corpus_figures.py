@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policy.bounce_parse import RECIPIENT_FILTER_RULES, UNVERIFIED_USER_UNKNOWN, parse_bounce
-from policy.bounce_types import BounceReport, Kind
+from policy.bounces.parse import RECIPIENT_FILTER_RULES, UNVERIFIED_USER_UNKNOWN, parse_bounce
+from policy.bounces.values import BounceReport, Kind
 from policy.verdict import BounceClass
 from tests.support.sisimai import (
     FULL_CORPUS_ABSENT,

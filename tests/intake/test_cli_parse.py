@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import main
+from relay.cli.main import main
 from tests.intake import samples
 
 

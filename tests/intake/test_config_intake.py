@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import ConfigError, config_from_dict
+from relay.config.load import ConfigError, config_from_dict
 
 GOOD = {"enabled": True, "bounce_domain": "bounces.sender.example", "secret": "x" * 16}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from policy.bounce_parse import parse_bounce
+from policy.bounces.parse import parse_bounce
 from tests.intake.corpus_figures import Figures, measure
 from tests.support.sisimai import (
     CORPUS_PARAMS,

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import aiosmtplib
 import pytest
 
-from policy.escalation import SuppressionRules
-from policy.records import State
-from policy.suppression import SuppressionStore
+from policy.suppression.escalate import SuppressionRules
+from policy.suppression.records import State
+from policy.suppression.store import SuppressionStore
 from policy.verp import VerpKey, encode
-from relay.config import config_from_dict
-from relay.events import Event, EventBus, RecipientEvent
-from relay.intake import Intake
-from relay.state import open_state
+from relay.config.load import config_from_dict
+from relay.intake.listener import Intake
+from relay.observe.events import Event, EventBus, RecipientEvent
+from relay.store.env import open_state
 from tests.intake import samples
 
 SECRET = "intake-test-secret"

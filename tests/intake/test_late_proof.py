@@ -1,4 +1,4 @@
-# What counts as proof for a late "user unknown" (policy/bounce_parse.py): each kind of
+# What counts as proof for a late "user unknown" (policy/bounces/parse.py): each kind of
 # proof makes the report hard, and the look-alikes a recipient filter writes are undetermined
 # with their reason (never content-related).
 # The texts are the corpus ones named in the rule comments and in docs/intake.md.
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from policy.bounce_parse import parse_bounce
-from policy.bounce_types import BounceReport
+from policy.bounces.parse import parse_bounce
+from policy.bounces.values import BounceReport
 from policy.verdict import BounceClass, Category
 from tests.intake import samples
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.bounce_parse import parse_bounce, returned_sender
-from policy.bounce_types import Kind
+from policy.bounces.parse import parse_bounce, returned_sender
+from policy.bounces.values import Kind
 from policy.verdict import BounceClass, Category
 from tests.intake import samples
 

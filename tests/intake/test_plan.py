@@ -1,8 +1,8 @@
-# The intake's trust rules (policy.bounce_intake.plan): what a received report may change.
+# The intake's trust rules (policy.bounces.effect.plan): what a received report may change.
 from __future__ import annotations
 
-from policy.bounce_intake import Op, Target, plan
-from policy.bounce_types import BounceReport, Kind
+from policy.bounces.effect import Op, Target, plan
+from policy.bounces.values import BounceReport, Kind
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from policy.bounce_parse import parse_bounce
-from policy.bounce_types import Kind
+from policy.bounces.parse import parse_bounce
+from policy.bounces.values import Kind
 from policy.verdict import BounceClass
 from tests.intake import samples
 

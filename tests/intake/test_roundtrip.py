@@ -11,7 +11,7 @@ import aiosmtplib
 import pytest
 
 from policy.verp import VerpKey, decode
-from relay.intake import Intake
+from relay.intake.listener import Intake
 from relay.service import Service
 from tests.intake import samples
 from tests.support.fake_mx import FakeMX

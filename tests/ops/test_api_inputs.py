@@ -14,7 +14,7 @@ import pytest
 from yarl import URL
 
 from policy.verdict import Category
-from relay.api import Api
+from relay.observe.api import Api
 from relay.service import Service
 
 TOKEN = "api-input-token-0123456789"

@@ -7,8 +7,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.api import Api
-from relay.metrics import Metrics
+from relay.observe.api import Api
+from relay.observe.metrics import Metrics
 from relay.service import Service
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
@@ -101,7 +101,7 @@ async def test_healthz_fails_when_the_store_cannot_be_read(
     assert svc.store is not None
 
     def broken(now: object = None) -> dict[str, int]:
-        from policy.suppression import StoreError
+        from policy.suppression.store import StoreError
 
         raise StoreError("cannot read")
 
@@ -205,7 +205,7 @@ async def test_api_end_to_end(running: tuple[Service, FakeMX]) -> None:
 async def test_a_metrics_port_in_use_is_a_startup_error(tmp_path: Any) -> None:
     import socket
 
-    from relay.config import config_from_dict
+    from relay.config.load import config_from_dict
     from relay.service import StartupError
 
     taken = socket.create_server(("127.0.0.1", 0))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.auth import MAX_PASSWORD_BYTES
-from relay.cli import main
+from relay.cli.main import main
+from relay.inbound.auth import MAX_PASSWORD_BYTES
 
 
 @pytest.fixture

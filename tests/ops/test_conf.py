@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import main
-from relay.config import Config, load_config
+from relay.cli.main import main
+from relay.config.load import Config, load_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "bouncer.toml"
 

@@ -11,10 +11,10 @@ import pytest
 
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
-from relay.config import LogConfig
-from relay.events import ConnectEvent, MessageEvent, RecipientEvent, Status
-from relay.logfmt import format_lines, postfix_delay, postfix_lines, syslog_time
-from relay.logsink import LogWriter, stderr_is_journal
+from relay.config.load import LogConfig
+from relay.observe.events import ConnectEvent, MessageEvent, RecipientEvent, Status
+from relay.observe.logfmt import format_lines, postfix_delay, postfix_lines, syslog_time
+from relay.observe.logsink import LogWriter, stderr_is_journal
 
 WHEN = datetime(2026, 11, 22, 10, 15, 1)  # naive: printed as is
 HARD = Verdict(BounceClass.HARD, Category.BAD_MAILBOX, "x.1.1")
@@ -226,7 +226,7 @@ def test_a_full_disk_does_not_stop_the_stream(
         pytest.skip("no /dev/full to simulate a full disk")
     stream = io.StringIO()
     writer = LogWriter(LogConfig(file="/dev/full"), host="h", pid=9, stderr=stream)
-    with caplog.at_level("ERROR", logger="relay.logsink"):
+    with caplog.at_level("ERROR", logger="relay.observe.logsink"):
         writer(_bounce())
         writer(_bounce())
     assert stream.getvalue().count("status=bounced") == 2

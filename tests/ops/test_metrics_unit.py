@@ -7,8 +7,8 @@ import pytest
 
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
-from relay.events import ConnectEvent, MessageEvent, RecipientEvent, Status
-from relay.metrics import Metrics
+from relay.observe.events import ConnectEvent, MessageEvent, RecipientEvent, Status
+from relay.observe.metrics import Metrics
 
 WHEN = datetime(2026, 11, 22, 10, 0, 0)
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from relay import __version__, config_schema
-from relay.cli import main
-from relay.config import DeliveryConfig, ServerConfig, find_config, load_config
-from relay.events import AdminEvent, MessageEvent
-from relay.logfmt import json_line, postfix_lines
-from relay.oplog import record
-from relay.spool import DsnSettings
+from relay import __version__
+from relay.cli.main import main
+from relay.config import schema as config_schema
+from relay.config.load import DeliveryConfig, ServerConfig, find_config, load_config
+from relay.observe.events import AdminEvent, MessageEvent
+from relay.observe.logfmt import json_line, postfix_lines
+from relay.observe.oplog import record
+from relay.queue.queue import DsnSettings
 from tests.support.postfix import free_port, wait_port
 from tests.support.serve import bouncer_process
 
@@ -53,7 +54,7 @@ def test_config_is_found_flag_then_env_then_etc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     etc = tmp_path / "bouncer.toml"
-    monkeypatch.setattr("relay.config.DEFAULT_CONFIG", str(etc))
+    monkeypatch.setattr("relay.config.load.DEFAULT_CONFIG", str(etc))
     assert find_config(None, env={}) is None  # a fresh machine: the embedded defaults
     etc.write_text("")
     assert find_config(None, env={}) == str(etc)
@@ -153,8 +154,8 @@ def test_names_default_to_the_hosts_fqdn(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_dsn_from_is_mailer_daemon_at_the_fqdn(tmp_path: Path) -> None:
-    from relay.spool import spool_from_config
-    from relay.state import open_state
+    from relay.queue.queue import spool_from_config
+    from relay.store.env import open_state
 
     cfg = load_config(None)
     spool = spool_from_config(open_state(tmp_path, 1 << 24), cfg)
@@ -325,8 +326,8 @@ def test_cli_actions_reach_the_configured_log_file(tmp_path: Path) -> None:
 
 
 def test_queue_drop_is_logged_with_who_and_why(tmp_path: Path) -> None:
-    from relay.spool import SpoolMessage, spool_from_config
-    from relay.state import open_state
+    from relay.queue.queue import SpoolMessage, spool_from_config
+    from relay.store.env import open_state
     from tests.relay.test_cli_queue import DATA, SOFT
 
     log = tmp_path / "mail.log"

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from policy.reply import Reply
-from relay.config import LogConfig
-from relay.events import ConnectEvent, Event, MessageEvent, RecipientEvent, Status
-from relay.logsink import LogWriter
+from relay.config.load import LogConfig
+from relay.observe.events import ConnectEvent, Event, MessageEvent, RecipientEvent, Status
+from relay.observe.logsink import LogWriter
 from tests.ops.pflog import pflogsumm_totals, require_pflogsumm
 
 T0 = datetime(2026, 11, 22, 9, 0, 0)

@@ -10,11 +10,11 @@ import pytest
 from policy.rates import Counts, aggregate, increment, parse_since
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
-from relay.cli import main
-from relay.cli_stats import render_table
-from relay.counters import StatsCounters, read_rows, read_stats
-from relay.events import ConnectEvent, RecipientEvent, Status
-from relay.state import open_state
+from relay.cli.main import main
+from relay.cli.stats import render_table
+from relay.observe.counters import StatsCounters, read_rows, read_stats
+from relay.observe.events import ConnectEvent, RecipientEvent, Status
+from relay.store.env import open_state
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 V = {

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from relay.config import config_from_dict, suppression_rules
-from relay.logsink import LogWriter
-from relay.reload import apply_config
+from relay.config.load import config_from_dict, suppression_rules
+from relay.config.reload import apply_config
+from relay.observe.logsink import LogWriter
 from relay.service import Service
 
 
@@ -26,7 +26,7 @@ async def test_apply_config_changes_routes_policy_and_log(
         ).policy,
         log=dataclasses.replace(svc.config.log, format="json", file=str(tmp_path / "m.log")),
     )
-    with caplog.at_level(logging.WARNING, logger="relay.reload"):
+    with caplog.at_level(logging.WARNING, logger="relay.config.reload"):
         changed = apply_config(svc, new)
     assert changed == ["delivery.routes", "policy", "log"]
     assert "need a restart" not in caplog.text
@@ -39,7 +39,7 @@ async def test_apply_config_changes_routes_policy_and_log(
 
     # A change that needs a restart is named, and not applied.
     listen = dataclasses.replace(svc.config.server, listen=("127.0.0.1:1",))
-    with caplog.at_level(logging.WARNING, logger="relay.reload"):
+    with caplog.at_level(logging.WARNING, logger="relay.config.reload"):
         assert apply_config(svc, dataclasses.replace(svc.config, server=listen)) == []
     assert "changes to [server] need a restart" in caplog.text
     assert svc.config.server.listen == ("127.0.0.1:0",)

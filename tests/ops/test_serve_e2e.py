@@ -53,7 +53,7 @@ file = "{tmp / "mail.log"}"
 
 
 async def _wait_for(sock: socket.socket, text: str, proc: subprocess.Popen[bytes]) -> str:
-    """The next notify datagram containing `text` (bouncer's sd_notify, see relay/sdnotify.py)."""
+    """The next notify datagram containing `text` (see relay/observe/sdnotify.py)."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -21,11 +21,11 @@ import pytest
 
 from policy.rates import Counts, aggregate, increment, key_fields, parse_period
 from policy.verdict import BounceClass
-from relay.api import Api
-from relay.cli import main
-from relay.counters import StatsCounters, stats_csv
+from relay.cli.main import main
+from relay.observe.api import Api
+from relay.observe.counters import StatsCounters, stats_csv
 from relay.service import Service
-from relay.state import open_state
+from relay.store.env import open_state
 from tests.ops.client import open_client, transaction
 from tests.relay.test_queue_e2e import ROOT, Server
 from tests.support.fake_mx import FakeMX

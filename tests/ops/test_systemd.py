@@ -1,5 +1,5 @@
 # The systemd unit passes `systemd-analyze verify` and carries the directives the README
-# describes; relay/sdnotify.py speaks the notify protocol to a socket the test owns.
+# describes; relay/observe/sdnotify.py speaks the notify protocol to a socket the test owns.
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import DeliveryConfig
-from relay.sdnotify import Notifier, notify, watchdog_interval
+from relay.config.load import DeliveryConfig
+from relay.observe.sdnotify import Notifier, notify, watchdog_interval
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "bouncer.service"
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"

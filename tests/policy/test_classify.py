@@ -1,6 +1,6 @@
 """Golden rows for the classifier, the rule table's validation, and its fast index.
 
-Every rule in policy/rules.toml must have a row in tests/policy/data/replies.toml; each
+Every rule in policy/classify/rules.toml must have a row in tests/policy/data/replies.toml; each
 row names the class, category and rule that must decide it.
 """
 
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.classify import classify, classify_at, shared_data_verdict
+from policy.classify.classify import classify, classify_at, shared_data_verdict
+from policy.classify.index import TextIndex, split_alternatives
+from policy.classify.rules import CLASS_OF, RuleError, default_rules, load_rules, parse_rules
 from policy.reply import Reply, parse_reply
-from policy.rule_index import TextIndex, split_alternatives
-from policy.rules import CLASS_OF, RuleError, default_rules, load_rules, parse_rules
 from policy.verdict import BounceClass, Category
 
 ROWS: list[dict[str, Any]] = tomllib.loads(

@@ -1,4 +1,4 @@
-"""`bouncer classify` end to end through relay.cli.main (arguments, stdin, --json)."""
+"""`bouncer classify` end to end through relay.cli.main.main (arguments, stdin, --json)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import main
+from relay.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from policy.classify import classify, classify_at
+from policy.classify.classify import classify, classify_at
 from policy.verdict import BounceClass, Verdict
 from tests.support.sisimai import (
     CORPUS_PARAMS,

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from policy import escalation as esc
 from policy.address import is_valid_address, normalize_address
-from policy.escalation import ForceRequired, NotSuppressed, RuleError, SuppressionRules
-from policy.record_codec import STATE_CODE, decode, encode, peek
-from policy.records import (
+from policy.reply import Reply, parse_reply
+from policy.suppression import escalate as esc
+from policy.suppression.encoding import STATE_CODE, decode, encode, peek
+from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError, SuppressionRules
+from policy.suppression.records import (
     HistoryEvent,
     Scope,
     SoftStreak,
@@ -20,7 +21,6 @@ from policy.records import (
     as_dict,
     refusal_tail,
 )
-from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category, Verdict
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -483,7 +483,7 @@ def test_a_soft_streak_ending_during_a_hard_suppression_keeps_the_hard_cause() -
 def test_format_1_records_without_compression_still_decode() -> None:
     import zlib
 
-    from policy.record_codec import _WBITS, _ZDICT, HEADER
+    from policy.suppression.encoding import _WBITS, _ZDICT, HEADER
 
     rec = esc.apply_synthesized(hard(None, T0), RULES, T0 + days(1))
     raw = encode(rec)

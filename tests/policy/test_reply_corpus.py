@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from policy.classify import FALLBACK_RULE, classify, fallback_reasons
-from policy.fallback import default_model, parse_model, tokens
+from policy.classify.classify import FALLBACK_RULE, classify, fallback_reasons
+from policy.classify.fallback import default_model, parse_model, tokens
+from policy.classify.rules import CLASS_OF, default_rules
 from policy.reply import Reply, parse_reply
-from policy.rules import CLASS_OF, default_rules
 from policy.verdict import BounceClass, Category
-from relay.cli import main
+from relay.cli.main import main
 from tests.support.reply_corpus import evaluate, load
 
 ROOT = Path(__file__).resolve().parents[2]

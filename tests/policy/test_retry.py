@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policy.retry import DEFAULT_SCHEDULE, expires_at, next_attempt, schedule_from_seconds
-from relay.config import Config, ConfigError, config_from_dict
+from relay.config.load import Config, ConfigError, config_from_dict
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

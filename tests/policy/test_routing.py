@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from policy.routing import hop_refusal, literal_ip, literal_refusal, received_count
-from relay.mx import MXResolver, build_resolver
-from relay.transaction import Route
+from relay.outbound.routes import MXResolver, build_resolver
+from relay.outbound.values import Route
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 DOCS_V6 = (ipaddress.ip_network("2001:db8::/32"),)

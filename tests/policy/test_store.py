@@ -13,9 +13,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from policy.records import State
 from policy.reply import Reply, parse_reply
-from policy.suppression import (
+from policy.suppression.records import State
+from policy.suppression.store import (
     ForceRequired,
     NotFound,
     Refusal,
@@ -24,8 +24,8 @@ from policy.suppression import (
     SuppressionStore,
 )
 from policy.verdict import BounceClass, Category, Verdict
-from relay.config import PolicyConfig, suppression_rules
-from relay.state import StateError, open_state
+from relay.config.load import PolicyConfig, suppression_rules
+from relay.store.env import StateError, open_state
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 HARD = Verdict(BounceClass.HARD, Category.BAD_MAILBOX, "t")

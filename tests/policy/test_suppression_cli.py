@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from policy.records import State
 from policy.reply import parse_reply
-from policy.suppression import SuppressionRules, SuppressionStore
+from policy.suppression.records import State
+from policy.suppression.store import SuppressionRules, SuppressionStore
 from policy.verdict import BounceClass, Category, Verdict
-from relay.cli import main
-from relay.state import open_state
+from relay.cli.main import main
+from relay.store.env import open_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,7 +199,7 @@ def _rcpt(port: int, address: str) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("relay.cli_serve") is None, reason="bouncer serve not available yet"
+    importlib.util.find_spec("relay.cli.serve") is None, reason="bouncer serve not available yet"
 )
 async def test_cli_against_a_running_server(tmp_path: Path) -> None:
     serve = pytest.importorskip("tests.support.serve", reason="tests/support/serve.py missing")

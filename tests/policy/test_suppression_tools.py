@@ -16,18 +16,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from policy.suppression import SuppressionRules, SuppressionStore
-from policy.suppression_csv import (
+from policy.suppression.csvfile import (
     ImportProblem,
     ImportRow,
     read_csv,
     sniff_delimiter,
     unicode_key,
 )
+from policy.suppression.store import SuppressionRules, SuppressionStore
 from policy.verdict import Category
-from relay.api import Api
+from relay.observe.api import Api
 from relay.service import Service
-from relay.state import open_state
+from relay.store.env import open_state
 from tests.policy.test_suppression_cli import config, run
 
 NOW = datetime.now(UTC)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from policy.reply import Reply
-from relay import cli_queue
-from relay.config import load_config
-from relay.spool import SpoolMessage, spool_from_config
-from relay.state import open_state
+from relay.cli import queue as cli_queue
+from relay.config.load import load_config
+from relay.queue.queue import SpoolMessage, spool_from_config
+from relay.store.env import open_state
 
 DATA = b"From: a@a.example\r\nSubject: hello\r\n\r\nbody\r\n"
 SOFT = Reply(452, "4.2.2", "Mailbox full", "mx.b.example[127.0.0.1]")

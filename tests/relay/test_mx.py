@@ -9,8 +9,8 @@ import smtplib
 from typing import Any
 
 from policy.reply import Reply
-from relay.mx import MXResolver, build_resolver
-from relay.transaction import Route
+from relay.outbound.routes import MXResolver, build_resolver
+from relay.outbound.values import Route
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
 

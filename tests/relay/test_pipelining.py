@@ -1,4 +1,4 @@
-"""Remote PIPELINING (RFC 2920) and the DATA encoding of relay/outbound.py.
+"""Remote PIPELINING (RFC 2920) and the DATA encoding of relay/outbound/session.py.
 
 The pipelining server below answers MAIL FROM only once it has read the RCPT TO line
 after it: a client that waits for the MAIL reply before sending RCPT would hang there,
@@ -17,13 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.delivery import Delivery
-from relay.inbound import has_bare_cr_or_lf
-from relay.mx import MXResolver, build_resolver
-from relay.outbound import OutboundSettings, RemoteSession, open_session
-from relay.pool import SessionPool
-from relay.smtp_wire import data_done_timeout, wire_message
-from relay.transaction import Route, Target
+from relay.inbound.server import has_bare_cr_or_lf
+from relay.outbound.delivery import Delivery
+from relay.outbound.pool import SessionPool
+from relay.outbound.routes import MXResolver, build_resolver
+from relay.outbound.session import OutboundSettings, RemoteSession, open_session
+from relay.outbound.values import Route, Target
+from relay.outbound.wire import data_done_timeout, wire_message
 
 
 class PipeliningMX:

@@ -333,8 +333,8 @@ async def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, servers: list[Serv
     from datetime import UTC, datetime
 
     from policy.reply import Reply
-    from relay.spool import Spool, SpoolMessage
-    from relay.state import open_state
+    from relay.queue.queue import Spool, SpoolMessage
+    from relay.store.env import open_state
 
     n = 120
     async with FakeMX() as mx:

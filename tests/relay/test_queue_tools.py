@@ -18,14 +18,14 @@ import aiohttp
 import pytest
 
 from policy.reply import Reply
-from relay import cli_queue
-from relay.api import Api
-from relay.config import load_config
-from relay.queue_view import QueueFilter, parse_age, summarize
+from relay.cli import queue as cli_queue
+from relay.config.load import load_config
+from relay.observe.api import Api
+from relay.queue.queue import HELD_US, Spool, SpoolMessage, spool_from_config
+from relay.queue.records import to_us
+from relay.queue.view import QueueFilter, parse_age, summarize
 from relay.service import Service
-from relay.spool import HELD_US, Spool, SpoolMessage, spool_from_config
-from relay.spool_codec import to_us
-from relay.state import open_state
+from relay.store.env import open_state
 from tests.relay.test_queue_e2e import Server, _send
 from tests.support.fake_mx import FakeMX
 from tests.support.wait import until

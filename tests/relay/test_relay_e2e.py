@@ -264,7 +264,7 @@ async def test_hanging_greeting_and_silent_dns_do_not_hang_the_client(
 
 
 async def test_events_one_per_recipient_outcome(fake_mx: FakeMX, relay_service: Any) -> None:
-    from relay.events import MessageEvent, RecipientEvent, Status
+    from relay.observe.events import MessageEvent, RecipientEvent, Status
 
     fake_mx.rcpt_replies["dead@example.test"] = "550 5.1.1 No such user"
     # The remote takes 20 ms over DATA, so the transmission delay is measurable: delays are
@@ -299,7 +299,7 @@ class _BrokenStore:
         return True  # so the success write is attempted (and fails)
 
     def _fail(self, *args: Any) -> None:
-        from policy.suppression import StoreError
+        from policy.suppression.store import StoreError
 
         raise StoreError("map full")
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.reply import Reply
-from relay.reply_parser import ReplyError, ReplyParser
-from relay.smtp_wire import Wire, WireLost
+from relay.outbound.reply_reader import ReplyError, ReplyParser
+from relay.outbound.wire import Wire, WireLost
 
 HOST = "mx.example.test[192.0.2.1]"
 
@@ -243,7 +243,7 @@ def test_the_end_of_the_stream_after_whole_replies_and_in_the_middle_of_one() ->
     assert _drain(parser) == ([250], "connection closed in the middle of a reply")
 
 
-# --- the Wire (relay/smtp_wire.py) around it: wakes its reader only for a whole reply ---
+# --- the Wire (relay/outbound/wire.py) around it: wakes its reader only for a whole reply ---
 
 
 class _Transport:

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
-from policy.classify import classify
+from policy.classify.classify import classify
 from policy.reply import Reply, parse_reply
 from policy.retry import DEFAULT_SCHEDULE
-from policy.suppression import SuppressionStore
+from policy.suppression.store import SuppressionStore
 from policy.verdict import BounceClass, Category
-from relay.config import PolicyConfig, suppression_rules
-from relay.events import Event, EventBus, MessageEvent, RecipientEvent, Status
-from relay.runner import RetryWorker, RunnerSettings
-from relay.spool import DsnSettings, Spool, SpoolMessage
-from relay.state import StateError, open_state
-from relay.transaction import Outcome
+from relay.config.load import PolicyConfig, suppression_rules
+from relay.observe.events import Event, EventBus, MessageEvent, RecipientEvent, Status
+from relay.outbound.values import Outcome
+from relay.queue.queue import DsnSettings, Spool, SpoolMessage
+from relay.queue.scheduler import RetryWorker, RunnerSettings
+from relay.store.env import StateError, open_state
 from tests.support.mime import status_blocks
 from tests.support.wait import until
 

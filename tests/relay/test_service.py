@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relay.config import config_from_dict
+from relay.config.load import config_from_dict
 from relay.service import EXIT_BUSY, EXIT_STARTUP, Service
 from tests.support.wait import until, until_sync
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from policy.reply import Reply
-from relay.spool import (
+from relay.queue.queue import (
     Attempt,
     Disposition,
     DsnSettings,
@@ -24,7 +24,7 @@ from relay.spool import (
     SpoolMessage,
     owner_alive,
 )
-from relay.state import StateError, open_state
+from relay.store.env import StateError, open_state
 from tests.support.mime import status_blocks
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -77,8 +77,8 @@ def test_kill_9_right_after_accept_loses_nothing(tmp_path: Path) -> None:
         import os, signal
         from datetime import datetime, UTC
         from policy.reply import Reply
-        from relay.spool import Spool, SpoolMessage
-        from relay.state import open_state
+        from relay.queue.queue import Spool, SpoolMessage
+        from relay.store.env import open_state
         spool = Spool(open_state({str(tmp_path)!r}, 1 << 24))
         now = datetime.now(UTC)
         spool.accept(SpoolMessage("K1", "a@a.example", b"Subject: k\\r\\n\\r\\nx\\r\\n", now,

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from policy.reply import Reply
-from relay.config import load_config
-from relay.spool import Spool, SpoolMessage, spool_from_config
-from relay.spool_codec import rcpt_key
-from relay.state import StoreDamaged, open_state
-from relay.state_check import EXIT_DAMAGED, MARKER, problem_of
+from relay.config.load import load_config
+from relay.queue.queue import Spool, SpoolMessage, spool_from_config
+from relay.queue.records import rcpt_key
+from relay.store.env import StoreDamaged, open_state
+from relay.store.integrity import EXIT_DAMAGED, MARKER, problem_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SOFT = Reply(452, "4.2.2", "Mailbox full")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.outbound import OutboundSettings, RemoteSession, open_session
-from relay.transaction import Route, Target
+from relay.outbound.session import OutboundSettings, RemoteSession, open_session
+from relay.outbound.values import Route, Target
 from tests.support.wait import until
 
 FLOOD = b"250 2.0.0 Ok\r\n" * 20_000  # 280 kB per write; the remote keeps writing

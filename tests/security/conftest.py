@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.auth import hash_password
+from relay.inbound.auth import hash_password
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 

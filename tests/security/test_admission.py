@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.admission import (
+from relay.inbound.admission import (
     RATE_EXCEEDED,
     RATE_WINDOW,
     TOO_MANY_CONNECTIONS,
@@ -243,7 +243,7 @@ async def test_flood_from_one_outsider_does_not_lock_out_an_allowed_client(
     ],
 )
 def test_admission_settings_are_validated(server: dict[str, Any], problem: str) -> None:
-    from relay.config import ConfigError, config_from_dict
+    from relay.config.load import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError) as info:
         config_from_dict({"server": server})

@@ -1,4 +1,4 @@
-# AUTH and STARTTLS building blocks (relay/auth.py): hashes verify only the right password,
+# AUTH and STARTTLS building blocks (relay/inbound/auth.py): hashes verify only the right password,
 # bad users files are refused up front, and an aiosmtpd server built with our settings
 # offers AUTH only after STARTTLS and accepts only the right password.
 from __future__ import annotations
@@ -12,7 +12,7 @@ import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from relay.auth import (
+from relay.inbound.auth import (
     AuthConfigError,
     UsersAuthenticator,
     hash_password,

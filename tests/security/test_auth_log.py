@@ -11,8 +11,8 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from relay.events import Event
-from relay.logfmt import postfix_lines
+from relay.observe.events import Event
+from relay.observe.logfmt import postfix_lines
 from relay.service import Service
 from tests.security.conftest import PASSWORD, USER
 from tests.security.rawsmtp import RawClient

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.data_in import RESERVE_STEP, DataBudget, DataState, Reservation, read_data
-from relay.inbound import declared_size, prepend
-from relay.smtp_wire import wire_message
+from relay.inbound.data import RESERVE_STEP, DataBudget, DataState, Reservation, read_data
+from relay.inbound.server import declared_size, prepend
+from relay.outbound.wire import wire_message
 from tests.security.rawsmtp import RawClient
 
 BUDGET = 3 * RESERVE_STEP

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.inbound import InboundHandler
+from relay.inbound.server import InboundHandler
 from relay.service import Service
 from tests.security.rawsmtp import LineClient, RawClient
 from tests.support.postfix import free_port
@@ -84,7 +84,7 @@ async def test_an_unexpected_error_is_451_and_logged_with_the_queue_id(
     monkeypatch.setattr(InboundHandler, "may_relay", broken)
     c = await RawClient.connect("127.0.0.1", svc.addresses[0][1])
     assert (await c.cmd(b"MAIL FROM:<a@sender.test>")).code == 250
-    with caplog.at_level(logging.ERROR, logger="relay.inbound"):
+    with caplog.at_level(logging.ERROR, logger="relay.inbound.server"):
         reply = await c.cmd(b"RCPT TO:<b@example.test>")
     assert (reply.code, reply.text.split()[0]) == (451, "4.3.0"), str(reply)
     assert "secret" not in str(reply) and not LEAK.search(str(reply)), str(reply)

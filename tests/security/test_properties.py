@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policy.reply import Reply, parse_reply
-from relay.config import Config, ConfigError, config_from_dict, parse_hostport
+from relay.config.load import Config, ConfigError, config_from_dict, parse_hostport
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -169,7 +169,7 @@ reply_texts = st.one_of(
 @FAST
 @given(reply_texts)
 def test_classifier_total_and_4xx_never_hard(raw: str) -> None:
-    classify_mod = pytest.importorskip("policy.classify")
+    classify_mod = pytest.importorskip("policy.classify.classify")
     from policy.verdict import BounceClass, Verdict
 
     reply = parse_reply(raw)
@@ -198,10 +198,10 @@ path_args = st.one_of(
 @settings(max_examples=2000, deadline=None)
 @given(path_args)
 def test_fast_path_parser_agrees_with_aiosmtpd(arg: str) -> None:
-    # relay/smtp_path.py replaces aiosmtpd's parser only where both give the same answer.
+    # relay/inbound/path.py replaces aiosmtpd's parser only where both give the same answer.
     from aiosmtpd.smtp import SMTP
 
-    from relay.smtp_path import simple_path
+    from relay.inbound.path import simple_path
 
     class Limits:
         local_part_limit = 0

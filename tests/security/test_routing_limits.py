@@ -106,7 +106,7 @@ async def test_max_hops_is_a_setting(relay_service: Any, fake_mx: FakeMX) -> Non
 
 
 def test_the_settings_are_checked_up_front() -> None:
-    from relay.config import ConfigError, config_from_dict
+    from relay.config.load import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError) as info:
         config_from_dict(

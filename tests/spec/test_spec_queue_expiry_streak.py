@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from policy.records import State
 from policy.retry import DEFAULT_SCHEDULE
+from policy.suppression.records import State
 from tests.ops.client import send
 from tests.support.fake_mx import FakeMX
 from tests.support.wait import until

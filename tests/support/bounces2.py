@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policy.bounce_parse import parse_bounce
-from policy.bounce_types import Kind
+from policy.bounces.parse import parse_bounce
+from policy.bounces.values import Kind
 from policy.verdict import BounceClass
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bounces2"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policy.classify import classify
+from policy.classify.classify import classify
 from policy.reply import parse_reply
 from policy.verdict import Verdict
 

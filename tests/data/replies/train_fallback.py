@@ -1,4 +1,4 @@
-"""Train policy/fallback_model.json from the development part of the reply corpus.
+"""Train policy/classify/fallback_model.json from the development part of the reply corpus.
 
 Run: PYTHONPATH=. python tests/data/replies/train_fallback.py [--check]
 
@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from policy.fallback import DEFAULT_MODEL, Model, parse_model, tokens  # noqa: E402
+from policy.classify.fallback import DEFAULT_MODEL, Model, parse_model, tokens  # noqa: E402
+from policy.classify.rules import CLASS_OF  # noqa: E402
 from policy.reply import parse_reply  # noqa: E402
-from policy.rules import CLASS_OF  # noqa: E402
 from policy.verdict import BounceClass, Category  # noqa: E402
 
 ALPHA = 0.5  # Laplace smoothing

@@ -1,0 +1,1 @@
+# Step 2: the suppression records, their rules, and the LMDB store.

@@ -1,0 +1,328 @@
+# The suppression store: the one piece of I/O in policy/, a small synchronous LMDB adapter.
+"""SuppressionStore: look-ups on the relay's hot path, writes from its single writer thread.
+
+The rules live in `policy.suppression.escalate`; this module only reads a record,
+hands it to a rule with `now`, and writes back what the rule returns, inside
+one LMDB transaction. Every LMDB failure (map full, read-only directory,
+corrupt record) becomes `StoreError` here, so the relay answers `451 4.3.0`
+and never crashes. Both the CLI and the HTTP API use the admin methods below
+(and scan/count/import/export from `policy.suppression.bulk`): one implementation.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import lmdb
+
+from policy.address import (
+    AddressError,
+    domain_of,
+    is_valid_address,
+    is_valid_domain,
+    normalize_address,
+)
+from policy.address import normalize_domain as _normalize_domain
+from policy.reply import Reply
+from policy.suppression import escalate as esc
+from policy.suppression.bulk import (
+    MAP_FULL,
+    ImportResult,
+    StoreError,
+    SuppressionBulk,
+    decode_or_fail,
+)
+from policy.suppression.encoding import HEADER, encode
+from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError, SuppressionRules
+from policy.suppression.records import Scope, SuppressionRecord
+from policy.verdict import BounceClass, Category, Verdict
+
+__all__ = [
+    "ForceRequired",
+    "ImportResult",
+    "NotFound",
+    "NotSuppressed",
+    "Refusal",
+    "RuleError",
+    "StoreError",
+    "SuppressionRules",
+    "SuppressionStore",
+]
+
+ADDRESS_DB = b"suppression"
+DOMAIN_DB = b"suppression_domains"
+_HEAD_SIZE = HEADER.size
+# Refusal.scope as plain strings: `Scope.X.value` is a Python-level enum property (~0.2 µs).
+_ADDRESS, _DOMAIN = Scope.ADDRESS.value, Scope.DOMAIN.value
+
+
+_MAX_KEY = 511  # bytes: LMDB's default key size limit (mdb_env_get_maxkeysize)
+
+
+class NotFound(LookupError):
+    """No record for this address or domain."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why bouncer refuses a recipient itself, and the synthesized reply to send."""
+
+    address: str  # normalised
+    scope: str  # "address" or "domain"
+    reply: Reply
+    reason: str
+
+
+# check() builds a Refusal per refused RCPT; the frozen dataclass __init__ (an
+# object.__setattr__ per field) costs twice what setting the slots directly does.
+# Unpacking fails at import if Refusal's fields change, rather than leaving one unset.
+_SET_ADDRESS, _SET_SCOPE, _SET_REPLY, _SET_REASON = (
+    Refusal.__dict__[f.name].__set__ for f in fields(Refusal)
+)
+
+
+def _refusal(address: str, scope: str, reply: Reply, reason: str) -> Refusal:
+    """`Refusal(address, scope, reply, reason)`, without the frozen dataclass's __init__."""
+    r: Refusal = object.__new__(Refusal)
+    _SET_ADDRESS(r, address)
+    _SET_SCOPE(r, scope)
+    _SET_REPLY(r, reply)
+    _SET_REASON(r, reason)
+    return r
+
+
+class SuppressionStore(SuppressionBulk):
+    """Suppression records in two named DBs of the shared environment, keyed by UTF-8 key."""
+
+    def __init__(self, env: lmdb.Environment, rules: SuppressionRules) -> None:
+        self._env = env
+        self._begin = env.begin  # a read txn; bound once, check() runs at every RCPT
+        self.rules = rules
+        try:
+            readonly = bool(env.flags().get("readonly"))
+            self._addr = env.open_db(ADDRESS_DB, create=not readonly)
+            self._dom = env.open_db(DOMAIN_DB, create=not readonly)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the suppression store: {exc}") from exc
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def check(self, address: str, now: datetime) -> Refusal | None:
+        """Refuse `address` (or its domain) if suppressed at `now`; read-only, one read txn.
+
+        The relay calls this at every RCPT, on the event loop: it reads only the
+        records' fixed headers, and decodes the reason only when it refuses.
+        """
+        try:
+            addr = normalize_address(address)
+        except AddressError:
+            return None  # nothing un-normalisable was ever stored
+        now_ts = (now.replace(tzinfo=UTC) if now.tzinfo is None else now).timestamp()
+        try:
+            # begin/abort rather than `with`, whose exit commits: half the cost of a look-up.
+            txn = self._begin()
+            try:
+                # Positional (key, default, db): py-lmdb parses keywords more slowly.
+                raw = txn.get(addr[addr.rfind("@") + 1 :].encode(), None, self._dom)
+                hit = None if raw is None else _refusing(raw, now_ts)
+                if hit is not None:
+                    scope, scope_name = Scope.DOMAIN, _DOMAIN
+                else:
+                    raw = txn.get(addr.encode(), None, self._addr)
+                    if raw is None:
+                        return None
+                    hit = _refusing(raw, now_ts)
+                    if hit is None:
+                        return None
+                    scope, scope_name = Scope.ADDRESS, _ADDRESS
+            finally:
+                txn.abort()
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression look-up failed: {exc}") from exc
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise StoreError(f"unreadable suppression record for {addr}: {exc}") from exc
+        reason, tail = hit
+        return _refusal(addr, scope_name, esc.refusal_reply(addr, scope, tail), reason)
+
+    # ---- writes (the relay's writer thread, the CLI, the API) -------------------------------
+
+    def _update(
+        self,
+        db: Any,
+        key: str,
+        rule: Callable[[SuppressionRecord | None], SuppressionRecord | None],
+    ) -> SuppressionRecord | None:
+        """Read, apply `rule`, write back: one write txn. Returns the new (or old) record."""
+        k = key.encode()
+        try:
+            with self._env.begin(write=True, db=db) as txn:
+                raw = txn.get(k)
+                old = decode_or_fail(key, raw) if raw is not None else None
+                new = rule(old)  # RuleError / NotFound propagate; the txn aborts
+                if new is not None and new != old:
+                    txn.put(k, encode(new))
+                    return new
+                return old
+        except lmdb.MapFullError as exc:
+            raise StoreError(MAP_FULL) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression store write failed: {exc}") from exc
+
+    def has_records(self, address: str) -> bool:
+        """Whether `address` or its domain has any record: read-only, one read txn.
+
+        A success or an activity can change only an existing record, so the relay
+        may ask this on the event loop and skip the writer thread for the (usual)
+        delivered address that has none.
+        """
+        addr = normalize_address(address)
+        try:
+            with self._env.begin(buffers=True) as txn:
+                return (
+                    txn.get(domain_of(addr).encode(), db=self._dom) is not None
+                    or txn.get(addr.encode(), db=self._addr) is not None
+                )
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression look-up failed: {exc}") from exc
+
+    def record_refusal(self, refusal: Refusal, now: datetime) -> None:
+        """Count the synthesized HB that `check` led to (docs/behaviour.md#suppression-policy)."""
+        now = esc.utc(now)
+        if refusal.scope == Scope.DOMAIN.value:
+            db, key = self._dom, domain_of(refusal.address)
+        else:
+            db, key = self._addr, refusal.address
+        self._update(
+            db, key, lambda r: None if r is None else esc.apply_synthesized(r, self.rules, now)
+        )
+
+    def record_verdict(self, address: str, verdict: Verdict, reply: Reply, now: datetime) -> None:
+        """Apply a classifier verdict for `address`; bad-domain HBs go on the domain record."""
+        now = esc.utc(now)
+        addr = normalize_address(address)
+        if verdict.klass is BounceClass.DELIVERED:
+            self.record_success(addr, now)
+            return
+        if verdict.category is Category.BAD_DOMAIN and verdict.klass is BounceClass.HARD:
+            dom = domain_of(addr)
+            self._update(
+                self._dom,
+                dom,
+                lambda r: esc.apply_verdict(r, dom, Scope.DOMAIN, verdict, reply, self.rules, now),
+            )
+            return
+        self._update(
+            self._addr,
+            addr,
+            lambda r: esc.apply_verdict(r, addr, Scope.ADDRESS, verdict, reply, self.rules, now),
+        )
+
+    def _alive(self, address: str, kind: str, now: datetime) -> SuppressionRecord | None:
+        now = esc.utc(now)
+        addr = normalize_address(address)
+        if not self.has_records(addr):
+            return None  # most delivered addresses have no record: no write txn at all
+        rec = None
+        for db, key in ((self._dom, domain_of(addr)), (self._addr, addr)):
+            rec = self._update(db, key, lambda r: esc.apply_alive(r, kind, self.rules, now)) or rec
+        return rec
+
+    def record_success(self, address: str, now: datetime) -> None:
+        """A 2xx: resets the streak and strikes, lifts a temporary suppression."""
+        self._alive(address, "success", now)
+
+    def record_activity(self, address: str, now: datetime) -> None:
+        """The recipient opened, clicked or replied: same effect as a success."""
+        self._alive(address, "activity", now)
+
+    def record_complaint(self, address: str, now: datetime, detail: str) -> None:
+        """An ARF complaint: the address is blocked."""
+        now = esc.utc(now)
+        addr = normalize_address(address)
+        self._update(
+            self._addr, addr, lambda r: esc.apply_complaint(r, addr, detail, self.rules, now)
+        )
+
+    # ---- admin: one implementation for the CLI and the HTTP API ------------------------------
+
+    def _target(self, key: str) -> tuple[Any, str, Scope]:
+        """An address, or a domain (bare or "@domain") for a domain-level record."""
+        k = key.strip()
+        if k.startswith("@") and k.count("@") == 1:
+            k = k[1:]  # "@example.com", as `list` prints a domain record
+        db, scope = (self._addr, Scope.ADDRESS) if "@" in k else (self._dom, Scope.DOMAIN)
+        k = normalize_address(k) if scope is Scope.ADDRESS else _normalize_domain(k)
+        if not 0 < len(k.encode("utf-8", "surrogatepass")) <= _MAX_KEY:
+            # "" (from "..", say) or longer than LMDB keys go: never a record, not a store fault
+            raise AddressError(f"not a valid address or domain: {key!r}")
+        return db, k, scope
+
+    def get(self, key: str, now: datetime | None = None) -> SuppressionRecord | None:
+        """The record for an address or a bare domain; with `now`, as of then (expiry applied)."""
+        db, k, _scope = self._target(key)
+        try:
+            with self._env.begin(db=db, buffers=False) as txn:
+                raw = txn.get(k.encode())
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression look-up failed: {exc}") from exc
+        rec = None if raw is None else decode_or_fail(k, raw)
+        if rec is None or now is None:
+            return rec
+        return esc.effective(rec, self.rules, esc.utc(now))
+
+    def add(
+        self,
+        key: str,
+        category: Category,
+        now: datetime,
+        until: datetime | None = None,
+        why: str = "",
+    ) -> SuppressionRecord:
+        """Suppress by hand: until a date, or permanently. Raises ValueError on a bad address."""
+        now = esc.utc(now)
+        db, k, scope = self._target(key)
+        if scope is Scope.ADDRESS and not is_valid_address(k):
+            raise AddressError(f"not a valid address: {key!r}")
+        if scope is Scope.DOMAIN and ("." not in k or not is_valid_domain(k)):
+            raise AddressError(f"not a valid address or domain: {key!r}")
+        rec = self._update(
+            db, k, lambda r: esc.apply_add(r, k, scope, category, until, why, self.rules, now)
+        )
+        assert rec is not None  # apply_add always returns a record
+        return rec
+
+    def activity(self, key: str, now: datetime) -> SuppressionRecord | None:
+        """Record an activity and return the record as it now stands (None if there is none)."""
+        return self._alive(key, "activity", now)
+
+    def remove(
+        self, key: str, now: datetime, force: bool = False, why: str = ""
+    ) -> SuppressionRecord:
+        """Lift a suppression; raises NotFound, NotSuppressed or ForceRequired."""
+        now = esc.utc(now)
+        db, k, _scope = self._target(key)
+
+        def rule(r: SuppressionRecord | None) -> SuppressionRecord:
+            if r is None:
+                raise NotFound(f"no suppression record for {k}")
+            return esc.apply_remove(r, force, why, self.rules, now)
+
+        rec = self._update(db, k, rule)
+        assert rec is not None
+        return rec
+
+
+def _refusing(raw: bytes, now_ts: float) -> tuple[str, str] | None:
+    """(reason, refusal tail) if this record refuses at `now_ts`; reads the header only."""
+    _version, code, _since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
+    if not esc.refuses(code, until, now_ts):
+        return None  # expiry is evaluated at look-up: re-admission needs no write
+    tail = raw[_HEAD_SIZE : _HEAD_SIZE + tlen].decode("utf-8")
+    if tail.isascii():
+        return tail[roff : roff + rlen], tail  # byte offsets are character offsets
+    start = _HEAD_SIZE + roff
+    return raw[start : start + rlen].decode("utf-8"), tail

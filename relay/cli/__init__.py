@@ -1,0 +1,1 @@
+# The `bouncer` command: argument parsing and one module per subcommand.

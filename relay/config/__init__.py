@@ -1,0 +1,1 @@
+# The config: TOML in, typed and validated values out; SIGHUP reload.

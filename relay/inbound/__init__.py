@@ -1,0 +1,1 @@
+# Step 1, the client transaction: the SMTP server bouncer's clients talk to.

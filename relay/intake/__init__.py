@@ -1,0 +1,1 @@
+# Late bounces and complaints arriving by mail.

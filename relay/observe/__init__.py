@@ -1,0 +1,1 @@
+# Step 7: events, logs, metrics, the HTTP API and systemd notification.

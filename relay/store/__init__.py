@@ -1,0 +1,1 @@
+# The one LMDB environment, its one writer thread and its integrity checks.
