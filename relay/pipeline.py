@@ -68,6 +68,8 @@ class ClientTransaction:
     options: tuple[str, ...]
     client: str  # "name[ip]"
     queue_id: str = field(default_factory=new_queue_id)
+    sasl_username: str = ""  # the AUTH login the client relays with, "" without AUTH
+    message_id: str = ""  # the message's Message-ID header, once DATA has arrived
     arrived: datetime = field(default_factory=utcnow)
     started: float = field(default_factory=time.monotonic)
     remotes: dict[tuple[str, str], RemoteTransaction] = field(default_factory=dict)
@@ -183,7 +185,14 @@ class Pipeline:
         if reply.is_success:
             self.events.emit(
                 MessageEvent(
-                    txn.queue_id, txn.sender, len(message), len(txn.recipients), now, txn.client
+                    txn.queue_id,
+                    txn.sender,
+                    len(message),
+                    len(txn.recipients),
+                    now,
+                    txn.client,
+                    txn.message_id,
+                    txn.sasl_username,
                 )
             )
         await self._record(txn, by_address, reply, now)

@@ -11,6 +11,7 @@ None when its config leaves it off. Or call `service.add(component)` before star
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import os
@@ -23,6 +24,7 @@ import lmdb
 
 from policy.classify.classify import classify
 from policy.suppression.store import StoreError, SuppressionStore
+from relay import __version__
 from relay.config.load import Config, parse_hostport, suppression_rules
 from relay.inbound.admission import AdmissionLimits
 from relay.inbound.auth import AuthConfigError, smtp_security_kwargs
@@ -44,6 +46,7 @@ from relay.workers import listen_reuse_port
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_STARTUP = 0, 3
+EXIT_BUSY = 75  # a listen address in use: transient (sysexits EX_TEMPFAIL), systemd restarts
 
 # Contributed components, "module:factory", started in this order (see module docstring).
 COMPONENTS: tuple[str, ...] = (
@@ -66,6 +69,20 @@ class Component(Protocol):
 class StartupError(Exception):
     """The service cannot start (state directory, TLS files, listen address): exit 3."""
 
+    exit_code = EXIT_STARTUP
+
+
+class AddressInUse(StartupError):
+    """A listen address is taken by another process: exit 75, which systemd retries
+    (RestartPreventExitStatus=3 only), since the other process may go away."""
+
+    exit_code = EXIT_BUSY
+
+
+def listen_error(what: str, exc: OSError) -> StartupError:
+    cls = AddressInUse if exc.errno == errno.EADDRINUSE else StartupError
+    return cls(f"{what}: {exc}")
+
 
 class Service:
     def __init__(
@@ -73,9 +90,12 @@ class Service:
         config: Config,
         clock: Callable[[], datetime] = utcnow,
         config_path: str | None = None,
+        listen_override: tuple[str, ...] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path  # re-read on SIGHUP (relay/config/reload.py)
+        self.listen_override = listen_override  # `serve --listen`: kept across reloads
+        self.state_dir = os.path.abspath(config.store.path)  # named in the startup line
         self.clock = clock
         self.events = EventBus()
         self.writer = Writer()
@@ -154,7 +174,7 @@ class Service:
                     reuse_port=listen_reuse_port(s.workers) or None,
                 )
             except OSError as exc:
-                raise StartupError(f"cannot listen on {listen}: {exc}") from exc
+                raise listen_error(f"cannot listen on {listen}", exc) from exc
             self.servers.append(server)
         for spec in COMPONENTS:
             module, _, factory = spec.partition(":")
@@ -164,11 +184,18 @@ class Service:
         for component in self.components:
             try:
                 await component.start(self)
-            except (OSError, StateError, StoreError, AuthConfigError, ValueError) as exc:
-                # e.g. the metrics or API port is taken: a config problem, exit 3 (no restart loop)
+            except OSError as exc:  # the metrics or API port: taken (75) or not ours (3)
+                raise listen_error(type(component).__name__, exc) from exc
+            except (StateError, StoreError, AuthConfigError, ValueError) as exc:
                 raise StartupError(f"{type(component).__name__}: {exc}") from exc
             self._started.append(component)
-        log.info("bouncer listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        log.info(
+            "bouncer %s started: config %s, state directory %s, listening on %s",
+            __version__,
+            self.config_path or "(embedded defaults)",
+            self.state_dir,
+            ", ".join(f"{h}:{p}" for h, p in self.addresses),
+        )
 
     def request_stop(self) -> None:
         """First SIGTERM/SIGINT: drain and exit. A second one: exit now."""
@@ -216,7 +243,7 @@ class Service:
         except StartupError as exc:
             log.error("startup failed: %s", exc)
             await self.shutdown()
-            return EXIT_STARTUP
+            return exc.exit_code
         await self.serve()
         log.info("stopping: draining in-flight transactions")
         await self.shutdown()

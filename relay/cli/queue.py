@@ -20,7 +20,15 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from relay.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    config_or_exit,
+    open_state_for,
+)
+from relay.observe import oplog
 from relay.queue.queue import QueuedMessage, Spool, spool_from_config, utcnow
 from relay.queue.view import (
     QueueFilter,
@@ -34,7 +42,7 @@ from relay.queue.view import (
 from relay.queue.view import (
     iso_seconds as _iso,
 )
-from relay.store.env import StateError, open_state
+from relay.store.env import StateError
 
 log = logging.getLogger("bouncer.queue")
 
@@ -123,7 +131,7 @@ def queue_id(text: str) -> str:
 @contextmanager
 def _open(args: argparse.Namespace) -> Iterator[Spool]:
     cfg = config_or_exit(args)
-    env = open_state(cfg.store.path, cfg.store.map_size)
+    env = open_state_for(args, cfg, create=False)  # no state directory: no queue
     try:
         yield spool_from_config(env, cfg)
     finally:
@@ -264,9 +272,12 @@ def _change(args: argparse.Namespace, verb: str, done: str) -> int:
     for q in missing:
         print(f"bouncer: queue: no message {q}", file=sys.stderr)
     if verb != "retry" and n:
-        who = ", ".join(targets) if targets else "all"
-        where = f" at {args.domain}" if args.domain else ""
-        log.warning("queue %s by the postmaster: %s%s, %d recipient(s)", verb, who, where, n)
+        # The operator's record in the mail log, as for drop (relay/observe/oplog.py).
+        what = "placed on hold" if verb == "hold" else "released from hold"
+        facts = [("recipients", str(n))] + ([("domain", args.domain)] if args.domain else [])
+        subjects = list(targets) if targets else ["ALL"]
+        events = [oplog.action(oplog.QUEUE, q, what, "", facts) for q in subjects]
+        oplog.record(config_or_exit(args).log, events)
     print(f"{n} recipient(s) {done}")
     return EXIT_FAILED if missing else EXIT_OK
 
@@ -288,6 +299,7 @@ def _drop(args: argparse.Namespace) -> int:
     if isinstance(targets, int):
         return targets
     code = EXIT_OK
+    dropped = []
     try:
         with _open(args) as spool:
             ids = targets if targets is not None else [m.queue_id for m in spool.messages()]
@@ -299,11 +311,14 @@ def _drop(args: argparse.Namespace) -> int:
                         code = EXIT_FAILED
                     continue
                 rcpts = ", ".join(f"<{r.recipient}>" for r in m.recipients)
-                # The operator's record: who was dropped and why (stderr, beside the event log).
-                log.warning("%s: removed by the postmaster: %s; to=%s", qid, args.why, rcpts)
+                facts = [("from", f"<{m.sender}>"), ("to", rcpts), ("dsn", str(args.dsn).lower())]
+                dropped.append(oplog.action(oplog.QUEUE, qid, "removed", args.why, facts))
                 dsn = " with a DSN to the sender" if args.dsn else ""
                 print(f"{qid}: dropped ({len(m.recipients)} recipient(s)){dsn}", flush=True)
     except StateError as exc:
         print(f"bouncer: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        # The operator's record in the mail log: which message, who, why (relay/observe/oplog.py).
+        oplog.record(config_or_exit(args).log, dropped)
     return code

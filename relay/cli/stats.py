@@ -15,9 +15,16 @@ from typing import cast
 
 from policy.address import normalize_domain
 from policy.rates import COUNTER_NAMES, GROUPINGS, Counts, GroupBy, key_fields, parse_period
-from relay.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    config_or_exit,
+    open_state_for,
+)
 from relay.observe.counters import read_stats, stats_csv, stats_document
-from relay.store.env import StateError, open_state
+from relay.store.env import StateError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bouncer stats: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        env = open_state(cfg.store.path, cfg.store.map_size, readonly=True)
+        env = open_state_for(args, cfg, create=False)  # says where it looked
     except StateError as exc:
         print(f"bouncer stats: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -27,9 +27,17 @@ from policy.suppression.lookup import REFUSING_STATES as REFUSING
 from policy.suppression.records import Scope, State, SuppressionRecord, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
 from policy.verdict import Category
-from relay.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option, config_or_exit
+from relay.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    config_or_exit,
+    open_state_for,
+)
 from relay.config.load import suppression_rules
-from relay.store.env import StateError, open_state
+from relay.observe import oplog
+from relay.store.env import StateError
 
 STATES = [s.value for s in State] + ["all"]
 
@@ -47,11 +55,22 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+# Actions that may create the state directory; the others only read (or change a record
+# that must already exist), and say where they looked instead of creating an empty store.
+CREATES = frozenset({"add", "import"})
+
+
 def open_store(args: argparse.Namespace) -> SuppressionStore:
-    """The store in the configured state directory (created if missing)."""
+    """The store in the configured state directory."""
     cfg = config_or_exit(args)
-    env = open_state(cfg.store.path, cfg.store.map_size)
+    env = open_state_for(args, cfg, create=args.action in CREATES)
     return SuppressionStore(env, suppression_rules(cfg.policy))
+
+
+def _log_action(args: argparse.Namespace, key: str, what: str, why: str, **facts: str) -> None:
+    """The operator's action as a line in the mail log (relay/observe/oplog.py)."""
+    event = oplog.action(oplog.SUPPRESSION, key, what, why, facts.items())
+    oplog.record(config_or_exit(args).log, [event])
 
 
 def _states(text: str | None) -> list[State] | None:
@@ -181,6 +200,8 @@ def _add(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     before = store.get(args.address, now)
     rec = store.add(args.address, Category(args.category), now, args.until, args.why)
+    until = iso(rec.until) if rec.until else "permanent"
+    _log_action(args, rec.key, "added", args.why, category=args.category, until=until)
     what = f"{rec.state.value}" + (f" until {iso(rec.until)}" if rec.until else "")
     if before is None or before.state not in REFUSING:
         print(f"{_key(rec)}: added, {what} ({rec.reason})")
@@ -203,6 +224,7 @@ def _remove(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     store = open_store(args)
     rec = store.remove(args.address, datetime.now(UTC), force=args.force, why=args.why)
+    _log_action(args, rec.key, "lifted", args.why, state=rec.state.value)
     print(f"{rec.key}: {rec.history[-1].detail}; now {rec.state.value}")
     return EXIT_OK
 
@@ -222,6 +244,8 @@ def _import(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     with fh:
         result = store.import_csv(fh, datetime.now(UTC), why=args.why)
+    added, skipped = str(result.added), str(result.skipped)
+    _log_action(args, args.file, "imported", args.why, added=added, skipped=skipped)
     for problem in result.problems:
         print(f"bouncer: {args.file}: {problem}", file=sys.stderr)
     why = collections.Counter(_problem_kind(p) for p in result.problems)

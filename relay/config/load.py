@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import types
@@ -40,6 +41,7 @@ from relay.config.schema import (
     StoreConfig,
     VerpConfig,
     default_state_dir,
+    host_fqdn,
     parse_duration,
     parse_hostport,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "VerpConfig",
     "config_from_dict",
     "default_state_dir",
+    "find_config",
+    "host_fqdn",
     "load_config",
     "parse_duration",
     "parse_hostport",
@@ -168,6 +172,13 @@ def _hostport(text: str) -> object:
     return parse_hostport(text, 25)
 
 
+def _has_port(text: str) -> bool:
+    text = text.strip()
+    if text.startswith("["):
+        return bool(re.search(r"\]:\d+$", text))
+    return text.count(":") == 1 and text.rsplit(":", 1)[1].isdigit()
+
+
 def _network(text: str) -> object:
     return ipaddress.ip_network(text, strict=False)
 
@@ -224,6 +235,14 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     for name, value in positive.items():
         if not 0 < value < float("inf"):  # also refuses TOML's nan and inf
             problems.append(f"{name}: must be a finite number greater than 0, got {value}")
+    if not cfg.server.listen:
+        problems.append("server.listen: needs at least one address (bouncer would accept no mail)")
+    for name, text in {"metrics.listen": cfg.metrics.listen, "api.listen": cfg.api.listen}.items():
+        # "localhost" alone would silently take a default port: say which one, always.
+        if text and not _has_port(text):
+            problems.append(f"{name}: give host:port (e.g. 127.0.0.1:9325), got {text!r}")
+        elif text:
+            _check_each(problems, "", {name: text}, _hostport, "not host:port")
     if cfg.delivery.drain_timeout < 0:
         problems.append(
             f"delivery.drain_timeout: must be 0 or more, got {cfg.delivery.drain_timeout}"
@@ -245,7 +264,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
         problems.append("server.tls_cert/server.tls_key: set both or neither")
     if cfg.verp.enabled and not (cfg.verp.bounce_domain and cfg.verp.secret):
-        problems.append("verp: enabled needs bounce_domain and secret")
+        problems.append("verp.enabled: needs verp.bounce_domain and verp.secret")
     _validate_verp_intake(cfg, problems)
     if cfg.api.listen and not cfg.api.token:
         problems.append("api.token: required when api.listen is set")
@@ -318,6 +337,26 @@ def config_from_dict(table: dict[str, Any]) -> Config:
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+DEFAULT_CONFIG = "/etc/bouncer/bouncer.toml"
+CONFIG_ENV = "BOUNCER_CONFIG"
+
+
+def find_config(given: str | None, env: dict[str, str] | None = None) -> str | None:
+    """Which config file a command reads: `--config`, else $BOUNCER_CONFIG, else
+    /etc/bouncer/bouncer.toml when it exists; None means the embedded defaults.
+
+    The CLI and the server then agree on the store without a flag: the shipped
+    file names the state directory. A named file that is missing is an error
+    (load_config says so); only the default location may be absent.
+    """
+    if given:
+        return given
+    named = (os.environ if env is None else env).get(CONFIG_ENV, "")
+    if named:
+        return named
+    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -6,7 +6,9 @@ What a reload applies, without dropping a connection or a remote session:
 - `[delivery.routes]`: the resolver's static route table (new transactions use it;
   sessions to the old target stay pooled until idle);
 - `[policy]`: the suppression rules' numbers and `soft_bounce`;
-- `[log]`: format, file (reopened, for logrotate) and diagnostic level.
+- `[log]`: format, file and diagnostic level. The file is reopened on every
+  SIGHUP, changed or not, and even when the new config is refused: logrotate's
+  `mv mail.log mail.log.1` + SIGHUP must give a new file.
 
 Everything else (listen addresses, TLS, state directory, ...) needs a restart;
 a reload that changes it logs so. A config that does not load is refused as a
@@ -22,7 +24,7 @@ import signal
 from typing import Any
 
 from policy.address import normalize_domain
-from relay.config.load import Config, ConfigError, load_config, suppression_rules
+from relay.config.load import Config, ConfigError, LogConfig, load_config, suppression_rules
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,8 @@ def apply_config(service: Any, new: Config) -> list[str]:
         if getattr(service, "pipeline", None) is not None:
             service.pipeline.soft_bounce = new.policy.soft_bounce
         changed.append("policy")
+    reopen_logs(service, new.log)  # always: logrotate moved the file, the config is unchanged
     if new.log != old.log:
-        for component in getattr(service, "components", []):
-            if hasattr(component, "reconfigure"):
-                component.reconfigure(new.log)
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper(), logging.INFO))
         changed.append("log")
     delivery = dataclasses.replace(old.delivery, routes=dict(new.delivery.routes))
@@ -64,6 +64,13 @@ def apply_config(service: Any, new: Config) -> list[str]:
         log.warning("reload: changes to [%s] need a restart", "], [".join(needs_restart))
     service.config = dataclasses.replace(old, delivery=delivery, policy=new.policy, log=new.log)
     return changed
+
+
+def reopen_logs(service: Any, cfg: LogConfig) -> None:
+    """Reopen `[log] file` in every log component (and take a changed format)."""
+    for component in getattr(service, "components", []):
+        if hasattr(component, "reconfigure"):
+            component.reconfigure(cfg)
 
 
 class Reloader:
@@ -86,7 +93,13 @@ class Reloader:
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused, config unchanged: %s", problem)
+                reopen_logs(service, service.config.log)  # logrotate still needs a new file
                 return False
+            override = getattr(service, "listen_override", None)
+            if override:  # `serve --listen` stays in force: not a change to report
+                new = dataclasses.replace(
+                    new, server=dataclasses.replace(new.server, listen=override)
+                )
             changed = apply_config(service, new)
             self.reloads += 1
             log.info("reloaded %s: %s", path or "(defaults)", ", ".join(changed) or "no changes")

@@ -9,9 +9,11 @@ with their defaults; the [policy] numbers default to `policy.suppression.escalat
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,10 +23,35 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _RULES = SuppressionRules()  # the defaults of docs/behaviour.md#suppression-policy numbers
 
 
+@functools.cache
+def host_fqdn() -> str:
+    """This host's fully qualified name, found as Postfix finds `myhostname`.
+
+    gethostname() when it has a dot; else the resolver's canonical name for it
+    (getaddrinfo with AI_CANONNAME: /etc/hosts, then DNS), when that has a dot.
+    Python's socket.getfqdn() is not used as is: on a machine whose /etc/hosts
+    lists the short name after `localhost` it answers "localhost", the one name
+    a remote must never hear from us. An undotted name is returned as it is,
+    and `bouncer check-config` warns about it.
+    """
+    name = socket.gethostname() or "localhost"
+    if "." in name:
+        return name.rstrip(".").lower()
+    try:
+        infos = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        infos = []
+    for info in infos:
+        canonical = info[3].rstrip(".").lower()
+        if "." in canonical and not canonical.startswith("localhost"):
+            return canonical
+    return name.lower()
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: tuple[str, ...] = ("127.0.0.1:2525",)
-    hostname: str = "localhost"
+    hostname: str = field(default_factory=host_fqdn)
     allowed_clients: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_message_size: int = 36_700_160
     max_recipients: int = 100
@@ -46,7 +73,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    helo: str = "localhost"
+    helo: str = field(default_factory=host_fqdn)
     connect_timeout: float = 30.0
     command_timeout: float = 60.0
     starttls: Literal["opportunistic", "required", "off"] = "opportunistic"

@@ -177,7 +177,11 @@ class UsersAuthenticator:
             return AuthResult(success=False, handled=False)
         ok = self.check(auth_data.login, auth_data.password)
         if not ok:
-            log.info("AUTH %s failed for %r from %s", mechanism, auth_data.login, session.peer)
+            log.debug("AUTH %s failed for %r from %s", mechanism, auth_data.login, session.peer)
+            # The mail log's line (Postfix's wording, for fail2ban) comes from the handler.
+            report = getattr(getattr(server, "event_handler", None), "report_auth_failure", None)
+            if report is not None:
+                report(mechanism)
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 

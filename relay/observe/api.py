@@ -36,12 +36,13 @@ from aiohttp import web
 from policy.address import AddressError, normalize_domain
 from policy.rates import GROUPINGS, GroupBy, parse_period
 from policy.suppression.bulk import select
-from policy.suppression.csvfile import EXPORT_FIELDS, parse_when, record_row
+from policy.suppression.csvfile import EXPORT_FIELDS, iso, parse_when, record_row
 from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError
 from policy.suppression.records import State, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
 from policy.verdict import Category
 from relay.observe.counters import read_stats, stats_csv, stats_document
+from relay.observe.events import AdminEvent
 from relay.observe.http_reply import ApiError
 from relay.observe.http_reply import json_reply as _json
 from relay.observe.httpserve import bind_component, serve_app
@@ -80,6 +81,16 @@ class Api:
         self.clock = clock or (lambda: datetime.now(UTC))
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.events: Any = None  # the service's EventBus: operator actions reach the mail log
+
+    def _audit(self, request: web.Request, subject: str, what: str, why: str, **facts: str) -> None:
+        """An action through the API as a line in the mail log (relay/observe/oplog.py)."""
+        if self.events is not None:
+            who = f"api, client={request.remote or 'unknown'}"
+            details = tuple(facts.items())
+            self.events.emit(
+                AdminEvent("suppression", subject, what, who, why, self.clock(), details)
+            )
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -212,6 +223,8 @@ class Api:
         rec = await self.write(
             store.add, request.match_info["key"], category, self.clock(), until, why
         )
+        until_text = iso(rec.until) if rec.until else "permanent"
+        self._audit(request, rec.key, "added", why, category=category.value, until=until_text)
         return _json(as_dict(rec))
 
     async def delete_suppression(self, request: web.Request) -> web.StreamResponse:
@@ -223,6 +236,7 @@ class Api:
         if force and not why.strip():
             raise ApiError(400, "force needs a reason in 'why' (kept in the history)")
         rec = await self.write(_remove, store, request.match_info["key"], self.clock(), force, why)
+        self._audit(request, rec.key, "lifted", why, state=rec.state.value)
         return _json(as_dict(rec))
 
     async def import_suppressions(self, request: web.Request) -> web.StreamResponse:
@@ -236,6 +250,8 @@ class Api:
         while await self.write(job.step):
             pass
         result = job.result()
+        added, skipped = str(result.added), str(result.skipped)
+        self._audit(request, "import", "imported", why, added=added, skipped=skipped)
         return _json(
             {"added": result.added, "skipped": result.skipped, "problems": list(result.problems)}
         )
@@ -293,6 +309,7 @@ class Api:
         self.spool = service.spool
         self._write = service.writer.run
         self.clock = service.clock
+        self.events = service.events
         if self.listen:
             port = await bind_component(self.serve, self.listen, "api")
             log.info("HTTP API on %s (port %d)", self.listen, port)

@@ -73,9 +73,36 @@ class MessageEvent:
     when: datetime
     client: str = ""
     message_id: str = ""
+    sasl_username: str = ""  # the AUTH login the client relayed with, if any
 
 
-Event = RecipientEvent | ConnectEvent | MessageEvent
+@dataclass(frozen=True)
+class AdminEvent:
+    """An operator's action (queue drop/hold/release, suppression add/remove/lift): who
+    did what to which message or address, and why. `program` is the Postfix-style role
+    that logs it: "postsuper" for the queue (as Postfix's postsuper does), "suppression"."""
+
+    program: str
+    subject: str  # a queue id, or an address or domain
+    action: str  # "removed", "placed on hold", "released from hold", "added", "lifted", ...
+    who: str  # "root", "alice (sudo)", "api 127.0.0.1"
+    why: str
+    when: datetime
+    details: tuple[tuple[str, str], ...] = ()  # extra key=value facts: to=<...>, category=...
+
+
+@dataclass(frozen=True)
+class ProtocolEvent:
+    """A client's protocol failure a postmaster watches for: a bare-LF (smuggling)
+    refusal, a failed AUTH. Logged as Postfix smtpd's `warning:` lines, so fail2ban's
+    postfix and postfix-sasl filters match them."""
+
+    client: str  # "name[ip]"
+    text: str  # after "warning: <client>: "
+    when: datetime
+
+
+Event = RecipientEvent | ConnectEvent | MessageEvent | AdminEvent | ProtocolEvent
 Subscriber = Callable[[Event], None]
 
 

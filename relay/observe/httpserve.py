@@ -38,6 +38,6 @@ async def bind_component(serve: Callable[[str], Awaitable[int]], listen: str, se
     try:
         return await serve(listen)
     except OSError as exc:
-        from relay.service import StartupError  # exit 3, like the SMTP listener
+        from relay.service import listen_error  # exit 75 when taken, else 3, like SMTP's
 
-        raise StartupError(f"cannot listen on [{section}] {listen}: {exc}") from exc
+        raise listen_error(f"cannot listen on [{section}] {listen}", exc) from exc

@@ -28,7 +28,15 @@ from datetime import datetime
 from typing import Any
 
 from policy.reply import Reply
-from relay.observe.events import ConnectEvent, Event, MessageEvent, RecipientEvent, Status
+from relay.observe.events import (
+    AdminEvent,
+    ConnectEvent,
+    Event,
+    MessageEvent,
+    ProtocolEvent,
+    RecipientEvent,
+    Status,
+)
 
 # Month names for the traditional syslog timestamp (RFC 3164 §4.1.2); fixed, never the locale's.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -100,10 +108,12 @@ def dsn_of(reply: Reply) -> str:
 
 def program_of(event: Event) -> str:
     """The Postfix role that would have logged this event (see the module docstring)."""
-    if isinstance(event, ConnectEvent):
+    if isinstance(event, ConnectEvent | ProtocolEvent):
         return "smtpd"
     if isinstance(event, MessageEvent):
         return "qmgr"
+    if isinstance(event, AdminEvent):
+        return event.program
     if event.stage.upper() in REPORT_STAGES:
         return "intake"
     if event.status is Status.SUPPRESSED:
@@ -173,10 +183,15 @@ def postfix_messages(event: Event) -> list[tuple[str, str]]:
     if isinstance(event, ConnectEvent):
         verb = "disconnect from" if event.disconnect else "connect from"
         return [("smtpd", f"{verb} {clean(event.client)}")]
+    if isinstance(event, ProtocolEvent):
+        return [("smtpd", f"warning: {clean(event.client)}: {clean(event.text)}")]
+    if isinstance(event, AdminEvent):
+        return [(event.program, admin_text(event))]
     if isinstance(event, MessageEvent):
         out: list[tuple[str, str]] = []
         if event.client:
-            out.append(("smtpd", f"{event.queue_id}: client={clean(event.client)}"))
+            sasl = f", sasl_username={clean(event.sasl_username)}" if event.sasl_username else ""
+            out.append(("smtpd", f"{event.queue_id}: client={clean(event.client)}{sasl}"))
         if event.message_id:
             out.append(("cleanup", f"{event.queue_id}: message-id={clean(event.message_id)}"))
         out.append(
@@ -190,6 +205,17 @@ def postfix_messages(event: Event) -> list[tuple[str, str]]:
     return [(program_of(event), _recipient_text(event))]
 
 
+def admin_text(event: AdminEvent) -> str:
+    """ "3F2A1B9C0D4E: removed, to=<a@b.example>, by=root (reason: ticket 123)".
+
+    Postfix's postsuper logs "QUEUEID: removed" and nothing more; bouncer adds who
+    did it and why, the reason last in parentheses as Postfix puts status reasons.
+    """
+    facts = "".join(f", {clean(k)}={clean(v)}" for k, v in event.details)
+    why = f" (reason: {clean(event.why)})" if event.why.strip() else ""
+    return f"{clean(event.subject)}: {clean(event.action)}{facts}, by={clean(event.who)}{why}"
+
+
 def json_record(event: Event, host: str, pid: int) -> dict[str, Any]:
     """The same facts as the Postfix line, as a JSON-ready dict, plus class and category."""
     base: dict[str, Any] = {
@@ -201,6 +227,19 @@ def json_record(event: Event, host: str, pid: int) -> dict[str, Any]:
     if isinstance(event, ConnectEvent):
         base.update(event="disconnect" if event.disconnect else "connect", client=event.client)
         return base
+    if isinstance(event, ProtocolEvent):
+        base.update(event="warning", client=event.client, text=event.text)
+        return base
+    if isinstance(event, AdminEvent):
+        base.update(
+            event="operator",
+            subject=event.subject,
+            action=event.action,
+            by=event.who,
+            why=event.why,
+            **dict(event.details),
+        )
+        return base
     if isinstance(event, MessageEvent):
         base.update(
             event="message",
@@ -209,7 +248,8 @@ def json_record(event: Event, host: str, pid: int) -> dict[str, Any]:
             size=event.size,
             nrcpt=event.nrcpt,
             client=event.client,
-            message_id=event.message_id,
+            sasl_username=event.sasl_username or None,
+            message_id=event.message_id or None,
         )
         return base
     reply = event.reply

@@ -9,12 +9,13 @@ the original sender, due at once; a null sender gets none, so DSNs never bounce.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import lmdb
 
 from policy.dsn import DsnContext, FailedRecipient, compose_dsn, is_null_sender
+from relay.config.schema import host_fqdn
 from relay.queue.layout import QueueTables
 from relay.queue.records import (
     Disposition,
@@ -27,7 +28,7 @@ from relay.queue.records import (
 
 @dataclass(frozen=True)
 class DsnSettings:
-    reporting_mta: str = "localhost"
+    reporting_mta: str = field(default_factory=host_fqdn)  # [server] hostname's default
     dsn_from: str = ""  # default MAILER-DAEMON@reporting_mta
 
     @property

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from policy.reply import Reply
 from policy.retry import next_attempt
 from policy.verdict import BounceClass, Category, Verdict
 from relay.observe.events import EventBus, MessageEvent, RecipientEvent, Status
+from relay.observe.headers import message_id_of
 from relay.outbound.values import Outcome
 from relay.queue.commit import GroupCommit
 from relay.queue.queue import (
@@ -188,7 +190,17 @@ class RetryWorker:
         if msg.kind == "dsn" and all(r.tries == 0 for r in msg.recipients):
             # A DSN bouncer made (at DATA or at expiry) enters the mail log on its first
             # try, as Postfix's qmgr logs `from=<>` for a bounce it is about to send.
-            self.events.emit(MessageEvent(msg.queue_id, "", msg.size, len(rcpts), self.clock()))
+            self.events.emit(
+                MessageEvent(
+                    msg.queue_id,
+                    "",
+                    msg.size,
+                    len(rcpts),
+                    self.clock(),
+                    message_id=message_id_of(lease.data),
+                )
+            )
+        started = time.monotonic()
         try:
             async with AsyncExitStack() as stack:
                 # Sorted, so two messages needing the same domains never wait on each other.
@@ -207,6 +219,7 @@ class RetryWorker:
         except Exception:  # the one top-level catch: a bug must not kill the scheduler
             log.exception("queue %s: delivery attempt failed", msg.queue_id)
             outcomes = {}
+        took = time.monotonic() - started
         now = self.clock()
         results = [self._judge(r, outcomes.get(r.recipient), now) for r in msg.recipients]
         try:
@@ -221,6 +234,7 @@ class RetryWorker:
             # delivered recipient may then get a duplicate; nothing is lost).
             log.exception("queue %s: cannot record the attempt", msg.queue_id)
             return
+        delay = (now - msg.arrived).total_seconds()
         for res in results:
             self.events.emit(
                 RecipientEvent(
@@ -231,7 +245,8 @@ class RetryWorker:
                     when=now,
                     relay=res.outcome.relay,
                     stage=res.outcome.stage,
-                    delay=(now - msg.arrived).total_seconds(),
+                    delay=delay,
+                    delays=retry_delays(delay, took),
                     verdict=res.verdict,
                     attempt=res.rcpt.tries + (1 if msg.kind == "dsn" else 0),
                     sender=msg.sender,
@@ -312,3 +327,11 @@ class RetryWorker:
                 "queue: %d attempt(s) cut short by the stop; due again at start", len(pending)
             )
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def retry_delays(delay: float, took: float) -> tuple[float, float, float, float]:
+    """Postfix's delays=a/b/c/d for a retry: a (before the queue) is 0, b is the time the
+    message waited in the queue, and the attempt itself is d: the connection setup and
+    the transmission are one step here (c = 0). a+b+c+d = delay, as in Postfix."""
+    took = min(max(took, 0.0), max(delay, 0.0))
+    return (0.0, round(max(delay - took, 0.0), 3), 0.0, round(took, 3))

@@ -17,7 +17,8 @@ from relay.inbound.auth import MAX_PASSWORD_BYTES
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "bouncer.toml"
     path.write_text(f'[store]\npath = "{tmp_path / "state"}"\nmap_size = 16777216\n')
-    assert main(["suppression", "count", "--config", str(path)]) == 0  # creates the store
+    (tmp_path / "state").mkdir()  # as the server makes it; a read never creates it
+    assert main(["suppression", "count", "--config", str(path)]) == 0  # opens the store
     return path
 
 

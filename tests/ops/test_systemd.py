@@ -39,7 +39,10 @@ def test_unit_has_the_required_directives() -> None:
     d = _directives()
     expected = {
         "Type": "notify",
-        "DynamicUser": "yes",
+        # A static user (README "Installing as a service"): the 0640 root:bouncer config
+        # and secrets are readable through its group, which a DynamicUser cannot be in.
+        "User": "bouncer",
+        "Group": "bouncer",
         "StateDirectory": "bouncer",
         "ProtectSystem": "strict",
         "NoNewPrivileges": "yes",
@@ -53,7 +56,9 @@ def test_unit_has_the_required_directives() -> None:
         assert d.get(key) == [value], key
     assert "WatchdogSec" in d
     assert re.fullmatch(r"/bin/kill -HUP \$MAINPID", d["ExecReload"][0])
-    assert d["ExecStart"][0].split()[1:2] == ["serve"]
+    assert "DynamicUser" not in d
+    # The venv the README installs into, and the config path the CLI reads by default.
+    assert d["ExecStart"] == ["/opt/bouncer/bin/bouncer serve --config /etc/bouncer/bouncer.toml"]
     # The stop timeout must outlast the drain, or systemd kills in-flight transactions.
     assert _seconds(d["TimeoutStopSec"][0]) > DeliveryConfig().drain_timeout
 
@@ -70,7 +75,8 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     if bouncer is None:
         pytest.skip("the bouncer command is not installed (pip install -e .)")
     # verify insists that ExecStart's binary exists: point a copy at the installed one.
-    text = UNIT.read_text().replace("/usr/local/bin/bouncer", bouncer)
+    text = UNIT.read_text().replace("/opt/bouncer/bin/bouncer", bouncer)
+    assert bouncer in text
     copy = tmp_path / "bouncer.service"
     copy.write_text(text)
     result = subprocess.run(

@@ -309,3 +309,18 @@ async def test_a_failed_mark_sends_nothing(parts: Any) -> None:
     await _settle(worker)
     (r,) = spool.get("Q1").recipients  # still queued: the fake's 250 was never reached
     assert r.tries == 2 and r.last_reply is not None and r.last_reply.code == 451
+
+
+async def test_a_retry_logs_real_delays(parts: Any) -> None:
+    # A retry once logged delays=0/0/0/0 beside a delay of minutes. Postfix's b is the
+    # time in the queue, d the attempt; a+b+c+d is the delay.
+    worker, spool, store, script, events, clock = parts
+    spool.accept(SpoolMessage("Q7", "a@a.example", DATA, T0, (("b@b.example", SOFT),)), T0)
+    clock["now"] = T0 + timedelta(minutes=5)
+    await worker.run_once(clock["now"])
+    await _settle(worker)
+    [ev] = [e for e in events if isinstance(e, RecipientEvent)]
+    assert ev.status is Status.SENT and ev.delay == 300.0
+    a, b, c, d = ev.delays
+    assert a == 0.0 and c == 0.0 and 299.0 < b <= 300.0 and 0.0 <= d < 1.0
+    assert abs(a + b + c + d - ev.delay) < 0.01

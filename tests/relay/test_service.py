@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from relay.config.load import config_from_dict
-from relay.service import EXIT_STARTUP, Service
+from relay.service import EXIT_BUSY, EXIT_STARTUP, Service
 from tests.support.wait import until, until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_listen_address_in_use_is_startup_failure_exit_3(tmp_path: Path) -> None:
+async def test_listen_address_in_use_is_its_own_exit_code(tmp_path: Path) -> None:
+    # A busy port may be transient (the old process still draining), so it is
+    # not 3 (bad config, which the unit's RestartPreventExitStatus=3 never restarts).
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -25,13 +27,29 @@ async def test_listen_address_in_use_is_startup_failure_exit_3(tmp_path: Path) -
         cfg = config_from_dict(
             {"server": {"listen": [f"127.0.0.1:{port}"]}, "store": {"path": str(tmp_path / "s")}}
         )
-        assert await Service(cfg).run() == EXIT_STARTUP
+        assert await Service(cfg).run() == EXIT_BUSY == 75
+        # A metrics port in use is the same case.
+        cfg = config_from_dict(
+            {
+                "server": {"listen": ["127.0.0.1:0"]},
+                "metrics": {"listen": f"127.0.0.1:{port}"},
+                "store": {"path": str(tmp_path / "s")},
+            }
+        )
+        assert await Service(cfg).run() == EXIT_BUSY
+
+
+async def test_listen_address_not_on_this_host_is_exit_3(tmp_path: Path) -> None:
+    cfg = config_from_dict(
+        {"server": {"listen": ["192.0.2.1:2525"]}, "store": {"path": str(tmp_path / "s")}}
+    )
+    assert await Service(cfg).run() == EXIT_STARTUP
 
 
 async def test_failing_component_start_is_exit_3(tmp_path: Path) -> None:
     class Broken:
         async def start(self, service: Any) -> None:
-            raise OSError("address already in use")
+            raise OSError("address not available")
 
         async def stop(self) -> None:
             pass
