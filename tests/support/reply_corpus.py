@@ -29,15 +29,19 @@ class Row:
     lang: str
     part: str
     source: str
+    set: str = ""  # the held-out set a row was collected for ("A" .. "D"), "" for the rest
 
 
-def load(part: str | None = None, path: Path = CORPUS) -> list[Row]:
+def load(part: str | None = None, path: Path = CORPUS, set: str | None = None) -> list[Row]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             d = json.loads(line)
-            row = Row(d["reply"], d["class"], d["category"], d["lang"], d["part"], d["source"])
-            if part is None or row.part == part:
+            row = Row(
+                d["reply"], d["class"], d["category"], d["lang"], d["part"], d["source"],
+                d.get("set", ""),
+            )
+            if (part is None or row.part == part) and (set is None or row.set == set):
                 rows.append(row)
     return rows
 
