@@ -30,11 +30,12 @@ from policy.rules import CLASS_OF, RuleSet, default_rules
 from policy.verdict import BounceClass, Category, Verdict
 
 # A reply quoted in text: a 4xx/5xx code, then a space or "-" and either an enhanced
-# code or a word (so "port 465" or "[416]" don't count). It must start the text or
+# code or a word, an address in angle brackets or a quote (so "port 465" or "[416]"
+# don't count; "said: 551 <a@b> is a deactivated mailbox" does). It must start the text or
 # follow a separator; _quoted() checks that by hand because a look-behind in front
 # would stop re from skipping quickly to the candidate digits.
 _QUOTED_REPLY = re.compile(
-    r"([45][0-5]\d)[ -]'?(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z]))"
+    r"([45][0-5]\d)[ -]'?(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z<\"]))"
 )
 _REPLY_AFTER = frozenset(" \t\n:<'\"(>")
 # A bare enhanced code in text: "RCPT TO not accepted: 5.7.1 This system ...".

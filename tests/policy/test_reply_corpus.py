@@ -25,7 +25,7 @@ from policy.reply import Reply, parse_reply
 from policy.rules import CLASS_OF, default_rules
 from policy.verdict import BounceClass, Category
 from relay.cli import main
-from tests.support.reply_corpus import evaluate, load
+from tests.support.reply_corpus import evaluate, load, transient
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = tomllib.loads((ROOT / "tests/policy/data/replies.toml").read_text(encoding="utf-8"))["row"]
@@ -38,8 +38,7 @@ def test_rows_are_well_formed_and_parts_share_no_source() -> None:
     for row in rows:
         assert row.part in ("dev", "heldout") and row.source and row.lang
         category = Category(row.category)
-        transient = parse_reply(row.reply).is_transient
-        expected = BounceClass.SOFT if transient else CLASS_OF[category]
+        expected = BounceClass.SOFT if transient(row.reply) else CLASS_OF[category]
         assert row.klass == expected.value, row.reply  # class follows category (SPEC §3)
     dev = {r.source for r in rows if r.part == "dev"}
     held = {r.source for r in rows if r.part == "heldout"}
