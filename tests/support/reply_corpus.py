@@ -38,7 +38,12 @@ def load(part: str | None = None, path: Path = CORPUS, set: str | None = None) -
         if line.strip():
             d = json.loads(line)
             row = Row(
-                d["reply"], d["class"], d["category"], d["lang"], d["part"], d["source"],
+                d["reply"],
+                d["class"],
+                d["category"],
+                d["lang"],
+                d["part"],
+                d["source"],
                 d.get("set", ""),
             )
             if (part is None or row.part == part) and (set is None or row.set == set):
