@@ -71,6 +71,10 @@ def classify(reply: Reply, rules: RuleSet | None = None, fallback: bool = True) 
     rs = rules if rules is not None else default_rules()
     if "\n" in text:
         text = text.replace("\n", " ")  # multi-line replies: match across line ends
+    if "  " in text or "\t" in text:
+        text = " ".join(text.split())  # DSN lines folded with runs of blanks: "does not     exist"
+    if "_" in text:
+        text = text.replace("_", " ")  # provider tags: "BAD_RECIPIENT", "ADDRESS_NOT_FOUND"
     if enhanced and code and enhanced in text:
         # Multi-line replies flattened into one line keep each line's "550-5.7.1 "
         # prefix in mid-sentence; drop them so patterns see the words side by side.
