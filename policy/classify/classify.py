@@ -31,11 +31,12 @@ from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
 
 # A reply quoted in text: a 4xx/5xx code, then a space or "-" and either an enhanced
-# code or a word (so "port 465" or "[416]" don't count). It must start the text or
+# code or a word, an address in angle brackets or a quote (so "port 465" or "[416]"
+# don't count; "said: 551 <a@b> is a deactivated mailbox" does). It must start the text or
 # follow a separator; _quoted() checks that by hand because a look-behind in front
 # would stop re from skipping quickly to the candidate digits.
 _QUOTED_REPLY = re.compile(
-    r"([45][0-5]\d)[ -]'?(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z]))"
+    r"([45][0-5]\d)[ -]'?(?:#?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])|(?=[a-z<\"]))"
 )
 _REPLY_AFTER = frozenset(" \t\n:<'\"(>")
 # A bare enhanced code in text: "RCPT TO not accepted: 5.7.1 This system ...".
@@ -71,6 +72,10 @@ def classify(reply: Reply, rules: RuleSet | None = None, fallback: bool = True) 
     rs = rules if rules is not None else default_rules()
     if "\n" in text:
         text = text.replace("\n", " ")  # multi-line replies: match across line ends
+    if "  " in text or "\t" in text:
+        text = " ".join(text.split())  # DSN lines folded with runs of blanks: "does not     exist"
+    if "_" in text:
+        text = text.replace("_", " ")  # provider tags: "BAD_RECIPIENT", "ADDRESS_NOT_FOUND"
     if enhanced and code and enhanced in text:
         # Multi-line replies flattened into one line keep each line's "550-5.7.1 "
         # prefix in mid-sentence; drop them so patterns see the words side by side.

@@ -1,12 +1,12 @@
 """The labelled reply corpus (tests/data/replies/corpus.jsonl) and the fallback model.
 
 The held-out part comes from sources never used to write rules or to train the fallback
-model; its figures predict replies nobody here has seen. It is the second one (held-out
-B): the first (A, 100 rows) was measured once and then moved to the development part
-(docs/classifier.md gives both first-run figures). The targets on it (class
->= 95%, hard recall >= 95%, category >= 90%) are not met: the floors below are what is
-reached now (a regression guard), the strict xfail names the gap, and false hards must
-be zero.
+model; its figures predict replies nobody here has seen. Each held-out set was measured
+once and then (A to E) moved to the development part, its misses fixed; the held-out
+part now is set F, collected after the last rule changes (docs/classifier.md gives every
+set's first-run figures). The targets on it (class >= 95%, hard recall >= 95%,
+category >= 90%) are not all met: the floors below are what F reached on its one run (a
+regression guard), the strict xfail names the gap, and false hards must be zero.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from policy.classify.rules import CLASS_OF, default_rules
 from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category
 from relay.cli.main import main
-from tests.support.reply_corpus import evaluate, load
+from tests.support.reply_corpus import evaluate, load, transient
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = tomllib.loads((ROOT / "tests/policy/data/replies.toml").read_text(encoding="utf-8"))["row"]
@@ -34,12 +34,11 @@ LANGUAGES = {"en", "fr", "it", "de", "es", "pt", "nl", "pl", "ru", "cs", "sv", "
 
 def test_rows_are_well_formed_and_parts_share_no_source() -> None:
     rows = load()
-    assert len(rows) >= 500
+    assert len(rows) >= 1100
     for row in rows:
         assert row.part in ("dev", "heldout") and row.source and row.lang
         category = Category(row.category)
-        transient = parse_reply(row.reply).is_transient
-        expected = BounceClass.SOFT if transient else CLASS_OF[category]
+        expected = BounceClass.SOFT if transient(row.reply) else CLASS_OF[category]
         assert row.klass == expected.value, row.reply  # class follows category
     dev = {r.source for r in rows if r.part == "dev"}
     held = {r.source for r in rows if r.part == "heldout"}
@@ -49,11 +48,29 @@ def test_rows_are_well_formed_and_parts_share_no_source() -> None:
 
 def test_held_out_has_no_false_hard_and_keeps_its_floors() -> None:
     total = evaluate(load("heldout")).total
-    assert total.n >= 33
+    assert total.n >= 44
     assert total.false_hard == 0
-    assert total.klass / total.n >= 0.84
-    assert total.hard_found / total.hard >= 0.80
-    assert total.category / total.n >= 0.81
+    assert total.klass / total.n >= 0.97
+    assert total.hard_found / total.hard >= 0.95
+    assert total.category / total.n >= 0.84
+
+
+def test_each_held_out_set_was_measured_then_moved_or_is_the_held_out_part() -> None:
+    rows = load()
+    for name in "ABCDE":
+        mine = [r for r in rows if r.set == name]
+        assert mine and all(r.part == "dev" for r in mine), name
+        assert all(f"[held-out {name}" in r.source for r in mine), name
+    held = [r for r in rows if r.part == "heldout"]
+    assert held and {r.set for r in held} == {"F"}
+
+
+def test_no_set_has_a_false_hard_now() -> None:
+    # Every held-out set had zero false hards on its first run except E (4, fixed in
+    # round 4 by meaning: an IP refusal in Italian, a temporary DNS failure, a quota
+    # violation under 5.1.1, a PEC refusal); none may come back.
+    for name in "ABCDEF":
+        assert evaluate(load(set=name)).total.false_hard == 0, name
 
 
 @pytest.mark.xfail(strict=True, reason="the targets not met on the held-out part yet")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policy.classify.classify import classify
+from policy.classify.classify import _quoted, classify
 from policy.reply import parse_reply
 from policy.verdict import Verdict
 
@@ -29,15 +29,24 @@ class Row:
     lang: str
     part: str
     source: str
+    set: str = ""  # the held-out set a row was collected for ("A" .. "D"), "" for the rest
 
 
-def load(part: str | None = None, path: Path = CORPUS) -> list[Row]:
+def load(part: str | None = None, path: Path = CORPUS, set: str | None = None) -> list[Row]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             d = json.loads(line)
-            row = Row(d["reply"], d["class"], d["category"], d["lang"], d["part"], d["source"])
-            if part is None or row.part == part:
+            row = Row(
+                d["reply"],
+                d["class"],
+                d["category"],
+                d["lang"],
+                d["part"],
+                d["source"],
+                d.get("set", ""),
+            )
+            if (part is None or row.part == part) and (set is None or row.set == set):
                 rows.append(row)
     return rows
 
@@ -92,3 +101,18 @@ def evaluate(rows: Iterable[Row], decide: Callable[[str], Verdict] | None = None
         if verdict.klass.value != row.klass or verdict.category.value != row.category:
             report.misses.append((row, verdict))
     return report
+
+
+def transient(line: str) -> bool:
+    """Whether the contract's first-digit rule makes `line` soft: its reply code is 4xx,
+    or it has none and the reply quoted inside it (or its bare enhanced code) starts
+    with 4, as classify() reads it ("Remote host said: 451 ...", "(#4.3.0)")."""
+    reply = parse_reply(line)
+    if reply.code:
+        return reply.is_transient
+    if reply.enhanced:
+        return reply.enhanced.startswith("4")
+    code, enhanced = _quoted(reply.text.lower().replace("\n", " "))
+    if code:
+        return 400 <= code < 500
+    return enhanced is not None and enhanced.startswith("4")
