@@ -219,6 +219,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         "server.max_message_size": cfg.server.max_message_size,
         "server.max_recipients": cfg.server.max_recipients,
         "server.max_clients": cfg.server.max_clients,
+        "intake.max_clients": cfg.intake.max_clients,
+        "intake.session_timeout": cfg.intake.session_timeout,
         "server.workers": cfg.server.workers,
         "server.max_hops": cfg.server.max_hops,
         "delivery.connect_timeout": cfg.delivery.connect_timeout,
@@ -254,7 +256,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             problems.append(f"{name}: not a domain name or address literal: {host!r}")
     if cfg.queue.dsn_from and not is_valid_address(cfg.queue.dsn_from):
         problems.append(f"queue.dsn_from: not an address: {cfg.queue.dsn_from!r}")
-    _validate_admission(cfg.server, problems)
+    _validate_admission(cfg, problems)
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
     try:
@@ -276,11 +278,14 @@ MAX_SCHEDULE_SECONDS = 3650 * 86400  # ten years: beyond, the date arithmetic ov
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _validate_admission(server: ServerConfig, problems: list[str]) -> None:
-    """[server] connection admission and the memory budget (relay/inbound/admission.py)."""
-    for name in ("client_connection_count_limit", "client_connection_rate_limit"):
-        if getattr(server, name) < 0:
-            problems.append(f"server.{name}: 0 (no limit) or more, got {getattr(server, name)}")
+def _validate_admission(cfg: Config, problems: list[str]) -> None:
+    """Connection admission, [server] and [intake], and the memory budget (admission.py)."""
+    server = cfg.server
+    for section, table in (("server", server), ("intake", cfg.intake)):
+        for name in ("client_connection_count_limit", "client_connection_rate_limit"):
+            if getattr(table, name) < 0:
+                got = getattr(table, name)
+                problems.append(f"{section}.{name}: 0 (no limit) or more, got {got}")
     if not 0 < server.untrusted_timeout < float("inf"):
         problems.append(
             f"server.untrusted_timeout: must be a finite number greater than 0, "

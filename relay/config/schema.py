@@ -149,6 +149,11 @@ class IntakeConfig:
     listen: str = ""  # empty = off
     feedback_addresses: tuple[str, ...] = ()
     forward: bool = False
+    # Anyone may send a bounce: every intake client is held to these (relay/inbound/guard.py).
+    max_clients: int = 100  # concurrent connections to the intake listener
+    client_connection_count_limit: int = 10  # per client address at once; 0 = no limit
+    client_connection_rate_limit: int = 60  # new connections a minute per address; 0 = no limit
+    session_timeout: float = 120.0  # seconds from connect to the end of any session
 
 
 @dataclass(frozen=True)

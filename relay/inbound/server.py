@@ -14,7 +14,6 @@ connection_lost); it does not refuse bare CR / bare LF or NUL in DATA (we do: 55
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import time
@@ -30,6 +29,7 @@ from relay.config.load import IPNetwork
 from relay.inbound.admission import Admission, AdmissionLimits, IPAddress
 from relay.inbound.auth import ehlo_without_empty_auth
 from relay.inbound.data import DataBudget, DataState, Reservation, read_data
+from relay.inbound.guard import TIMEOUT_EXCEEDED, hang_up, peer_address
 from relay.inbound.path import simple_path
 from relay.inbound.received import protocol_keyword, received_header
 from relay.inbound.replies import enhance
@@ -85,8 +85,6 @@ INTERNAL_PROBLEM = "451 4.3.0 Error: internal problem, try again later"
 # esmtp-value are printable ASCII); aiosmtpd decodes command arguments as UTF-8 with
 # surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF.
 _BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-# Postfix's wording when a client runs out of time (RFC 5321 §3.8: 421 and the host name).
-UNTRUSTED_TIMEOUT = "421 4.4.2 {} Error: timeout exceeded"
 
 
 def reply_line(reply: Reply) -> str:
@@ -122,15 +120,7 @@ class InboundHandler:
     def admit(self, peer: Any) -> str | None:
         """Note who `peer` is and take a connection slot; None, or the 421 line refusing it."""
         if isinstance(peer, tuple) and peer:
-            try:
-                ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
-            except ValueError:
-                ip = None
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-                ip = (
-                    ip.ipv4_mapped
-                )  # a dual-stack "::" listener sees IPv4 clients as ::ffff:a.b.c.d
-            self.ip = ip
+            self.ip = peer_address(peer)
             self.client = f"unknown[{peer[0]}]"
         return self.server.admit(self)
 
@@ -446,11 +436,10 @@ class InboundSMTP(SMTP):
             refusal = handler.admit(transport.get_extra_info("peername"))
             if refusal is not None:
                 # Over a limit (relay/inbound/admission.py): say so (RFC 5321 §3.8) and hang
-                # up, with only write() and close(), which every loop's transports have.
+                # up (relay/inbound/guard.py).
                 self._refused = True
                 log.info("%s: refused: %s", handler.client, refusal)
-                transport.write(refusal.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
-                transport.close()
+                hang_up(transport, refusal)
                 return
         super().connection_made(transport)
         if first and self.session is not None:
@@ -467,9 +456,7 @@ class InboundSMTP(SMTP):
         if self.session is None or self.session.authenticated or self.transport is None:
             return
         log.info("%s: no authentication within the deadline; closing", self.event_handler.client)
-        goodbye = UNTRUSTED_TIMEOUT.format(self.hostname) + "\r\n"
-        self.transport.write(goodbye.encode("ascii", "replace"))  # type: ignore[attr-defined]
-        self.transport.close()
+        hang_up(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
 
     def eof_received(self) -> bool | None:
         if self._refused:

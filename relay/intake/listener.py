@@ -34,6 +34,8 @@ from policy.suppression.store import StoreError, SuppressionStore
 from policy.verdict import BounceClass
 from policy.verp import VerpKey, decode, remote_sender
 from relay.config.load import Config, parse_hostport
+from relay.inbound.admission import AdmissionLimits
+from relay.inbound.guard import Gate, GuardedSMTP
 from relay.observe.events import EventBus, RecipientEvent, Status
 
 log = logging.getLogger(__name__)
@@ -244,7 +246,7 @@ class Intake:
         self.handler: IntakeHandler | None = None
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
-        self._protocols: list[SMTP] = []
+        self.gate: Gate | None = None
 
     async def start(self, service: Any) -> None:
         config: Config = service.config
@@ -264,12 +266,18 @@ class Intake:
         loop = asyncio.get_running_loop()
         handler = self.handler
         size = config.server.max_message_size
+        i = config.intake
+        # Internet-facing and open to anyone: admission, EOF and a session deadline as for
+        # clients that may not relay (docs/behaviour.md#late-bounces-and-complaints).
+        limits = AdmissionLimits(
+            i.max_clients, i.client_connection_count_limit, i.client_connection_rate_limit
+        )
+        gate = self.gate = Gate(limits, i.session_timeout)
 
         def factory() -> SMTP:
-            proto = SMTP(handler, hostname=config.server.hostname, data_size_limit=size, loop=loop)
-            self._protocols = [p for p in self._protocols if p.transport is not None]
-            self._protocols.append(proto)
-            return proto
+            return GuardedSMTP(
+                gate, handler, hostname=config.server.hostname, data_size_limit=size, loop=loop
+            )
 
         self._server = await loop.create_server(factory, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -278,9 +286,8 @@ class Intake:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for proto in self._protocols:
-                if proto.transport is not None:
-                    proto.transport.close()
+            if self.gate is not None:
+                self.gate.close_all()
             await self._server.wait_closed()
             self._server = None
         if self.handler is not None:
