@@ -68,12 +68,48 @@ class Gate:
                 proto.transport.close()
 
 
-class GuardedSMTP(SMTP):
-    """aiosmtpd's protocol under a `Gate`: admitted at connect, released at close."""
+class SlotSMTP(SMTP):
+    """aiosmtpd's protocol for a connection that holds an admission slot until it is lost.
+
+    A subclass admits in connection_made (`_refuse()` when over a limit), may set `_deadline`,
+    and gives the slot back in `_release_slot()`.
+    """
 
     _refused = False
-    _admitted = False
     _deadline: asyncio.TimerHandle | None = None
+
+    def _refuse(self, transport: asyncio.BaseTransport, line: str, who: object) -> None:
+        """Over a limit (relay/inbound/admission.py): say so and hang up; no session starts."""
+        self._refused = True
+        log.info("%s: refused: %s", who, line)
+        hang_up(transport, line)
+
+    def _release_slot(self) -> None:
+        raise NotImplementedError
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        super().eof_received()
+        # aiosmtpd keeps a half-closed connection open (StreamReaderProtocol's True), and when
+        # EOF comes before its session task first runs (uvloop does that for a client that
+        # connects and closes) nothing ever closes it: the slot stayed held, in CLOSE-WAIT,
+        # until the idle timeout. A client that has closed its side has nothing more to say.
+        return False
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(error)
+        self._release_slot()
+
+
+class GuardedSMTP(SlotSMTP):
+    """aiosmtpd's protocol under a `Gate`: admitted at connect, released at close."""
+
+    _admitted = False
     ip: IPAddress | None = None
 
     def __init__(self, gate: Gate, handler: Any, **kwargs: Any) -> None:
@@ -83,13 +119,10 @@ class GuardedSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = not self._admitted
         if first:
-            peer = transport.get_extra_info("peername")
-            self.ip = peer_address(peer)
+            self.ip = peer_address(transport.get_extra_info("peername"))
             refusal = self.gate.admission.admit(self.ip, time.monotonic())
             if refusal is not None:
-                self._refused = True
-                log.info("%s: refused: %s", self.ip, refusal)
-                hang_up(transport, refusal)
+                self._refuse(transport, refusal, self.ip)
                 return
             self._admitted = True
             self.gate.protocols.add(self)
@@ -103,20 +136,7 @@ class GuardedSMTP(SMTP):
         log.info("%s: session deadline reached; closing", self.ip)
         hang_up(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
 
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        super().eof_received()
-        # aiosmtpd keeps a half-closed connection open; a client that has closed its side has
-        # nothing more to say (and on uvloop nothing else would close it: the slot stayed held).
-        return False
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
-        if self._deadline is not None:
-            self._deadline.cancel()
-        super().connection_lost(error)
+    def _release_slot(self) -> None:
         if self._admitted:
             self._admitted = False
             self.gate.protocols.discard(self)

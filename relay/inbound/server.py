@@ -29,7 +29,7 @@ from relay.config.load import IPNetwork
 from relay.inbound.admission import Admission, AdmissionLimits, IPAddress
 from relay.inbound.auth import ehlo_without_empty_auth
 from relay.inbound.data import DataBudget, DataState, Reservation, read_data
-from relay.inbound.guard import TIMEOUT_EXCEEDED, hang_up, peer_address
+from relay.inbound.guard import TIMEOUT_EXCEEDED, SlotSMTP, hang_up, peer_address
 from relay.inbound.path import simple_path
 from relay.inbound.received import protocol_keyword, received_header
 from relay.inbound.replies import enhance
@@ -328,7 +328,7 @@ def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return [name for name in dir(cls) if name.startswith(prefixes)]
 
 
-class InboundSMTP(SMTP):
+class InboundSMTP(SlotSMTP):
     """aiosmtpd's protocol with a connection-lost hook for remote cleanup."""
 
     _HOOKS: ClassVar[dict[type, list[str]]] = {}
@@ -426,20 +426,13 @@ class InboundSMTP(SMTP):
             # whatever it raises, the address is malformed.
             return None, None
 
-    _refused = False
-    _deadline: asyncio.TimerHandle | None = None
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         handler: InboundHandler = self.event_handler
         first = self.transport is None
         if first:
             refusal = handler.admit(transport.get_extra_info("peername"))
             if refusal is not None:
-                # Over a limit (relay/inbound/admission.py): say so (RFC 5321 §3.8) and hang
-                # up (relay/inbound/guard.py).
-                self._refused = True
-                log.info("%s: refused: %s", handler.client, refusal)
-                hang_up(transport, refusal)
+                self._refuse(transport, refusal, handler.client)
                 return
         super().connection_made(transport)
         if first and self.session is not None:
@@ -458,22 +451,7 @@ class InboundSMTP(SMTP):
         log.info("%s: no authentication within the deadline; closing", self.event_handler.client)
         hang_up(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
 
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        super().eof_received()
-        # aiosmtpd keeps a half-closed connection open (StreamReaderProtocol's True), and when
-        # EOF comes before its session task first runs (uvloop does that for a client that
-        # connects and closes) nothing ever closes it: the slot stayed held, in CLOSE-WAIT,
-        # until idle_timeout. A client that has closed its side has nothing more to say.
-        return False
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
-        if self._deadline is not None:
-            self._deadline.cancel()
-        super().connection_lost(error)
+    def _release_slot(self) -> None:
         handler: InboundHandler = self.event_handler
         handler.disconnected()
         handler.server.release(handler)
