@@ -48,6 +48,23 @@ def hang_up(transport: asyncio.BaseTransport, line: str) -> None:
     transport.close()
 
 
+def hang_up_in_session(transport: asyncio.BaseTransport, line: str, linger: float = 1.0) -> None:
+    """Say `line` to a client in session and close without losing it.
+
+    Closing a socket that still holds unread client bytes (a trickler's) makes the kernel
+    send RST, and a RST can discard the 421 before the client reads it. So: stop reading,
+    send the line and a FIN, and close after `linger` seconds.
+    """
+    transport.write(line.encode("ascii", "replace") + b"\r\n")  # type: ignore[attr-defined]
+    try:
+        transport.pause_reading()  # type: ignore[attr-defined]
+        transport.write_eof()  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError, RuntimeError):
+        transport.close()
+        return
+    asyncio.get_running_loop().call_later(linger, transport.close)
+
+
 class Gate:
     """One listener's connection slots and session deadline; no client is exempt."""
 
@@ -134,7 +151,7 @@ class GuardedSMTP(SlotSMTP):
         if self.transport is None:
             return
         log.info("%s: session deadline reached; closing", self.ip)
-        hang_up(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
+        hang_up_in_session(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
 
     def _release_slot(self) -> None:
         if self._admitted:

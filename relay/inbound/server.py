@@ -29,7 +29,12 @@ from relay.config.load import IPNetwork
 from relay.inbound.admission import Admission, AdmissionLimits, IPAddress
 from relay.inbound.auth import ehlo_without_empty_auth
 from relay.inbound.data import DataBudget, DataState, Reservation, read_data
-from relay.inbound.guard import TIMEOUT_EXCEEDED, SlotSMTP, hang_up, peer_address
+from relay.inbound.guard import (
+    TIMEOUT_EXCEEDED,
+    SlotSMTP,
+    hang_up_in_session,
+    peer_address,
+)
 from relay.inbound.path import simple_path
 from relay.inbound.received import protocol_keyword, received_header
 from relay.inbound.replies import enhance
@@ -449,7 +454,7 @@ class InboundSMTP(SlotSMTP):
         if self.session is None or self.session.authenticated or self.transport is None:
             return
         log.info("%s: no authentication within the deadline; closing", self.event_handler.client)
-        hang_up(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
+        hang_up_in_session(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
 
     def _release_slot(self) -> None:
         handler: InboundHandler = self.event_handler
