@@ -159,7 +159,7 @@ class Pipeline:
             remote = await self.delivery.open_transaction(
                 route, remote_sender, txn.options, wait=not holding, first=address
             )
-            if remote.failure is not None and remote.failure.reply.enhanced == "4.4.5":
+            if remote.busy and remote.failure is not None:
                 # not cached: a later recipient may find a slot
                 return remote.failure, None, time.monotonic() - started
             txn.remotes[(route.key, remote_sender)] = remote
