@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
-from policy.address import domain_of
+from policy.address import Address
 from policy.client_reply import (
     QUEUE_REFUSED,
     TEMP_STORE,
@@ -57,8 +57,7 @@ def _write_all(writes: list[tuple[str, Callable[[], None]]]) -> None:
 
 @dataclass
 class Recipient:
-    address: str  # as the client spelled it (what the remote is given)
-    key: str  # normalised (what the store files it under)
+    rcpt: Address
     remote: RemoteTransaction | None  # the remote that accepted it at RCPT
     soft: Reply | None = None  # accepted for the retry queue with this soft reply
     relay: str = "none"
@@ -96,8 +95,9 @@ class Pipeline:
     soft_bounce: str = "queue"
     clock: Callable[[], datetime] = utcnow
 
-    async def rcpt(self, txn: ClientTransaction, address: str, key: str) -> Reply:
-        """Ask the store, then the remote; answer the client. `key` is the normalised address."""
+    async def rcpt(self, txn: ClientTransaction, rcpt: Address) -> Reply:
+        """Ask the store, then the remote; answer the client."""
+        key = rcpt.key
         now = self.clock()
         started = time.monotonic()
         before = started - txn.started
@@ -114,7 +114,7 @@ class Pipeline:
                 judged = self.classify(refusal.reply)
                 self._event(txn, key, Disposition.SUPPRESSED, refused, now, delays, judged)
                 return refusal.reply
-        outcome, remote, setup = await self._ask_remote(txn, address, key)
+        outcome, remote, setup = await self._ask_remote(txn, rcpt)
         delays = (before, 0.0, setup, time.monotonic() - started - setup)
         # Classified once: the store, the decision and the event share this verdict.
         verdict = None if outcome.reply.is_success else self.classify(outcome.reply)
@@ -129,8 +129,7 @@ class Pipeline:
             queued = decision.queued
             txn.recipients.append(
                 Recipient(
-                    address,
-                    key,
+                    rcpt,
                     None if queued else remote,
                     outcome.reply if queued else None,
                     outcome.relay,
@@ -143,28 +142,28 @@ class Pipeline:
         return decision.reply
 
     async def _ask_remote(
-        self, txn: ClientTransaction, address: str, key: str
+        self, txn: ClientTransaction, rcpt: Address
     ) -> tuple[Outcome, RemoteTransaction | None, float]:
         """The remote's (or DNS's) answer for one recipient, and the setup time it took."""
         started = time.monotonic()
-        route = await self.delivery.route(domain_of(key))
+        route = await self.delivery.route(rcpt.domain)
         if isinstance(route, Reply):
             return Outcome(route, "none", "connect"), None, time.monotonic() - started
-        remote_sender = self.delivery.remote_sender(txn.sender, key, txn.queue_id)
+        remote_sender = self.delivery.remote_sender(txn.sender, rcpt.key, txn.queue_id)
         remote = txn.remotes.get((route.key, remote_sender))
         if remote is None:
             # Another remote sender (VERP) to a destination this transaction already holds
             # sessions for: never wait for a slot it holds itself; over the cap it is soft.
             holding = any(k == route.key for k, _ in txn.remotes)
             remote = await self.delivery.open_transaction(
-                route, remote_sender, txn.options, wait=not holding, first=address
+                route, remote_sender, txn.options, wait=not holding, first=rcpt.spelled
             )
             if remote.busy and remote.failure is not None:
                 # not cached: a later recipient may find a slot
                 return remote.failure, None, time.monotonic() - started
             txn.remotes[(route.key, remote_sender)] = remote
         setup = time.monotonic() - started
-        return await remote.rcpt(address), remote, setup
+        return await remote.rcpt(rcpt.spelled), remote, setup
 
     async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
         """Send `message` (Received: header included) to every remote with accepted recipients."""
@@ -179,7 +178,7 @@ class Pipeline:
             results.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
                 by_address[address] = (outcome, took)
-        queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
+        queued = [(r.rcpt.spelled, r.soft) for r in txn.recipients if r.soft is not None]
         plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
         now = self.clock()
         reply = plan.reply
@@ -224,12 +223,13 @@ class Pipeline:
         settings = Settings(self.soft_bounce, queue_available=reply.is_success)
         verdicts: dict[Reply, Verdict] = {}  # one session's reply is classified once
         for r in txn.recipients:
-            sent = by_address.get(r.address)
+            sent = by_address.get(r.rcpt.spelled)
+            key = r.rcpt.key
             if sent is None:  # queued at RCPT
                 assert r.soft is not None
                 soft = Outcome(r.soft, r.relay, "RCPT")
                 decided = decide(r.soft, r.verdict, Stage.DATA, settings=settings)
-                self._event(txn, r.key, decided.disposition, soft, now, r.delays, r.verdict)
+                self._event(txn, key, decided.disposition, soft, now, r.delays, r.verdict)
                 continue
             outcome, took = sent
             a, b, c, d = r.delays
@@ -241,17 +241,17 @@ class Pipeline:
             decided = decide(
                 outcome.reply, verdict, Stage.DATA, answered=outcome.answered, settings=settings
             )
-            self._event(txn, r.key, decided.disposition, outcome, now, delays, decided.verdict)
+            self._event(txn, key, decided.disposition, outcome, now, delays, decided.verdict)
             if decided.disposition is Disposition.DELIVERED:
                 # Most delivered addresses have no record: a read on the loop spares the
                 # writer-thread hop per message (seen in the benchmark's profile).
-                if self.store is not None and self.store.has_records(r.key):
-                    writes.append((r.key, partial(self.store.record_success, r.key, now)))
+                if self.store is not None and self.store.has_records(key):
+                    writes.append((key, partial(self.store.record_success, key, now)))
             elif self.store is not None and decided.verdict is not None:
                 record = partial(
-                    self.store.record_verdict, r.key, decided.verdict, outcome.reply, now
+                    self.store.record_verdict, key, decided.verdict, outcome.reply, now
                 )
-                writes.append((r.key, record))
+                writes.append((key, record))
         if writes:
             await self.writer.run(_write_all, writes)
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from policy.address import is_valid_address, normalize_address
+from policy.address import Address, is_valid_address
 from policy.routing import hop_refusal
 from relay.config.load import IPNetwork
 from relay.inbound.admission import Admission, AdmissionLimits, IPAddress
@@ -231,7 +231,7 @@ class InboundHandler:
         if not (address.isascii() or envelope.smtp_utf8):
             return reply_line(NEEDS_SMTPUTF8)
         try:
-            reply = await self.pipeline.rcpt(txn, address, normalize_address(address))
+            reply = await self.pipeline.rcpt(txn, Address.parse(address))
         except asyncio.CancelledError:
             # The client vanished while we waited for the remote: leave nothing open there.
             self._abort_later()
@@ -270,7 +270,7 @@ class InboundHandler:
             hostname=server.hostname,
             queue_id=txn.queue_id,
             protocol=protocol_keyword(session, envelope),
-            recipients=[r.address for r in txn.recipients],
+            recipients=[r.rcpt.spelled for r in txn.recipients],
             when=txn.arrived,
         )
         try:

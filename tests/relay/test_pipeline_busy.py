@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from policy.address import Address
 from policy.classify.classify import classify
 from policy.decide import Disposition
 from policy.reply import Reply
@@ -60,10 +61,10 @@ async def test_busy_is_soft_for_one_recipient_and_not_cached() -> None:
     writer: Any = None  # no store: nothing is written
     pipeline = Pipeline(delivery, classify, writer, EventBus([events.append]), soft_bounce="pass")  # type: ignore[arg-type]
     txn = ClientTransaction("s@src.example", (), "c[127.0.0.1]")
-    first = await pipeline.rcpt(txn, "a@dest.example", "a@dest.example")
+    first = await pipeline.rcpt(txn, Address.parse("a@dest.example"))
     assert (first.code, first.enhanced) == (451, "4.4.5")
     assert txn.remotes == {}  # not cached
-    second = await pipeline.rcpt(txn, "b@dest.example", "b@dest.example")
+    second = await pipeline.rcpt(txn, Address.parse("b@dest.example"))
     assert second.code == 250 and delivery.opened == 2
     (event,) = [e for e in events if isinstance(e, RecipientEvent)]
     assert event.status is Disposition.DEFERRED and event.recipient == "a@dest.example"
