@@ -2,7 +2,8 @@
 # a parameter). The pipeline (RCPT, DATA), the retry scheduler and the bounce intake call
 # decide(); events, the queue, stats and logs read its Disposition.
 """What happened to one recipient, given a reply: one `Disposition`
-(docs/behaviour.md#the-transaction, #retry-queue, #late-bounces).
+(docs/behaviour.md#the-transaction, docs/behaviour.md#retry-queue,
+docs/behaviour.md#late-bounces-and-complaints).
 
 The reply's code decides for replies bouncer saw itself (RCPT, DATA, a retry); a
 report that arrived later (a DSN at the intake) has no trustworthy code, so its
