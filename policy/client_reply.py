@@ -1,6 +1,7 @@
 # This module decides what the client hears (docs/behaviour.md#the-transaction); it performs no I/O.
 # Input: what the remotes said (Replies) and the soft_bounce setting; output: the client's Reply and
-# which recipients the spool must take. inbound.py only carries these answers to the wire.
+# which recipients the spool must take; the outcome itself is policy/decide.py's. The only
+# mapping from remote replies to client replies; relay/inbound/ only carries them to the wire.
 """The reply mapping of docs/behaviour.md#the-transaction for RCPT and DATA, as pure functions."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 # The flow of one client transaction, top to bottom: suppression check -> route -> remote
 # MAIL/RCPT -> reply mapping (policy) -> store -> at DATA: remotes, spool, events.
-# Policy decides (policy/client_reply.py, classify); this module sequences and records.
+# Policy decides (classify once per reply, policy/decide.py the outcome, policy/client_reply.py
+# what the client hears); this module sequences and records.
 """The in-transaction relay pipeline, independent of the SMTP server library.
 
 What it answers: docs/behaviour.md#the-transaction.

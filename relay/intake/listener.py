@@ -1,5 +1,6 @@
 # The intake listener speaks SMTP and writes to the store; what a bounce means is decided in
-# policy (bounce_parse parses, classify classifies, bounce_intake says which record changes).
+# policy (policy/bounces/parse.py parses, classify classifies, policy/bounces/effect.py says
+# which record changes, with the disposition policy/decide.py gives).
 """Late bounces and complaints: an SMTP listener on `[intake] listen` (off by default).
 
 RCPT is accepted only for a VERP return path whose HMAC checks out and for

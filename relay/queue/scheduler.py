@@ -1,6 +1,7 @@
 # This module schedules retries: it leases due recipients from the spool, hands them to
 # the same delivery code as live traffic, and records what policy makes of each reply.
-# It decides nothing itself: classify() judges a reply, next_attempt() picks the time.
+# It decides nothing itself: classify() judges a reply, policy/decide.py settles the
+# recipient (delivered, bounced, queued again at the schedule's next slot, expired).
 """The retry queue's scheduler: lease due recipients, deliver, settle.
 
 `RetryWorker.run_once(now)` leases due recipients up to `[queue] max_concurrent`
