@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 import idna
@@ -59,11 +60,37 @@ def normalize_domain(domain: str) -> str:
         raise AddressError(f"domain {domain!r} is not a valid IDN: {exc}") from exc
 
 
-def normalize_address(address: str) -> str:
+class AddressKey(str):
+    """A normalised address: the store's key, made only by `normalize_address`, which
+    hands one back unchanged (an address is normalised once, where it enters)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One recipient, made once at RCPT: as the client spelled it, and its key."""
+
+    spelled: str  # what the remote is given (and the Received: header names)
+    key: AddressKey  # what the store files it under, events and logs name
+
+    @classmethod
+    def parse(cls, address: str) -> Address:
+        """Raises AddressError, as `normalize_address` does."""
+        return cls(address, normalize_address(address))
+
+    @property
+    def domain(self) -> str:
+        return domain_of(self.key)
+
+
+def normalize_address(address: str) -> AddressKey:
     """The store key for `address`: lower-cased, domain in A-labels, brackets stripped.
 
     Raises AddressError when there is no "@" or the domain is not a valid IDN.
     """
+    if isinstance(address, AddressKey):
+        return address
     a = strip_brackets(address)
     local, at, domain = a.rpartition("@")
     if not at or not local or not domain:
@@ -71,7 +98,7 @@ def normalize_address(address: str) -> str:
     normalized = normalize_domain(domain)
     if not normalized:  # "a@." would become the key "a@", which nothing could look up again
         raise AddressError(f"not an address: {address!r}")
-    return f"{local.lower()}@{normalized}"
+    return AddressKey(f"{local.lower()}@{normalized}")
 
 
 def domain_of(normalized: str) -> str:

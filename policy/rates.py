@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
+from policy.decide import Disposition
 from policy.verdict import BounceClass
 
 COUNTER_NAMES = (
@@ -55,13 +56,12 @@ GroupBy = Literal["day", "domain", "day,domain", "total"]
 GROUPINGS: tuple[GroupBy, ...] = ("day", "domain", "day,domain", "total")
 Phase = Literal["live", "retry", "report"]
 
-# Statuses (relay.observe.events.Status values) are plain strings here: policy/ imports
-# nothing from relay/
-_SUPPRESSED = "suppressed"
-_SENT = "sent"
-_EXPIRED = "expired"
-_FINAL_FAILURES = frozenset({"bounced", _EXPIRED})
-_SOFT_STATUSES = frozenset({"queued", "deferred", _EXPIRED})
+# An event's status arrives as its Disposition's word (policy/decide.py).
+_SUPPRESSED = str(Disposition.SUPPRESSED)
+_SENT = str(Disposition.DELIVERED)
+_EXPIRED = str(Disposition.EXPIRED)
+_FINAL_FAILURES = frozenset({str(Disposition.BOUNCED), _EXPIRED})
+_SOFT_STATUSES = frozenset({str(Disposition.QUEUED), str(Disposition.DEFERRED), _EXPIRED})
 _CLASS_COUNTER = {
     BounceClass.HARD: "hard",
     BounceClass.SOFT: "soft",

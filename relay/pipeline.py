@@ -1,6 +1,7 @@
 # The flow of one client transaction, top to bottom: suppression check -> route -> remote
 # MAIL/RCPT -> reply mapping (policy) -> store -> at DATA: remotes, spool, events.
-# Policy decides (policy/client_reply.py, classify); this module sequences and records.
+# Policy decides (classify once per reply, policy/decide.py the outcome, policy/client_reply.py
+# what the client hears); this module sequences and records.
 """The in-transaction relay pipeline, independent of the SMTP server library.
 
 What it answers: docs/behaviour.md#the-transaction.
@@ -16,20 +17,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
-from policy.address import domain_of
-from policy.classify.classify import shared_data_verdict
-from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
+from policy.address import Address
+from policy.client_reply import (
+    QUEUE_REFUSED,
+    TEMP_STORE,
+    DataPlan,
+    SessionResult,
+    data_plan,
+    rcpt_decision,
+)
+from policy.decide import Disposition, Settings, Stage, decide
 from policy.reply import Reply
 from policy.verdict import Verdict
-from relay.observe.events import EventBus, MessageEvent, RecipientEvent, Status
+from relay.observe.events import EventBus, MessageEvent, RecipientEvent
 from relay.outbound.delivery import Delivery, RemoteTransaction
 from relay.outbound.values import Classifier, Outcome, SpoolSink, Store, new_queue_id
 from relay.queue.records import SpoolMessage
 from relay.store.writer import Writer
 
 log = logging.getLogger(__name__)
-
-TEMP_STORE = Reply(451, "4.3.0", "Temporary local problem (state store); try again later")
 
 
 def utcnow() -> datetime:
@@ -52,12 +58,12 @@ def _write_all(writes: list[tuple[str, Callable[[], None]]]) -> None:
 
 @dataclass
 class Recipient:
-    address: str  # as the client spelled it (what the remote is given)
-    key: str  # normalised (what the store files it under)
+    rcpt: Address
     remote: RemoteTransaction | None  # the remote that accepted it at RCPT
     soft: Reply | None = None  # accepted for the retry queue with this soft reply
     relay: str = "none"
     delays: Delays = (0.0, 0.0, 0.0, 0.0)  # as of its RCPT; DATA adds its transmission time
+    verdict: Verdict | None = None  # the classification of `soft`
 
 
 @dataclass
@@ -90,8 +96,9 @@ class Pipeline:
     soft_bounce: str = "queue"
     clock: Callable[[], datetime] = utcnow
 
-    async def rcpt(self, txn: ClientTransaction, address: str, key: str) -> Reply:
-        """Ask the store, then the remote; answer the client. `key` is the normalised address."""
+    async def rcpt(self, txn: ClientTransaction, rcpt: Address) -> Reply:
+        """Ask the store, then the remote; answer the client."""
+        key = rcpt.key
         now = self.clock()
         started = time.monotonic()
         before = started - txn.started
@@ -104,58 +111,60 @@ class Pipeline:
                     log.exception("store: cannot record refusal of %s", key)
                     return TEMP_STORE
                 delays = (before, 0.0, 0.0, 0.0)
-                self._event(txn, key, Status.SUPPRESSED, Outcome(refusal.reply), now, delays)
+                refused = Outcome(refusal.reply)
+                judged = self.classify(refusal.reply)
+                self._event(txn, key, Disposition.SUPPRESSED, refused, now, delays, judged)
                 return refusal.reply
-        outcome, remote, setup = await self._ask_remote(txn, address, key)
+        outcome, remote, setup = await self._ask_remote(txn, rcpt)
         delays = (before, 0.0, setup, time.monotonic() - started - setup)
-        decision = rcpt_decision(outcome.reply, self.soft_bounce, self.spool is not None)
-        if not outcome.reply.is_success and self.store is not None:
+        # Classified once: the store, the decision and the event share this verdict.
+        verdict = None if outcome.reply.is_success else self.classify(outcome.reply)
+        decision = rcpt_decision(outcome.reply, self.soft_bounce, self.spool is not None, verdict)
+        if verdict is not None and self.store is not None:
             try:
-                verdict = self.classify(outcome.reply)
                 await self.writer.run(self.store.record_verdict, key, verdict, outcome.reply, now)
             except Exception:
                 log.exception("store: cannot record verdict for %s", key)
                 return TEMP_STORE
         if decision.accepted:
+            queued = decision.queued
             txn.recipients.append(
                 Recipient(
-                    address,
-                    key,
-                    None if decision.queued else remote,
-                    outcome.reply if decision.queued else None,
+                    rcpt,
+                    None if queued else remote,
+                    outcome.reply if queued else None,
                     outcome.relay,
                     delays,
+                    verdict if queued else None,
                 )
             )
-        elif outcome.reply.is_permanent:
-            self._event(txn, key, Status.BOUNCED, outcome, now, delays)
         else:
-            self._event(txn, key, Status.DEFERRED, outcome, now, delays)
+            self._event(txn, key, decision.disposition, outcome, now, delays, verdict)
         return decision.reply
 
     async def _ask_remote(
-        self, txn: ClientTransaction, address: str, key: str
+        self, txn: ClientTransaction, rcpt: Address
     ) -> tuple[Outcome, RemoteTransaction | None, float]:
         """The remote's (or DNS's) answer for one recipient, and the setup time it took."""
         started = time.monotonic()
-        route = await self.delivery.route(domain_of(key))
+        route = await self.delivery.route(rcpt.domain)
         if isinstance(route, Reply):
             return Outcome(route, "none", "connect"), None, time.monotonic() - started
-        remote_sender = self.delivery.remote_sender(txn.sender, key, txn.queue_id)
+        remote_sender = self.delivery.remote_sender(txn.sender, rcpt.key, txn.queue_id)
         remote = txn.remotes.get((route.key, remote_sender))
         if remote is None:
             # Another remote sender (VERP) to a destination this transaction already holds
             # sessions for: never wait for a slot it holds itself; over the cap it is soft.
             holding = any(k == route.key for k, _ in txn.remotes)
             remote = await self.delivery.open_transaction(
-                route, remote_sender, txn.options, wait=not holding, first=address
+                route, remote_sender, txn.options, wait=not holding, first=rcpt.spelled
             )
-            if remote.failure is not None and remote.failure.reply.enhanced == "4.4.5":
+            if remote.busy and remote.failure is not None:
                 # not cached: a later recipient may find a slot
                 return remote.failure, None, time.monotonic() - started
             txn.remotes[(route.key, remote_sender)] = remote
         setup = time.monotonic() - started
-        return await remote.rcpt(address), remote, setup
+        return await remote.rcpt(rcpt.spelled), remote, setup
 
     async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
         """Send `message` (Received: header included) to every remote with accepted recipients."""
@@ -170,7 +179,7 @@ class Pipeline:
             results.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
                 by_address[address] = (outcome, took)
-        queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
+        queued = [(r.rcpt.spelled, r.soft) for r in txn.recipients if r.soft is not None]
         plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
         now = self.clock()
         reply = plan.reply
@@ -181,7 +190,7 @@ class Pipeline:
                 )
             except Exception:
                 log.exception("%s: spool refused the message; answering 451", txn.queue_id)
-                reply = Reply(451, "4.3.0", "Temporary local problem (queue); try again later")
+                reply = QUEUE_REFUSED
         if reply.is_success:
             self.events.emit(
                 MessageEvent(
@@ -211,33 +220,39 @@ class Pipeline:
         one per recipient); the mail is already answered for, so a failed write is logged only.
         """
         writes: list[tuple[str, Callable[[], None]]] = []
+        # The queue took what it was given exactly when the client heard 2xx.
+        settings = Settings(self.soft_bounce, queue_available=reply.is_success)
+        verdicts: dict[Reply, Verdict] = {}  # one session's reply is classified once
         for r in txn.recipients:
-            sent = by_address.get(r.address)
+            sent = by_address.get(r.rcpt.spelled)
+            key = r.rcpt.key
             if sent is None:  # queued at RCPT
                 assert r.soft is not None
                 soft = Outcome(r.soft, r.relay, "RCPT")
-                status = Status.QUEUED if reply.is_success else Status.DEFERRED
-                self._event(txn, r.key, status, soft, now, r.delays)
+                decided = decide(r.soft, r.verdict, Stage.DATA, settings=settings)
+                self._event(txn, key, decided.disposition, soft, now, r.delays, r.verdict)
                 continue
             outcome, took = sent
             a, b, c, d = r.delays
             delays = (a, b, c, d + took)
-            if outcome.reply.is_success:
-                self._event(txn, r.key, Status.SENT, outcome, now, delays)
+            verdict = None
+            if not outcome.reply.is_success:
+                verdict = verdicts.get(outcome.reply) or self.classify(outcome.reply)
+                verdicts[outcome.reply] = verdict
+            decided = decide(
+                outcome.reply, verdict, Stage.DATA, answered=outcome.answered, settings=settings
+            )
+            self._event(txn, key, decided.disposition, outcome, now, delays, decided.verdict)
+            if decided.disposition is Disposition.DELIVERED:
                 # Most delivered addresses have no record: a read on the loop spares the
                 # writer-thread hop per message (seen in the benchmark's profile).
-                if self.store is not None and self.store.has_records(r.key):
-                    writes.append((r.key, partial(self.store.record_success, r.key, now)))
-                continue
-            if outcome.reply.is_permanent:
-                status = Status.BOUNCED
-            else:
-                status = Status.QUEUED if reply.is_success else Status.DEFERRED
-            verdict = shared_data_verdict(self.classify(outcome.reply), outcome.answered)
-            self._event(txn, r.key, status, outcome, now, delays, verdict)
-            if self.store is not None:
-                record = partial(self.store.record_verdict, r.key, verdict, outcome.reply, now)
-                writes.append((r.key, record))
+                if self.store is not None and self.store.has_records(key):
+                    writes.append((key, partial(self.store.record_success, key, now)))
+            elif self.store is not None and decided.verdict is not None:
+                record = partial(
+                    self.store.record_verdict, key, decided.verdict, outcome.reply, now
+                )
+                writes.append((key, record))
         if writes:
             await self.writer.run(_write_all, writes)
 
@@ -266,19 +281,17 @@ class Pipeline:
         self,
         txn: ClientTransaction,
         key: str,
-        status: Status,
+        disposition: Disposition,
         outcome: Outcome,
         now: datetime,
         delays: Delays,
-        verdict: Verdict | None = None,
+        verdict: Verdict | None,
     ) -> None:
-        if verdict is None and not outcome.reply.is_success:
-            verdict = self.classify(outcome.reply)
         self.events.emit(
             RecipientEvent(
                 queue_id=txn.queue_id,
                 recipient=key,
-                status=status,
+                status=disposition,
                 reply=outcome.reply,
                 when=now,
                 relay=outcome.relay,

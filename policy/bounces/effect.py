@@ -10,18 +10,11 @@ arbitrary address. A feedback-loop address accepts complaints only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from policy.bounces.values import BounceReport, Kind
+from policy.decide import Disposition, Stage, decide
 from policy.reply import Reply
 from policy.verdict import BounceClass, Verdict
-
-
-class Op(StrEnum):
-    VERDICT = "verdict"  # store.record_verdict (hard, soft, block, undetermined)
-    SUCCESS = "success"  # store.record_success (a "delivered" DSN)
-    COMPLAINT = "complaint"  # store.record_complaint (ARF): the address is blocked
-    IGNORE = "ignore"  # auto-replies, reports about other addresses: logged only
 
 
 @dataclass(frozen=True)
@@ -38,7 +31,10 @@ class Target:
 
 @dataclass(frozen=True)
 class Action:
-    op: Op
+    """One store change: DELIVERED (record_success), BOUNCED or DEFERRED (record_verdict),
+    SUPPRESSED (record_complaint: the address is blocked), IGNORED (logged only)."""
+
+    disposition: Disposition
     address: str
     queue_id: str
     report: BounceReport | None
@@ -63,15 +59,23 @@ def plan(reports: list[BounceReport], target: Target) -> list[Action]:
         # the token proves which of our recipients this bounce answers.
         mine = bounces
     if not mine:
-        return [Action(Op.IGNORE, target.recipient, target.queue_id, r) for r in reports]
+        return [Action(Disposition.IGNORED, target.recipient, target.queue_id, r) for r in reports]
     report = _worst(mine)
     assert report.verdict is not None
-    if report.verdict.klass is BounceClass.DELIVERED or report.action in ("delivered",):
-        return [Action(Op.SUCCESS, target.recipient, target.queue_id, report)]
+    decided = decide(report.reply or Reply(0, None, ""), report.verdict, Stage.REPORT)
+    if decided.disposition is Disposition.DELIVERED or report.action == "delivered":
+        return [Action(Disposition.DELIVERED, target.recipient, target.queue_id, report)]
     if report.action in ("relayed", "expanded"):
-        return [Action(Op.IGNORE, target.recipient, target.queue_id, report)]
+        return [Action(Disposition.IGNORED, target.recipient, target.queue_id, report)]
     return [
-        Action(Op.VERDICT, target.recipient, target.queue_id, report, report.verdict, report.reply)
+        Action(
+            decided.disposition,
+            target.recipient,
+            target.queue_id,
+            report,
+            report.verdict,
+            report.reply,
+        )
     ]
 
 
@@ -99,4 +103,4 @@ def _complaint(address: str, queue_id: str, report: BounceReport) -> Action:
     detail = f"complaint ({report.feedback_type or 'abuse'})"
     if report.remote_mta:
         detail += f" from {report.remote_mta}"
-    return Action(Op.COMPLAINT, address, queue_id, report, detail=detail)
+    return Action(Disposition.SUPPRESSED, address, queue_id, report, detail=detail)

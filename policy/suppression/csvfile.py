@@ -145,6 +145,7 @@ class ImportProblem:
 
 def _row(cells: dict[str, str], line: int, now: datetime) -> ImportRow | ImportProblem:
     raw_key = cells.get("address", "").strip()
+    key: str
     try:
         if "@" in raw_key:
             key, scope = normalize_address(raw_key), Scope.ADDRESS

@@ -22,22 +22,47 @@ from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from policy.address import is_valid_address, normalize_address
-from policy.reply import Reply
+from policy.address import Address, is_valid_address
 from policy.routing import hop_refusal
 from relay.config.load import IPNetwork
 from relay.inbound.admission import Admission, AdmissionLimits, IPAddress
 from relay.inbound.auth import ehlo_without_empty_auth
 from relay.inbound.data import DataBudget, DataState, Reservation, read_data
 from relay.inbound.guard import (
-    TIMEOUT_EXCEEDED,
     SlotSMTP,
     hang_up_in_session,
     peer_address,
 )
 from relay.inbound.path import simple_path
 from relay.inbound.received import protocol_keyword, received_header
-from relay.inbound.replies import enhance
+from relay.inbound.replies import (
+    BAD_RCPT_SYNTAX,
+    BAD_SENDER_SYNTAX,
+    BARE_CR_OR_LF,
+    BYE,
+    CANNOT_VRFY,
+    CLOSING_BOGUS,
+    INTERNAL_PROBLEM,
+    LINE_TOO_LONG,
+    MAIL_OK,
+    NEED_MAIL,
+    NEEDS_SMTPUTF8,
+    NO_VALID_RECIPIENTS,
+    NUL_IN_DATA,
+    OK,
+    OVER_BUDGET,
+    RELAY_DENIED,
+    STOCK_BOGUS_GOODBYE,
+    STOCK_DATA_SYNTAX,
+    STOCK_GO_AHEAD,
+    STOCK_MALFORMED,
+    STOCK_NEED_RCPT,
+    TOO_MANY_RECIPIENTS,
+    TOO_MUCH_DATA,
+    enhance,
+    reply_line,
+    untrusted_timeout,
+)
 from relay.observe.events import ConnectEvent, ProtocolEvent
 from relay.observe.headers import message_id_of
 from relay.pipeline import ClientTransaction, Pipeline, utcnow
@@ -58,11 +83,11 @@ def has_bare_cr_or_lf(content: bytes) -> bool:
 def content_refusal(content: bytes, max_hops: int) -> str | None:
     """The reply refusing a message before it goes anywhere, or None to pass it on."""
     if has_bare_cr_or_lf(content):
-        return "550 5.5.2 Error: bare <CR> or <LF> in message data (see RFC 5321 2.3.8)"
+        return reply_line(BARE_CR_OR_LF)
     if b"\x00" in content:
         # A receiver that drops NUL reads "<CRLF>NUL.<CRLF>" as the end of the data: the
         # same smuggling as a bare LF. SMTP text never holds NUL (RFC 5321 §4.5.2).
-        return "550 5.5.2 Error: NUL character in message data"
+        return reply_line(NUL_IN_DATA)
     looping = hop_refusal(content, max_hops)  # RFC 5321 §6.3: a mail loop
     return None if looping is None else reply_line(looping)
 
@@ -76,27 +101,10 @@ def prepend(header: bytes, content: bytes) -> bytes:
     return header + content
 
 
-MAX_REPLY_TEXT = 400  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets
-# RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL (Postfix's wording and code).
-NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
-# aiosmtpd closes the connection after too many unknown commands with a 502; a server that
-# closes the channel says 421 (RFC 5321 §3.8), so the client knows to stop.
-_BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"
-_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd's, for MAIL and RCPT alike
-BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
-CLOSING_BOGUS = "421 4.7.0 Too many unrecognized commands, closing connection"
-INTERNAL_PROBLEM = "451 4.3.0 Error: internal problem, try again later"
 # RFC 5321 §4.1.2: no path or parameter has a control character (Quoted-string and
 # esmtp-value are printable ASCII); aiosmtpd decodes command arguments as UTF-8 with
 # surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF.
 _BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-
-
-def reply_line(reply: Reply) -> str:
-    """A Reply as one SMTP reply line (never multi-line, never over-long)."""
-    text = " ".join(reply.text.split())[:MAX_REPLY_TEXT]
-    parts = [str(reply.code), reply.enhanced or "", text]
-    return " ".join(p for p in parts if p)
 
 
 class InboundHandler:
@@ -191,42 +199,42 @@ class InboundHandler:
         # long) is still ours to close: its remote sessions must not stay lent out.
         await self._abort()
         if not self.may_relay(session):
-            return "554 5.7.1 Relay access denied"
+            return reply_line(RELAY_DENIED)
         sender = "" if address == "<>" else address
         if sender and not is_valid_address(sender):
-            return "501 5.1.7 Bad sender address syntax"
+            return reply_line(BAD_SENDER_SYNTAX)
         if not (sender.isascii() or envelope.smtp_utf8):
-            return NEEDS_SMTPUTF8
+            return reply_line(NEEDS_SMTPUTF8)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         self.txn = ClientTransaction(
             sender, tuple(options), self.client, sasl_username=_login_of(session)
         )
-        return "250 2.1.0 Ok"
+        return reply_line(MAIL_OK)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if not self.may_relay(session):
-            return "554 5.7.1 Relay access denied"
+            return reply_line(RELAY_DENIED)
         txn = self.txn
         if txn is None:
-            return "503 5.5.1 Error: need MAIL command"
+            return reply_line(NEED_MAIL)
         if len(txn.recipients) >= self.server.max_recipients:
-            return "452 4.5.3 Error: too many recipients"
+            return reply_line(TOO_MANY_RECIPIENTS)
         if not is_valid_address(address):
-            return BAD_RCPT_SYNTAX
+            return reply_line(BAD_RCPT_SYNTAX)
         if not (address.isascii() or envelope.smtp_utf8):
-            return NEEDS_SMTPUTF8
+            return reply_line(NEEDS_SMTPUTF8)
         try:
-            reply = await self.pipeline.rcpt(txn, address, normalize_address(address))
+            reply = await self.pipeline.rcpt(txn, Address.parse(address))
         except asyncio.CancelledError:
             # The client vanished while we waited for the remote: leave nothing open there.
             self._abort_later()
             raise
         except Exception:  # the one catch-all of a transaction: 451 and keep serving
             log.exception("%s: RCPT %s failed", txn.queue_id, address)
-            return INTERNAL_PROBLEM
+            return reply_line(INTERNAL_PROBLEM)
         if len(txn.recipients) > len(envelope.rcpt_tos):
             envelope.rcpt_tos.append(address)
         return reply_line(reply)
@@ -234,7 +242,7 @@ class InboundHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         txn = self.txn
         if txn is None or not txn.recipients:
-            return "554 5.5.1 Error: no valid recipients"
+            return reply_line(NO_VALID_RECIPIENTS)
         try:
             return await self._data(server, session, envelope, txn)
         finally:
@@ -258,7 +266,7 @@ class InboundHandler:
             hostname=server.hostname,
             queue_id=txn.queue_id,
             protocol=protocol_keyword(session, envelope),
-            recipients=[r.address for r in txn.recipients],
+            recipients=[r.rcpt.spelled for r in txn.recipients],
             when=txn.arrived,
         )
         try:
@@ -269,41 +277,40 @@ class InboundHandler:
         except Exception:
             log.exception("%s: DATA failed", txn.queue_id)
             await self.pipeline.abort(txn)
-            return INTERNAL_PROBLEM
+            return reply_line(INTERNAL_PROBLEM)
         return reply_line(reply)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self._abort()
-        return "250 2.0.0 Ok"
+        return reply_line(OK)
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self._abort()
-        return "221 2.0.0 Bye"
+        return reply_line(BYE)
 
     async def handle_NOOP(
         self, server: SMTP, session: Session, envelope: Envelope, arg: str
     ) -> str:
-        return "250 2.0.0 Ok"
+        return reply_line(OK)
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's catch-all for an error no hook handled: its own reply would be
         "500 Error: (ExcName) text", Python's words to a client. Log it, answer 451 4.3.0."""
         queue_id = self.txn.queue_id if self.txn is not None else "NOQUEUE"
         log.error("%s: internal error in a session from %s", queue_id, self.client, exc_info=error)
-        return INTERNAL_PROBLEM
+        return reply_line(INTERNAL_PROBLEM)
 
     async def handle_VRFY(
         self, server: SMTP, session: Session, envelope: Envelope, arg: str
     ) -> str:
-        return "252 2.0.0 Cannot VRFY; send mail and see"  # RFC 5321 §3.5.3
+        return reply_line(CANNOT_VRFY)
 
 
-OVER_BUDGET = "452 4.3.1 Insufficient system storage, try again later"  # RFC 3463 4.3.1
 MAX_SIZE = 1 << 62  # no max_message_size: the budget still bounds what is held
 _DATA_REFUSALS = {
-    DataState.TOO_LONG: "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)",
-    DataState.TOO_MUCH: "552 5.3.4 Error: Too much mail data",
-    DataState.OVER_BUDGET: OVER_BUDGET,
+    DataState.TOO_LONG: reply_line(LINE_TOO_LONG),
+    DataState.TOO_MUCH: reply_line(TOO_MUCH_DATA),
+    DataState.OVER_BUDGET: reply_line(OVER_BUDGET),
 }
 
 
@@ -369,18 +376,18 @@ class InboundSMTP(SlotSMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(STOCK_NEED_RCPT)
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(STOCK_DATA_SYNTAX)
             return
         reservation = Reservation(self.event_handler.server.data_budget)
         try:
             # RFC 1870: a declared SIZE is reserved up front; the rest as the bytes come.
             if not reservation.grow_to(declared_size(self.envelope.mail_options)):
-                await self.push(OVER_BUDGET)
+                await self.push(reply_line(OVER_BUDGET))
                 return
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self.push(STOCK_GO_AHEAD)
             state, content = await read_data(
                 self._reader,
                 size_limit=self.data_size_limit or MAX_SIZE,
@@ -403,10 +410,12 @@ class InboundSMTP(SlotSMTP):
 
     async def push(self, status: Any) -> None:
         # aiosmtpd's stock replies lack the RFC 3463 code we advertise (relay/stock_replies).
-        if isinstance(status, str) and status.startswith(_BOGUS_GOODBYE):
-            status = CLOSING_BOGUS  # it hangs up after this one: RFC 5321 §3.8 wants a 421
-        elif self._in_rcpt and status == _MALFORMED:
-            status = BAD_RCPT_SYNTAX  # a recipient that does not parse is 501 5.1.3
+        if isinstance(status, str) and status.startswith(STOCK_BOGUS_GOODBYE):
+            # aiosmtpd hangs up after this one: a server that closes the channel says 421
+            # (RFC 5321 §3.8), so the client knows to stop.
+            status = reply_line(CLOSING_BOGUS)
+        elif self._in_rcpt and status == STOCK_MALFORMED:
+            status = reply_line(BAD_RCPT_SYNTAX)  # a recipient that does not parse: 501 5.1.3
         if isinstance(status, str):
             if _BAD_PATH_CHAR.search(status):
                 # aiosmtpd echoes some arguments ("502 Could not VRFY <arg>"): a client's
@@ -454,7 +463,7 @@ class InboundSMTP(SlotSMTP):
         if self.session is None or self.session.authenticated or self.transport is None:
             return
         log.info("%s: no authentication within the deadline; closing", self.event_handler.client)
-        hang_up_in_session(self.transport, TIMEOUT_EXCEEDED.format(self.hostname))
+        hang_up_in_session(self.transport, reply_line(untrusted_timeout(self.hostname)))
 
     def _release_slot(self) -> None:
         handler: InboundHandler = self.event_handler

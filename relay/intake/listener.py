@@ -1,5 +1,6 @@
 # The intake listener speaks SMTP and writes to the store; what a bounce means is decided in
-# policy (bounce_parse parses, classify classifies, bounce_intake says which record changes).
+# policy (policy/bounces/parse.py parses, classify classifies, policy/bounces/effect.py says
+# which record changes, with the disposition policy/decide.py gives).
 """Late bounces and complaints: an SMTP listener on `[intake] listen` (off by default).
 
 RCPT is accepted only for a VERP return path whose HMAC checks out and for
@@ -26,17 +27,17 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from policy.address import AddressError, normalize_address
-from policy.bounces.effect import Action, Op, Target, plan
+from policy.bounces.effect import Action, Target, plan
 from policy.bounces.parse import parse_bounce, returned_sender
 from policy.bounces.values import BounceReport
+from policy.decide import Disposition
 from policy.reply import Reply
 from policy.suppression.store import StoreError, SuppressionStore
-from policy.verdict import BounceClass
 from policy.verp import VerpKey, decode, remote_sender
 from relay.config.load import Config, parse_hostport
 from relay.inbound.admission import AdmissionLimits
 from relay.inbound.guard import Gate, GuardedSMTP
-from relay.observe.events import EventBus, RecipientEvent, Status
+from relay.observe.events import EventBus, RecipientEvent
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class IntakeHandler:
         return changed
 
     async def _apply(self, action: Action, now: datetime) -> int:
-        if action.op is Op.IGNORE:
+        """The store change and the event policy/bounces/effect.py decided for one report."""
+        disposition = action.disposition
+        if disposition is Disposition.IGNORED:
             kind = action.report.kind if action.report else "nothing"
             log.info("intake: %s for %s ignored", kind, action.address or "(no address)")
             return 0
@@ -145,28 +148,25 @@ class IntakeHandler:
         except AddressError:
             log.warning("intake: not an address: %r", action.address)
             return 0
-        status, stage = Status.BOUNCED, "DSN"
+        stage = "DSN"
         reply = action.reply or Reply(0, None, action.detail)
-        if action.op is Op.COMPLAINT:
+        if disposition is Disposition.SUPPRESSED:
             # An ARF report has no SMTP reply; the log line quotes it as the recipient's
             # refusal of the message (RFC 3463 x.7.1), which is what a complaint is.
             reply = Reply(550, "5.7.1", action.detail)
             await self.write(self.store.record_complaint, address, now, action.detail)
-            status, stage = Status.SUPPRESSED, "ARF"
-        elif action.op is Op.SUCCESS:
+            stage = "ARF"
+        elif disposition is Disposition.DELIVERED:
             await self.write(self.store.record_success, address, now)
-            status = Status.SENT
         else:
             assert action.verdict is not None and action.reply is not None
             await self.write(self.store.record_verdict, address, action.verdict, action.reply, now)
-            if action.verdict.klass is BounceClass.SOFT:
-                status = Status.DEFERRED
         remote = action.report.remote_mta if action.report else ""
         self.events.emit(
             RecipientEvent(
                 queue_id=action.queue_id or "intake",
                 recipient=address,
-                status=status,
+                status=disposition,
                 reply=reply,
                 when=now,
                 relay=remote or "none",

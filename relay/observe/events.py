@@ -12,25 +12,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
+from policy.decide import Disposition
 from policy.reply import Reply
 from policy.verdict import Verdict
 
 log = logging.getLogger(__name__)
-
-
-class Status(StrEnum):
-    """Postfix's status= words, plus bouncer's own (docs/behaviour.md#what-operators-see)."""
-
-    SENT = "sent"
-    BOUNCED = "bounced"
-    DEFERRED = (
-        "deferred"  # soft failure handed back to the client (soft_bounce = "pass") or retried later
-    )
-    QUEUED = "queued"  # soft failure bouncer took responsibility for
-    SUPPRESSED = "suppressed"  # refused by bouncer itself from the store
-    EXPIRED = "expired"  # gave up after the retry schedule
 
 
 @dataclass(frozen=True)
@@ -39,7 +26,7 @@ class RecipientEvent:
 
     queue_id: str
     recipient: str
-    status: Status
+    status: Disposition  # policy/decide.py decided it; logs print its Postfix word
     reply: Reply
     when: datetime
     relay: str = "none"  # "mx.example.com[192.0.2.1]:25", or "none" when no remote was reached

@@ -27,6 +27,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from policy.decide import Disposition
 from policy.reply import Reply
 from relay.observe.events import (
     AdminEvent,
@@ -35,7 +36,6 @@ from relay.observe.events import (
     MessageEvent,
     ProtocolEvent,
     RecipientEvent,
-    Status,
 )
 
 # Month names for the traditional syslog timestamp (RFC 3164 §4.1.2); fixed, never the locale's.
@@ -116,9 +116,9 @@ def program_of(event: Event) -> str:
         return event.program
     if event.stage.upper() in REPORT_STAGES:
         return "intake"
-    if event.status is Status.SUPPRESSED:
+    if event.status is Disposition.SUPPRESSED:
         return "smtpd"
-    if event.status is Status.EXPIRED:
+    if event.status is Disposition.EXPIRED:
         return "qmgr"
     return "smtp"
 
@@ -138,7 +138,7 @@ def _said(event: RecipientEvent) -> str:
 def _recipient_text(event: RecipientEvent) -> str:
     rcpt = clean(event.recipient)
     status = event.status
-    if status is Status.SUPPRESSED and event.stage.upper() not in REPORT_STAGES:
+    if status is Disposition.SUPPRESSED and event.stage.upper() not in REPORT_STAGES:
         # Postfix smtpd's RCPT reject form, which pflogsumm counts as "rejected".
         qid = event.queue_id if _QUEUE_ID.match(event.queue_id) else "NOQUEUE"
         who = clean(event.client or "unknown[unknown]")
@@ -152,17 +152,20 @@ def _recipient_text(event: RecipientEvent) -> str:
         f"delay={postfix_delay(event.delay)}, delays={delays}, dsn={dsn_of(event.reply)}, "
     )
     said = _said(event)
-    if status is Status.SENT:
-        return f"{head}status=sent ({said})"
-    if status is Status.BOUNCED:
-        return f"{head}status=bounced ({said})"
-    if status is Status.QUEUED:
-        return f"{head}status=deferred (queued for retry by bouncer: {said})"
-    if status is Status.DEFERRED:
-        return f"{head}status=deferred (returned to the client: {said})"
-    if status is Status.SUPPRESSED:  # a complaint: pflogsumm skips this status word
-        return f"{head}status=suppressed (complaint: {said})"
-    return f"{head}status=expired, returned to sender ({said})"
+    word = POSTFIX_STATUS.get(status, POSTFIX_STATUS[Disposition.EXPIRED])
+    return f"{head}status={word.format(said=said)}"
+
+
+# The log edge: bouncer's dispositions (policy/decide.py) in Postfix's status words, which
+# pflogsumm and log tooling read; bouncer's own (suppressed) where Postfix has none.
+POSTFIX_STATUS: dict[Disposition, str] = {
+    Disposition.DELIVERED: "sent ({said})",
+    Disposition.BOUNCED: "bounced ({said})",
+    Disposition.QUEUED: "deferred (queued for retry by bouncer: {said})",
+    Disposition.DEFERRED: "deferred (returned to the client: {said})",
+    Disposition.SUPPRESSED: "suppressed (complaint: {said})",  # pflogsumm skips this word
+    Disposition.EXPIRED: "expired, returned to sender ({said})",
+}
 
 
 def postfix_lines(event: Event, host: str, pid: int) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from policy.address import domain_of
 from policy.reply import Reply
-from relay.outbound.pool import SessionPool
+from relay.outbound.pool import Busy, SessionPool
 from relay.outbound.routes import MXResolver
 from relay.outbound.session import RemoteSession
 from relay.outbound.values import Outcome, RemoteSender, Route, identity_sender
@@ -37,6 +37,7 @@ class RemoteTransaction:
     accepted: list[str] = field(default_factory=list)
     done: bool = False
     early: tuple[str, Reply] | None = None  # a pipelined first RCPT's reply, not yet asked for
+    busy: bool = False  # `failure` is the destination's session cap (pool.Busy), not its answer
 
     @property
     def relay(self) -> str:
@@ -115,6 +116,9 @@ class Delivery:
         that reply without traffic."""
         for attempt in range(2):
             session = await self.pool.acquire(route, wait=wait)
+            if isinstance(session, Busy):
+                failure = Outcome(session.reply, "none", "connect")
+                return RemoteTransaction(self.pool, route, sender, failure=failure, busy=True)
             if isinstance(session, Reply):
                 return RemoteTransaction(
                     self.pool, route, sender, failure=Outcome(session, "none", "connect")

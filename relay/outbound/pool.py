@@ -4,12 +4,12 @@
 """Per-destination pool of remote SMTP sessions.
 
 `acquire(route)` returns a live session (an idle one if there is one, else a new one
-from `open_session`) or the Reply explaining why none could be opened. The caller
+from `open_session`), the Reply explaining why none could be opened, or `Busy`. The caller
 owns it until `release(session)`: a healthy session goes back to the idle list (the
 caller has already RSET it or completed DATA), a broken one is closed. At most
 `max_per_destination` sessions per route key exist at once (Postfix's
 `default_destination_concurrency_limit`); a caller waits for a free one up to the
-connect timeout, then gets `451 4.4.5`.
+connect timeout, then gets `Busy` (told to a client as `451 4.4.5`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ from relay.outbound.values import Route
 log = logging.getLogger(__name__)
 
 Opener = Callable[[Route], Awaitable[RemoteSession | Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """The destination's session cap is reached: no session for now (a later one may find a
+    free slot, so this is never cached as the destination's answer)."""
+
+    key: str  # the route key
+
+    @property
+    def reply(self) -> Reply:
+        return Reply(451, "4.4.5", f"too many concurrent sessions to {self.key}, try later")
 
 
 @dataclass
@@ -61,11 +73,11 @@ class SessionPool:
             dest = self._dests[key] = _Destination(asyncio.Semaphore(self.max_per_destination))
         return dest
 
-    async def acquire(self, route: Route, wait: bool = True) -> RemoteSession | Reply:
-        """A session for `route`; with `wait=False`, a Reply at once when the cap is reached
+    async def acquire(self, route: Route, wait: bool = True) -> RemoteSession | Reply | Busy:
+        """A session for `route`; with `wait=False`, `Busy` at once when the cap is reached
         (a caller already holding sessions there must not wait for itself)."""
         dest = self._dest(route.key)
-        busy = Reply(451, "4.4.5", f"too many concurrent sessions to {route.key}, try later")
+        busy = Busy(route.key)
         if not wait and dest.slots.locked():
             return busy
         try:

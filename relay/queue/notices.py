@@ -14,11 +14,11 @@ from datetime import datetime
 
 import lmdb
 
+from policy.decide import Disposition
 from policy.dsn import DsnContext, FailedRecipient, compose_dsn, is_null_sender
 from relay.config.schema import host_fqdn
 from relay.queue.layout import QueueTables
 from relay.queue.records import (
-    Disposition,
     QueuedRecipient,
     Settlement,
     new_envelope,

@@ -26,6 +26,7 @@ from typing import Any
 import lmdb
 
 from policy.address import AddressError, normalize_domain
+from policy.decide import Disposition
 from policy.dsn import FailedRecipient
 from policy.retry import DEFAULT_SCHEDULE, next_attempt, schedule_from_seconds
 from relay.config.load import Config
@@ -34,7 +35,6 @@ from relay.queue.notices import DsnSettings, Report, failed_recipient, queue_dsn
 from relay.queue.quarantine import Quarantine
 from relay.queue.records import (
     Attempt,
-    Disposition,
     Lease,
     QueuedMessage,
     QueuedRecipient,
@@ -58,7 +58,6 @@ from relay.queue.records import (
 
 __all__ = [
     "Attempt",
-    "Disposition",
     "DsnSettings",
     "Lease",
     "Recovered",
@@ -203,7 +202,7 @@ class Spool:
                 state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
                 if state["first_failure"] is None and not s.attempt.reply.is_success:
                     state["first_failure"] = to_us(s.attempt.when)
-            if s.disposition is Disposition.DEFERRED:
+            if s.disposition is Disposition.QUEUED:
                 next_us = HELD_US if _held(state) else to_us(s.next_at or now)
                 self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
                 continue

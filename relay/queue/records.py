@@ -13,9 +13,9 @@ import json
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
+from policy.decide import Disposition
 from policy.reply import Reply
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -145,28 +145,20 @@ class Lease:
     until: datetime
 
 
-class Disposition(StrEnum):
-    DELIVERED = "delivered"
-    DEFERRED = "deferred"
-    FAILED = "failed"  # permanent refusal: DSN
-    EXPIRED = "expired"  # schedule exhausted: DSN
-    DROPPED = "dropped"  # operator: DSN only when asked
-
-
 @dataclass(frozen=True)
 class Settlement:
     recipient: str
-    disposition: Disposition
+    disposition: Disposition  # DELIVERED, BOUNCED, QUEUED, EXPIRED or DROPPED
     attempt: Attempt | None = None
-    next_at: datetime | None = None  # for DEFERRED
+    next_at: datetime | None = None  # for QUEUED
     note: str = ""  # shown in the DSN, e.g. the operator's reason for a drop
-    notify: bool = False  # DROPPED only: send a DSN too (FAILED and EXPIRED always do)
+    notify: bool = False  # DROPPED only: send a DSN too (BOUNCED and EXPIRED always do)
 
     @property
     def wants_dsn(self) -> bool:
         if self.disposition is Disposition.DROPPED:
             return self.notify
-        return self.disposition in (Disposition.FAILED, Disposition.EXPIRED)
+        return self.disposition in (Disposition.BOUNCED, Disposition.EXPIRED)
 
 
 def attempt_json(a: Attempt) -> dict[str, Any]:

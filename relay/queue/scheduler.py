@@ -1,6 +1,7 @@
 # This module schedules retries: it leases due recipients from the spool, hands them to
 # the same delivery code as live traffic, and records what policy makes of each reply.
-# It decides nothing itself: classify() judges a reply, next_attempt() picks the time.
+# It decides nothing itself: classify() judges a reply, policy/decide.py settles the
+# recipient (delivered, bounced, queued again at the schedule's next slot, expired).
 """The retry queue's scheduler: lease due recipients, deliver, settle.
 
 `RetryWorker.run_once(now)` leases due recipients up to `[queue] max_concurrent`
@@ -29,17 +30,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from policy.classify.classify import shared_data_verdict
+from policy.decide import Disposition, Settings, Stage, decide
 from policy.reply import Reply
-from policy.retry import next_attempt
-from policy.verdict import BounceClass, Category, Verdict
-from relay.observe.events import EventBus, MessageEvent, RecipientEvent, Status
+from policy.verdict import Verdict
+from relay.observe.events import EventBus, MessageEvent, RecipientEvent
 from relay.observe.headers import message_id_of
 from relay.outbound.values import Outcome
 from relay.queue.commit import GroupCommit
 from relay.queue.queue import (
     Attempt,
-    Disposition,
     Lease,
     QueuedRecipient,
     Recovered,
@@ -77,7 +76,6 @@ class Deliver(Protocol):
 
 RunWrite = Callable[[Callable[[], Any]], Awaitable[Any]]
 INTERNAL = Reply(451, "4.3.0", "Internal error while retrying; will try again")
-EXPIRED_RULE = "queue-expired"
 
 
 class StoreWrites(Protocol):
@@ -107,7 +105,6 @@ class _Result:
     outcome: Outcome
     verdict: Verdict
     settlement: Settlement
-    status: Status
 
 
 class RetryWorker:
@@ -127,6 +124,7 @@ class RetryWorker:
         self.spool, self.deliver, self.classify = spool, deliver, classify
         self.store, self.events, self.run_write = store, events, run_write
         self.settings, self.clock = settings, clock
+        self.decide_settings = Settings(schedule=settings.schedule)
         self.owner = f"{os.getpid()}:{secrets.token_hex(4)}"
         self.commits = GroupCommit(spool, run_write)
         self.in_flight = 0
@@ -221,7 +219,8 @@ class RetryWorker:
             outcomes = {}
         took = time.monotonic() - started
         now = self.clock()
-        results = [self._judge(r, outcomes.get(r.recipient), now) for r in msg.recipients]
+        verdicts: dict[Reply, Verdict] = {}
+        results = [self._judge(r, outcomes.get(r.recipient), now, verdicts) for r in msg.recipients]
         try:
             dsn_id = await self.commits.commit(
                 lambda txn: self.spool.settle_in(
@@ -240,7 +239,7 @@ class RetryWorker:
                 RecipientEvent(
                     queue_id=msg.queue_id,
                     recipient=res.rcpt.recipient,
-                    status=res.status,
+                    status=res.settlement.disposition,
                     reply=res.outcome.reply,
                     when=now,
                     relay=res.outcome.relay,
@@ -271,26 +270,31 @@ class RetryWorker:
             else:
                 self._domains[domain] = (sem, users - 1)
 
-    def _judge(self, r: QueuedRecipient, out: Outcome | None, now: datetime) -> _Result:
+    def _judge(
+        self,
+        r: QueuedRecipient,
+        out: Outcome | None,
+        now: datetime,
+        verdicts: dict[Reply, Verdict],
+    ) -> _Result:
         out = out or Outcome(INTERNAL)
-        verdict = shared_data_verdict(self.classify(out.reply), out.answered)
+        verdict = verdicts.get(out.reply)
+        if verdict is None:  # one session's reply is classified once for all it answered
+            verdict = verdicts[out.reply] = self.classify(out.reply)
+        decided = decide(
+            out.reply,
+            verdict,
+            Stage.RETRY,
+            answered=out.answered,
+            attempt=r.tries + 1,
+            first_failure=r.first_failure,
+            now=now,
+            settings=self.decide_settings,
+        )
         attempt = Attempt(now, out.reply, out.relay, out.stage)
-        if out.reply.is_success:
-            s = Settlement(r.recipient, Disposition.DELIVERED, attempt)
-            return _Result(r, out, verdict, s, Status.SENT)
-        if out.reply.is_permanent:
-            s = Settlement(r.recipient, Disposition.FAILED, attempt)
-            return _Result(r, out, verdict, s, Status.BOUNCED)
-        first = r.first_failure or now
-        nxt = next_attempt(first, r.tries + 1, now, self.settings.schedule)
-        if nxt is None:
-            # The soft streak rules see the expiry as a message-expired soft bounce
-            # (docs/behaviour.md#retry-queue).
-            expired = Verdict(BounceClass.SOFT, Category.MESSAGE_EXPIRED, EXPIRED_RULE)
-            s = Settlement(r.recipient, Disposition.EXPIRED, attempt)
-            return _Result(r, out, expired, s, Status.EXPIRED)
-        s = Settlement(r.recipient, Disposition.DEFERRED, attempt, next_at=nxt)
-        return _Result(r, out, verdict, s, Status.QUEUED)  # logged "deferred (queued for retry)"
+        s = Settlement(r.recipient, decided.disposition, attempt, next_at=decided.next_at)
+        # QUEUED is logged "deferred (queued for retry)"; EXPIRED carries the expiry verdict.
+        return _Result(r, out, decided.verdict or verdict, s)
 
     def _mark_delivering(self, queue_id: str) -> BeforeData:
         async def mark(recipients: Sequence[str]) -> None:
@@ -306,7 +310,7 @@ class RetryWorker:
         if self.store is not None:
             for res in results:
                 try:
-                    if res.status is Status.SENT:
+                    if res.settlement.disposition is Disposition.DELIVERED:
                         self.store.record_success(res.rcpt.recipient, now)
                     else:
                         self.store.record_verdict(

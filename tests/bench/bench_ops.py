@@ -11,11 +11,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from policy.decide import Disposition
 from policy.reply import Reply  # noqa: E402
 from policy.verdict import BounceClass, Category, Verdict  # noqa: E402
 from relay.config.load import LogConfig  # noqa: E402
 from relay.observe.counters import StatsCounters  # noqa: E402
-from relay.observe.events import RecipientEvent, Status  # noqa: E402
+from relay.observe.events import RecipientEvent  # noqa: E402
 from relay.observe.logfmt import format_lines  # noqa: E402
 from relay.observe.logsink import LogWriter  # noqa: E402
 from relay.observe.metrics import Metrics  # noqa: E402
@@ -31,7 +32,7 @@ def events() -> list[RecipientEvent]:
         RecipientEvent(
             queue_id="3F2A1B9C0D4E",
             recipient=f"user{i}@domain{i % 50}.example",
-            status=Status.BOUNCED if i % 10 == 0 else Status.SENT,
+            status=Disposition.BOUNCED if i % 10 == 0 else Disposition.DELIVERED,
             reply=Reply(550, "5.1.1", "User unknown", "mx.example.com[192.0.2.1]")
             if i % 10 == 0
             else Reply(250, "2.0.0", "Ok", "mx.example.com[192.0.2.1]"),

@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from policy.decide import Disposition  # noqa: E402
 from policy.reply import Reply  # noqa: E402
-from relay.queue.queue import Attempt, Disposition, Settlement, Spool, SpoolMessage  # noqa: E402
+from relay.queue.queue import Attempt, Settlement, Spool, SpoolMessage  # noqa: E402
 from relay.store.env import open_state  # noqa: E402
 
 SOFT = Reply(452, "4.2.2", "Mailbox full", "mx.example[192.0.2.1]")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from policy.decide import Disposition
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
 from relay.config.load import LogConfig
-from relay.observe.events import ConnectEvent, MessageEvent, RecipientEvent, Status
+from relay.observe.events import ConnectEvent, MessageEvent, RecipientEvent
 from relay.observe.logfmt import format_lines, postfix_delay, postfix_lines, syslog_time
 from relay.observe.logsink import LogWriter, stderr_is_journal
 
@@ -24,7 +25,7 @@ def _bounce() -> RecipientEvent:
     return RecipientEvent(
         queue_id="3F2A1B9C",
         recipient="bob@example.com",
-        status=Status.BOUNCED,
+        status=Disposition.BOUNCED,
         reply=Reply(550, "5.1.1", "User unknown", "mx.example.com[192.0.2.1]"),
         when=WHEN,
         relay="mx.example.com[192.0.2.1]:25",
@@ -54,18 +55,22 @@ def test_each_status_maps_to_postfix_words() -> None:
         ev = RecipientEvent(**{**base.__dict__, **kw})
         return postfix_lines(ev, "h", 1)[0]
 
-    sent = line(status=Status.SENT, reply=Reply(250, "2.0.0", "Ok", "mx[1.2.3.4]"), stage="DATA")
+    sent = line(
+        status=Disposition.DELIVERED, reply=Reply(250, "2.0.0", "Ok", "mx[1.2.3.4]"), stage="DATA"
+    )
     assert "bouncer/smtp[1]: 3F2A1B9C: to=<bob@example.com>," in sent
     assert sent.endswith(
         "status=sent (host mx[1.2.3.4] said: 250 2.0.0 Ok (in reply to end of DATA command))"
     )
-    queued = line(status=Status.QUEUED, reply=soft)
+    queued = line(status=Disposition.QUEUED, reply=soft)
     assert ", dsn=4.2.2, status=deferred (queued for retry by bouncer: host " in queued
-    assert ", status=deferred (returned to the client: " in line(status=Status.DEFERRED, reply=soft)
-    expired = line(status=Status.EXPIRED, reply=soft, attempt=9)
+    assert ", status=deferred (returned to the client: " in line(
+        status=Disposition.DEFERRED, reply=soft
+    )
+    expired = line(status=Disposition.EXPIRED, reply=soft, attempt=9)
     assert "bouncer/qmgr[1]:" in expired and "status=expired, returned to sender (" in expired
     refusal = Reply(550, "5.1.1", "suppressed since 2026-01-02: bad-mailbox")
-    supp = line(status=Status.SUPPRESSED, reply=refusal, client="app.local[127.0.0.1]")
+    supp = line(status=Disposition.SUPPRESSED, reply=refusal, client="app.local[127.0.0.1]")
     assert supp == (
         "Nov 22 10:15:01 h bouncer/smtpd[1]: 3F2A1B9C: reject: RCPT from app.local[127.0.0.1]: "
         "550 5.1.1 suppressed since 2026-01-02: bad-mailbox; from=<app@example.org> "
@@ -73,7 +78,7 @@ def test_each_status_maps_to_postfix_words() -> None:
     )
     # A queue id pflogsumm's \w+ cannot read is logged as Postfix's NOQUEUE.
     assert ": NOQUEUE: reject: RCPT from unknown[unknown]:" in line(
-        status=Status.SUPPRESSED, reply=refusal, queue_id="a-b"
+        status=Disposition.SUPPRESSED, reply=refusal, queue_id="a-b"
     )
 
 
@@ -81,7 +86,7 @@ def test_no_remote_reply_and_connect_stage() -> None:
     ev = RecipientEvent(
         queue_id="Q1",
         recipient="x@nowhere.test",
-        status=Status.BOUNCED,
+        status=Disposition.BOUNCED,
         reply=Reply(550, "5.1.2", "Domain nowhere.test does not exist"),
         when=WHEN,
     )
@@ -92,7 +97,7 @@ def test_no_remote_reply_and_connect_stage() -> None:
     conn = RecipientEvent(
         queue_id="Q1",
         recipient="x@slow.test",
-        status=Status.QUEUED,
+        status=Disposition.QUEUED,
         reply=Reply(451, "4.4.1", "Connection refused", "mx.slow.test[192.0.2.9]"),
         when=WHEN,
         stage="connect",
@@ -107,7 +112,7 @@ def test_remote_text_cannot_split_the_line() -> None:
     ev = RecipientEvent(
         queue_id="Q2",
         recipient="a@b.test",
-        status=Status.BOUNCED,
+        status=Disposition.BOUNCED,
         reply=Reply(550, None, "line one\nline two\r\nFAKE: to=<x>", "mx[1.1.1.1]"),
         when=WHEN,
     )
@@ -144,14 +149,14 @@ def test_json_has_the_same_facts_plus_class_and_category() -> None:
     sent = RecipientEvent(
         **{
             **_bounce().__dict__,
-            "status": Status.SENT,
+            "status": Disposition.DELIVERED,
             "verdict": None,
             "reply": Reply(250, None, "ok"),
         }
     )
     rec = json.loads(format_lines(sent, "json", "h", 1)[0])
     assert (rec["class"], rec["category"], rec["dsn"]) == ("delivered", "delivered", "2.0.0")
-    queued = RecipientEvent(**{**_bounce().__dict__, "status": Status.QUEUED})
+    queued = RecipientEvent(**{**_bounce().__dict__, "status": Disposition.QUEUED})
     assert json.loads(format_lines(queued, "json", "h", 1)[0])["status"] == "queued"
 
 
@@ -211,7 +216,7 @@ def test_intake_reports_log_as_intake_and_complaints_are_not_rejects() -> None:
     assert "bouncer/intake[1]: 3F2A1B9C: to=<bob@example.com>, relay=mx.example.com," in line
     assert ", status=bounced (" in line
     arf = RecipientEvent(
-        **{**_bounce().__dict__, "stage": "ARF", "status": Status.SUPPRESSED, "relay": "none"}
+        **{**_bounce().__dict__, "stage": "ARF", "status": Disposition.SUPPRESSED, "relay": "none"}
     )
     line = postfix_lines(arf, "h", 1)[0]
     assert " reject: " not in line and ", status=suppressed (complaint: " in line

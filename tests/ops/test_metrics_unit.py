@@ -5,9 +5,10 @@ from datetime import datetime
 
 import pytest
 
+from policy.decide import Disposition
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
-from relay.observe.events import ConnectEvent, MessageEvent, RecipientEvent, Status
+from relay.observe.events import ConnectEvent, MessageEvent, RecipientEvent
 from relay.observe.metrics import Metrics
 
 WHEN = datetime(2026, 11, 22, 10, 0, 0)
@@ -22,7 +23,7 @@ def _ev(**kw: object) -> RecipientEvent:
     base: dict[str, object] = {
         "queue_id": "Q",
         "recipient": "a@b.test",
-        "status": Status.SENT,
+        "status": Disposition.DELIVERED,
         "reply": Reply(250, "2.0.0", "ok", "mx[1.2.3.4]"),
         "when": WHEN,
         "relay": "mx[1.2.3.4]:25",
@@ -36,10 +37,17 @@ def test_counts_labels_and_latency() -> None:
     m = Metrics()
     m(_ev())
     hard = Verdict(BounceClass.HARD, Category.BAD_MAILBOX, "r")
-    m(_ev(status=Status.BOUNCED, reply=Reply(550, "5.1.1", "no", "mx[1.2.3.4]"), verdict=hard,
+    m(_ev(status=Disposition.BOUNCED, reply=Reply(550, "5.1.1", "no", "mx[1.2.3.4]"), verdict=hard,
           stage="RCPT", delays=(0.0, 0.0, 0.1, 0.05)))  # fmt: skip
     m(_ev(attempt=3, delay=7200.0))  # a retry without measured delays: no latency sample
-    m(_ev(status=Status.SUPPRESSED, relay="none", reply=Reply(550, "5.1.1", "supp"), verdict=hard))
+    m(
+        _ev(
+            status=Disposition.SUPPRESSED,
+            relay="none",
+            reply=Reply(550, "5.1.1", "supp"),
+            verdict=hard,
+        )
+    )
     m(MessageEvent("Q", "s@x", 10, 1, WHEN))
     m(ConnectEvent("c[1.1.1.1]", WHEN))
     m(ConnectEvent("c[1.1.1.1]", WHEN, disconnect=True))

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from policy.decide import Disposition
 from policy.rates import Counts, aggregate, increment, parse_since
 from policy.reply import Reply
 from policy.verdict import BounceClass, Category, Verdict
 from relay.cli.main import main
 from relay.cli.stats import render_table
 from relay.observe.counters import StatsCounters, read_rows, read_stats
-from relay.observe.events import ConnectEvent, RecipientEvent, Status
+from relay.observe.events import ConnectEvent, RecipientEvent
 from relay.store.env import open_state
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -85,7 +86,7 @@ def test_rates_and_aggregation() -> None:
 
 def _ev(
     rcpt: str,
-    status: Status,
+    status: Disposition,
     klass: BounceClass,
     when: datetime,
     attempt: int = 0,
@@ -109,17 +110,17 @@ def _feed(path: Path) -> None:
     yesterday = NOW - timedelta(days=1)
     counters(ConnectEvent("x[1.2.3.4]", NOW))  # ignored
     for i in range(8):
-        counters(_ev(f"u{i}@Gmail.test", Status.SENT, BounceClass.DELIVERED, NOW))
-    counters(_ev("dead@gmail.test", Status.BOUNCED, BounceClass.HARD, NOW))
-    counters(_ev("full@mail.test", Status.QUEUED, BounceClass.SOFT, NOW))
-    counters(_ev("gone@mail.test", Status.SUPPRESSED, BounceClass.HARD, NOW))
+        counters(_ev(f"u{i}@Gmail.test", Disposition.DELIVERED, BounceClass.DELIVERED, NOW))
+    counters(_ev("dead@gmail.test", Disposition.BOUNCED, BounceClass.HARD, NOW))
+    counters(_ev("full@mail.test", Disposition.QUEUED, BounceClass.SOFT, NOW))
+    counters(_ev("gone@mail.test", Disposition.SUPPRESSED, BounceClass.HARD, NOW))
     counters.flush()
     # A second batch adds to the stored numbers rather than replacing them.
-    counters(_ev("old@mail.test", Status.BOUNCED, BounceClass.HARD, yesterday))
-    counters(_ev("spam@mail.test", Status.BOUNCED, BounceClass.BLOCK, NOW))
+    counters(_ev("old@mail.test", Disposition.BOUNCED, BounceClass.HARD, yesterday))
+    counters(_ev("spam@mail.test", Disposition.BOUNCED, BounceClass.BLOCK, NOW))
     # A retry that finally bounces, and an asynchronous DSN read by the intake.
-    counters(_ev("full@mail.test", Status.BOUNCED, BounceClass.HARD, NOW, attempt=4))
-    counters(_ev("u1@gmail.test", Status.BOUNCED, BounceClass.HARD, NOW, stage="DSN"))
+    counters(_ev("full@mail.test", Disposition.BOUNCED, BounceClass.HARD, NOW, attempt=4))
+    counters(_ev("u1@gmail.test", Disposition.BOUNCED, BounceClass.HARD, NOW, stage="DSN"))
     counters.flush()
     env.close()
 

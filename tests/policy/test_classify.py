@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from policy.classify.classify import classify, classify_at, shared_data_verdict
 from policy.classify.index import TextIndex, split_alternatives
 from policy.classify.rules import CLASS_OF, RuleError, default_rules, load_rules, parse_rules
+from policy.decide import Stage, decide
 from policy.reply import Reply, parse_reply
 from policy.verdict import BounceClass, Category
 
@@ -35,6 +36,17 @@ def test_golden_row(row: dict[str, Any]) -> None:
         row["category"],
         row["rule"],
     )
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["id"] for r in ROWS])
+def test_golden_row_disposition(row: dict[str, Any]) -> None:
+    reply = parse_reply(row["reply"])
+    stage = row.get("stage")
+    verdict = None
+    if not reply.is_success:
+        verdict = classify_at(reply, stage) if stage else classify(reply)
+    at = Stage.RCPT if stage == "RCPT" else Stage.DATA
+    assert decide(reply, verdict, at).disposition.name.lower() == row["disposition"]
 
 
 def test_every_rule_has_a_golden_row() -> None:

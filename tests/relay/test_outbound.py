@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from relay.outbound.delivery import Delivery
-from relay.outbound.pool import SessionPool
+from relay.outbound.pool import Busy, SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.session import OutboundSettings, RemoteSession, open_session
 from relay.outbound.values import Route, Target
@@ -125,7 +125,7 @@ async def test_pool_reuses_caps_and_reconnects_a_dead_session(fake_mx: FakeMX) -
     a, b = await pool.acquire(route), await pool.acquire(route)
     assert isinstance(a, RemoteSession) and isinstance(b, RemoteSession)
     capped = await pool.acquire(route)  # the third waits for a slot, then gives up softly
-    assert not isinstance(capped, RemoteSession) and capped.code == 451
+    assert isinstance(capped, Busy) and capped.reply.code == 451
     pool.release(a)
     pool.release(b)
     assert pool.idle_count == 2

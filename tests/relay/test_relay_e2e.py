@@ -264,7 +264,8 @@ async def test_hanging_greeting_and_silent_dns_do_not_hang_the_client(
 
 
 async def test_events_one_per_recipient_outcome(fake_mx: FakeMX, relay_service: Any) -> None:
-    from relay.observe.events import MessageEvent, RecipientEvent, Status
+    from policy.decide import Disposition
+    from relay.observe.events import MessageEvent, RecipientEvent
 
     fake_mx.rcpt_replies["dead@example.test"] = "550 5.1.1 No such user"
     # The remote takes 20 ms over DATA, so the transmission delay is measurable: delays are
@@ -278,9 +279,9 @@ async def test_events_one_per_recipient_outcome(fake_mx: FakeMX, relay_service: 
     rcpt_events = {e.recipient: e for e in seen if isinstance(e, RecipientEvent)}
     assert set(rcpt_events) == {"dead@example.test", "ok@example.test"}
     dead, ok = rcpt_events["dead@example.test"], rcpt_events["ok@example.test"]
-    assert (dead.status, dead.stage, dead.reply.enhanced) == (Status.BOUNCED, "RCPT", "5.1.1")
+    assert (dead.status, dead.stage, dead.reply.enhanced) == (Disposition.BOUNCED, "RCPT", "5.1.1")
     assert dead.verdict is not None and dead.verdict.klass == "hard"
-    assert (ok.status, ok.stage, ok.queue_id) == (Status.SENT, "DATA", queue_id)
+    assert (ok.status, ok.stage, ok.queue_id) == (Disposition.DELIVERED, "DATA", queue_id)
     assert ok.relay == f"127.0.0.1[127.0.0.1]:{fake_mx.port}"
     # Postfix's delays=a/b/c/d: nothing waits in a queue manager live; the rest is measured.
     assert ok.delays[1] == 0.0 and all(d >= 0 for d in ok.delays)

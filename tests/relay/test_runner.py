@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 
 from policy.classify.classify import classify
+from policy.decide import Disposition
 from policy.reply import Reply, parse_reply
 from policy.retry import DEFAULT_SCHEDULE
 from policy.suppression.store import SuppressionStore
 from policy.verdict import BounceClass, Category
 from relay.config.load import PolicyConfig, suppression_rules
-from relay.observe.events import Event, EventBus, MessageEvent, RecipientEvent, Status
+from relay.observe.events import Event, EventBus, MessageEvent, RecipientEvent
 from relay.outbound.values import Outcome
 from relay.queue.queue import DsnSettings, Spool, SpoolMessage
 from relay.queue.scheduler import RetryWorker, RunnerSettings
@@ -116,7 +117,7 @@ async def test_recovered_remote_delivers_once_and_clears_the_streak(parts: Any) 
     (r,) = spool.get("Q1").recipients
     assert r.tries == 2 and r.next_at == T0 + timedelta(minutes=30)
     [ev] = [e for e in events if isinstance(e, RecipientEvent)]
-    assert ev.status is Status.QUEUED and ev.attempt == 1 and ev.reply.code == 451  # 1st retry
+    assert ev.status is Disposition.QUEUED and ev.attempt == 1 and ev.reply.code == 451  # 1st retry
     # The remote recovers.
     del script.replies["b@b.example"]
     clock["now"] = T0 + timedelta(minutes=30)
@@ -125,7 +126,7 @@ async def test_recovered_remote_delivers_once_and_clears_the_streak(parts: Any) 
     assert spool.messages() == []
     assert [c[1] for c in script.calls] == [("b@b.example",), ("b@b.example",)]
     assert script.options == [("BODY=8BITMIME",)] * 2  # the client's MAIL parameters, kept
-    assert events[-1].status is Status.SENT
+    assert events[-1].status is Disposition.DELIVERED
     assert await worker.run_once(T0 + timedelta(days=30)) == 0  # nothing left: exactly once
 
 
@@ -138,7 +139,7 @@ async def test_expiry_sends_a_dsn_and_feeds_the_streak(parts: Any) -> None:
         assert await worker.run_once(clock["now"]) == 1
         await _settle(worker)
     statuses = [e.status for e in events if isinstance(e, RecipientEvent)]
-    assert statuses == [Status.QUEUED] * (len(DEFAULT_SCHEDULE) - 1) + [Status.EXPIRED]
+    assert statuses == [Disposition.QUEUED] * (len(DEFAULT_SCHEDULE) - 1) + [Disposition.EXPIRED]
     assert events[-1].verdict.category is Category.MESSAGE_EXPIRED
     (dsn,) = spool.messages()
     assert dsn.kind == "dsn" and dsn.recipients[0].recipient == "a@a.example"
@@ -153,7 +154,7 @@ async def test_expiry_sends_a_dsn_and_feeds_the_streak(parts: Any) -> None:
     dsn_event, sent = events[-2:]
     assert isinstance(dsn_event, MessageEvent) and dsn_event.queue_id == dsn.queue_id
     assert dsn_event.sender == "" and dsn_event.size == dsn.size and dsn_event.nrcpt == 1
-    assert sent.status is Status.SENT and sent.attempt == 1
+    assert sent.status is Disposition.DELIVERED and sent.attempt == 1
     assert spool.messages() == []
 
 
@@ -164,7 +165,7 @@ async def test_hard_failure_on_retry_bounces_with_dsn_and_suppresses(parts: Any)
     clock["now"] = T0 + timedelta(minutes=5)
     await worker.run_once(clock["now"])
     await _settle(worker)
-    assert events[0].status is Status.BOUNCED
+    assert events[0].status is Disposition.BOUNCED
     assert store.check("b@b.example", clock["now"]) is not None
     (dsn,) = spool.messages()
     assert dsn.kind == "dsn" and dsn.origin == "Q1"
@@ -265,7 +266,7 @@ async def test_a_data_refusal_is_hard_only_for_a_lone_recipient(
     assert await worker.run_once(clock["now"]) == len(rcpts)
     await _settle(worker)
     bounced = [e for e in events if isinstance(e, RecipientEvent)]
-    assert [e.status for e in bounced] == [Status.BOUNCED] * len(rcpts)
+    assert [e.status for e in bounced] == [Disposition.BOUNCED] * len(rcpts)
     for event in bounced:
         assert event.verdict is not None
         assert (event.verdict.klass is BounceClass.HARD) is hard
@@ -320,7 +321,7 @@ async def test_a_retry_logs_real_delays(parts: Any) -> None:
     await worker.run_once(clock["now"])
     await _settle(worker)
     [ev] = [e for e in events if isinstance(e, RecipientEvent)]
-    assert ev.status is Status.SENT and ev.delay == 300.0
+    assert ev.status is Disposition.DELIVERED and ev.delay == 300.0
     a, b, c, d = ev.delays
     assert a == 0.0 and c == 0.0 and 299.0 < b <= 300.0 and 0.0 <= d < 1.0
     assert abs(a + b + c + d - ev.delay) < 0.01

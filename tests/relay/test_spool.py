@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from policy.decide import Disposition
 from policy.reply import Reply
 from relay.queue.queue import (
     Attempt,
-    Disposition,
     DsnSettings,
     Settlement,
     Spool,
@@ -135,7 +135,7 @@ def test_settle_delivered_deferred_and_last_one_removes_the_message(tmp_path: Pa
         "Q1",
         [
             Settlement("b@b.example", Disposition.DELIVERED, Attempt(now, OK, "mx", "DATA")),
-            Settlement("c@b.example", Disposition.DEFERRED, Attempt(now, SOFT), next_at=nxt),
+            Settlement("c@b.example", Disposition.QUEUED, Attempt(now, SOFT), next_at=nxt),
         ],
         now,
     )
@@ -186,7 +186,7 @@ def test_no_dsn_for_null_sender_and_dsns_never_bounce(tmp_path: Path) -> None:
         _msg(sender="", deferred=(("b@b.example", SOFT),), failed=(("h@b.example", HARD),)), T0
     )
     assert [m.queue_id for m in spool.messages()] == ["Q1"]
-    spool.settle("Q1", [Settlement("b@b.example", Disposition.FAILED, Attempt(T0, HARD))], T0)
+    spool.settle("Q1", [Settlement("b@b.example", Disposition.BOUNCED, Attempt(T0, HARD))], T0)
     assert spool.messages() == []
 
 
@@ -256,7 +256,7 @@ def test_settle_after_a_drop_is_harmless(tmp_path: Path) -> None:
     spool.lease_due(T0 + timedelta(hours=1), 10, "me", T0 + timedelta(hours=2))
     spool.drop("Q1", "x", dsn=False, now=T0)
     assert (
-        spool.settle("Q1", [Settlement("b@b.example", Disposition.FAILED, Attempt(T0, HARD))], T0)
+        spool.settle("Q1", [Settlement("b@b.example", Disposition.BOUNCED, Attempt(T0, HARD))], T0)
         is None
     )
     assert spool.messages() == [] and spool.first_due() is None
