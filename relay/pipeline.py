@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -19,6 +19,7 @@ from functools import partial
 from policy.address import domain_of
 from policy.classify.classify import shared_data_verdict
 from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
+from policy.lmtp_reply import RecipientPlan, recipient_plan
 from policy.reply import Reply
 from policy.verdict import Verdict
 from relay.observe.events import EventBus, MessageEvent, RecipientEvent, Status
@@ -30,6 +31,7 @@ from relay.store.writer import Writer
 log = logging.getLogger(__name__)
 
 TEMP_STORE = Reply(451, "4.3.0", "Temporary local problem (state store); try again later")
+TEMP_QUEUE = Reply(451, "4.3.0", "Temporary local problem (queue); try again later")
 
 
 def utcnow() -> datetime:
@@ -77,6 +79,15 @@ class ClientTransaction:
 
     def delay(self) -> float:
         return round(time.monotonic() - self.started, 3)
+
+
+@dataclass
+class SentData:
+    """What the remotes said to DATA: per session (SMTP's one reply is made from these) and
+    per recipient address, with the time its session's DATA took (LMTP answers each)."""
+
+    sessions: list[SessionResult] = field(default_factory=list)
+    by_address: dict[str, tuple[Outcome, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,55 +168,101 @@ class Pipeline:
         setup = time.monotonic() - started
         return await remote.rcpt(address), remote, setup
 
-    async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
-        """Send `message` (Received: header included) to every remote with accepted recipients."""
+    async def send_data(self, txn: ClientTransaction, message: bytes) -> SentData:
+        """Send `message` (Received: header included) to every remote with accepted
+        recipients, at the same time: what each session and each recipient got."""
         sending = [rt for rt in txn.remotes.values() if rt.accepted and not rt.done]
         for rt in txn.remotes.values():
             if rt not in sending:
                 await rt.abort()
         timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
-        by_address: dict[str, tuple[Outcome, float]] = {}
-        results = []
+        sent = SentData()
         for rt, (outcome, took) in zip(sending, timed, strict=True):
-            results.append(SessionResult(tuple(rt.accepted), outcome.reply))
+            sent.sessions.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
-                by_address[address] = (outcome, took)
+                sent.by_address[address] = (outcome, took)
+        return sent
+
+    async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
+        """SMTP: the one reply to DATA, from every session's (docs/behaviour.md#at-data)."""
+        sent = await self.send_data(txn, message)
         queued = [(r.address, r.soft) for r in txn.recipients if r.soft is not None]
-        plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
+        plan = data_plan(
+            sent.sessions, queued, self.soft_bounce, self.spool is not None, txn.queue_id
+        )
         now = self.clock()
         reply = plan.reply
-        if plan.needs_spool and self.spool is not None:
-            try:
-                await self.writer.run(
-                    self.spool.accept, self._spool_message(txn, message, plan), now
-                )
-            except Exception:
-                log.exception("%s: spool refused the message; answering 451", txn.queue_id)
-                reply = Reply(451, "4.3.0", "Temporary local problem (queue); try again later")
+        if plan.needs_spool and not await self._spool(txn, message, plan, now):
+            reply = TEMP_QUEUE
         if reply.is_success:
-            self.events.emit(
-                MessageEvent(
-                    txn.queue_id,
-                    txn.sender,
-                    len(message),
-                    len(txn.recipients),
-                    now,
-                    txn.client,
-                    txn.message_id,
-                    txn.sasl_username,
-                )
-            )
-        await self._record(txn, by_address, reply, now)
+            self._message_event(txn, message, now)
+        spooled = {r.address for r in txn.recipients} if reply.is_success else set()
+        await self._record(txn, sent.by_address, spooled, now)
         return reply
+
+    async def data_per_recipient(self, txn: ClientTransaction, message: bytes) -> list[Reply]:
+        """LMTP: one reply to DATA per accepted recipient, in RCPT order, each from its own
+        remote (docs/behaviour.md#lmtp). The client hears every failure: no DSN."""
+        sent = await self.send_data(txn, message)
+        outcomes = [
+            (r.address, r.soft if r.soft is not None else sent.by_address[r.address][0].reply)
+            for r in txn.recipients
+        ]
+        plan = recipient_plan(outcomes, self.soft_bounce, self.spool is not None, txn.queue_id)
+        now = self.clock()
+        replies = list(plan.replies)
+        spooled = {address for address, _ in plan.deferred}
+        if plan.needs_spool and not await self._spool(txn, message, plan, now):
+            replies = [
+                TEMP_QUEUE if address in spooled else reply
+                for (address, _), reply in zip(outcomes, replies, strict=True)
+            ]
+            spooled = set()
+        if any(reply.is_success for reply in replies):
+            self._message_event(txn, message, now)
+        await self._record(txn, sent.by_address, spooled, now)
+        return replies
+
+    async def _spool(
+        self,
+        txn: ClientTransaction,
+        message: bytes,
+        plan: DataPlan | RecipientPlan,
+        now: datetime,
+    ) -> bool:
+        """Write the message for the retry queue (and failure DSNs); False if that failed."""
+        if self.spool is None:
+            return False
+        try:
+            await self.writer.run(self.spool.accept, self._spool_message(txn, message, plan), now)
+        except Exception:
+            log.exception("%s: spool refused the message; answering 451", txn.queue_id)
+            return False
+        return True
+
+    def _message_event(self, txn: ClientTransaction, message: bytes, now: datetime) -> None:
+        self.events.emit(
+            MessageEvent(
+                txn.queue_id,
+                txn.sender,
+                len(message),
+                len(txn.recipients),
+                now,
+                txn.client,
+                txn.message_id,
+                txn.sasl_username,
+            )
+        )
 
     async def _record(
         self,
         txn: ClientTransaction,
         by_address: dict[str, tuple[Outcome, float]],
-        reply: Reply,
+        spooled: Collection[str],
         now: datetime,
     ) -> None:
-        """Events and store records for every recipient once DATA is answered.
+        """Events and store records for every recipient once DATA is answered; `spooled`
+        are the addresses the retry queue took (its soft failures are `queued`, not `deferred`).
 
         The store writes of one message go to the writer thread as one batch (one hop, not
         one per recipient); the mail is already answered for, so a failed write is logged only.
@@ -216,7 +273,7 @@ class Pipeline:
             if sent is None:  # queued at RCPT
                 assert r.soft is not None
                 soft = Outcome(r.soft, r.relay, "RCPT")
-                status = Status.QUEUED if reply.is_success else Status.DEFERRED
+                status = Status.QUEUED if r.address in spooled else Status.DEFERRED
                 self._event(txn, r.key, status, soft, now, r.delays)
                 continue
             outcome, took = sent
@@ -232,7 +289,7 @@ class Pipeline:
             if outcome.reply.is_permanent:
                 status = Status.BOUNCED
             else:
-                status = Status.QUEUED if reply.is_success else Status.DEFERRED
+                status = Status.QUEUED if r.address in spooled else Status.DEFERRED
             verdict = shared_data_verdict(self.classify(outcome.reply), outcome.answered)
             self._event(txn, r.key, status, outcome, now, delays, verdict)
             if self.store is not None:
@@ -242,15 +299,16 @@ class Pipeline:
             await self.writer.run(_write_all, writes)
 
     def _spool_message(
-        self, txn: ClientTransaction, message: bytes, plan: DataPlan
+        self, txn: ClientTransaction, message: bytes, plan: DataPlan | RecipientPlan
     ) -> SpoolMessage:
+        failed = plan.failed if isinstance(plan, DataPlan) else ()  # LMTP: the client bounces
         return SpoolMessage(
             queue_id=txn.queue_id,
             sender=txn.sender,
             data=message,
             arrived=txn.arrived,
             deferred=plan.deferred,
-            failed=plan.failed,
+            failed=failed,
             options=txn.options,
         )
 
