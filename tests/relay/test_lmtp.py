@@ -378,3 +378,20 @@ def test_inbound_lmtp_takes_lhlo_from_aiosmtpd_and_data_from_bouncer() -> None:
     assert InboundLMTP.smtp_LHLO is LMTP.smtp_LHLO
     assert InboundLMTP.smtp_DATA is InboundSMTP.smtp_DATA  # bouncer's reader, not aiosmtpd's
     assert "answer_data" in InboundLMTP.__dict__
+
+
+async def test_queue_write_failure_is_451_for_the_queued_recipients_only(
+    make_fake_mx: Any, relay_service: Any, lmtp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = await make_fake_mx()
+    busy = await make_fake_mx(data_reply="451 4.3.0 Try again later")
+    svc = await relay_service(config(one_test=good, two_test=busy))
+    assert svc.spool is not None
+
+    def broken(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(svc.spool, "accept", broken)
+    _, data = await (await lmtp(svc)).transaction(["a@one.test", "b@two.test"])
+    assert data[0][0] == 250  # its remote has it: that stays true
+    assert data[1] == (451, "4.3.0 Temporary local problem (queue); try again later")
