@@ -23,6 +23,7 @@ from tests.support.fake_mx import FakeMX
 
 MSG = b"From: a@sender.test\r\nSubject: hi\r\n\r\nHello there.\r\n"
 REFUSED = "554 5.7.1 Message rejected: looks like spam"
+BUSY = "451 4.3.0 Try again later"
 
 
 class Client:
@@ -95,14 +96,26 @@ async def lmtp() -> AsyncIterator[Any]:
         client.writer.close()
 
 
-def config(*, policy: dict[str, Any] | None = None, **routes: FakeMX) -> dict[str, Any]:
+def config(
+    *, policy: dict[str, Any] | None = None, server: dict[str, Any] | None = None, **routes: FakeMX
+) -> dict[str, Any]:
     table: dict[str, Any] = {
-        "server": {"lmtp_listen": ["127.0.0.1:0"]},
+        "server": {"lmtp_listen": ["127.0.0.1:0"], **(server or {})},
         "delivery": {"routes": {d.replace("_", "."): mx.address for d, mx in routes.items()}},
     }
     if policy:
         table["policy"] = policy
     return table
+
+
+async def two_remotes(
+    make_fake_mx: Any, relay_service: Any, data_reply: str = REFUSED, **policy: str
+) -> tuple[Service, FakeMX, FakeMX]:
+    """A service routing one.test to a remote that takes mail, two.test to one that
+    answers DATA with `data_reply`."""
+    good = await make_fake_mx()
+    other = await make_fake_mx(data_reply=data_reply)
+    return await relay_service(config(one_test=good, two_test=other, policy=policy)), good, other
 
 
 def ok(reply: tuple[int, str], queue_id: str) -> bool:
@@ -115,9 +128,7 @@ def ok(reply: tuple[int, str], queue_id: str) -> bool:
 async def test_three_recipients_two_remotes_one_refusing_at_data_three_replies_no_dsn(
     make_fake_mx: Any, relay_service: Any, lmtp: Any
 ) -> None:
-    good = await make_fake_mx()
-    bad = await make_fake_mx(data_reply=REFUSED)
-    svc = await relay_service(config(one_test=good, two_test=bad))
+    svc, good, bad = await two_remotes(make_fake_mx, relay_service)
     client = await lmtp(svc)
     assert {"PIPELINING", "ENHANCEDSTATUSCODES"} <= set(client.features)
     # RCPT order differs from the order of the remote sessions: replies follow RCPT order.
@@ -145,9 +156,7 @@ async def test_the_same_mixed_outcome_over_smtp_is_one_250_and_a_dsn(
     make_fake_mx: Any, relay_service: Any, lmtp: Any
 ) -> None:
     """The contrast LMTP exists for, on one service: SMTP's one reply needs the DSN."""
-    good = await make_fake_mx()
-    bad = await make_fake_mx(data_reply=REFUSED)
-    svc = await relay_service(config(one_test=good, two_test=bad))
+    svc, good, bad = await two_remotes(make_fake_mx, relay_service)
     host, port = svc.addresses[0]
     smtp = Client(*await asyncio.open_connection(host, port))
     try:
@@ -167,9 +176,7 @@ async def test_the_same_mixed_outcome_over_smtp_is_one_250_and_a_dsn(
 async def test_soft_failure_at_data_queue_mode_is_250_and_queued_pass_mode_is_the_4xx(
     make_fake_mx: Any, relay_service: Any, lmtp: Any
 ) -> None:
-    good = await make_fake_mx()
-    busy = await make_fake_mx(data_reply="451 4.3.0 Try again later")
-    svc = await relay_service(config(one_test=good, two_test=busy))
+    svc, good, busy = await two_remotes(make_fake_mx, relay_service, BUSY)
     _, data = await (await lmtp(svc)).transaction(["a@one.test", "b@two.test"])
     queue_id = data[0][1].rsplit(" ", 1)[1]
     assert ok(data[0], queue_id) and ok(data[1], queue_id)
@@ -177,7 +184,7 @@ async def test_soft_failure_at_data_queue_mode_is_250_and_queued_pass_mode_is_th
     (queued,) = svc.spool.messages()
     assert queued.kind != "dsn" and [r.recipient for r in queued.recipients] == ["b@two.test"]
 
-    svc = await relay_service(config(one_test=good, two_test=busy, policy={"soft_bounce": "pass"}))
+    svc, _, _ = await two_remotes(make_fake_mx, relay_service, BUSY, soft_bounce="pass")
     _, data = await (await lmtp(svc)).transaction(["a@one.test", "b@two.test"])
     assert data[0][0] == 250
     assert data[1] == (451, "4.3.0 host 127.0.0.1[127.0.0.1] said: Try again later")
@@ -214,9 +221,7 @@ async def test_refused_rcpt_gets_no_data_reply(
 async def test_pipelined_group_mail_rcpts_data(
     make_fake_mx: Any, relay_service: Any, lmtp: Any
 ) -> None:
-    good = await make_fake_mx()
-    bad = await make_fake_mx(data_reply=REFUSED)
-    svc = await relay_service(config(one_test=good, two_test=bad))
+    svc, good, bad = await two_remotes(make_fake_mx, relay_service)
     client = await lmtp(svc)
     # RFC 2920: MAIL, the RCPTs and DATA in one write; then the message.
     await client.send(
@@ -252,10 +257,9 @@ async def test_rset_resets_the_remote_transaction(
 async def test_size_limit_is_one_552_per_recipient_and_the_session_goes_on(
     fake_mx: FakeMX, relay_service: Any, lmtp: Any
 ) -> None:
-    table = config(one_test=fake_mx)
-    table["server"]["max_message_size"] = 1000
-    svc = await relay_service(table)
-    client = await lmtp(svc)
+    client = await lmtp(
+        await relay_service(config(one_test=fake_mx, server={"max_message_size": 1000}))
+    )
     code, _ = await client.command("MAIL FROM:<a@sender.test> SIZE=5000")
     assert code == 552  # declared too big: refused at MAIL, as over SMTP
     big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 20
@@ -270,10 +274,7 @@ async def test_size_limit_is_one_552_per_recipient_and_the_session_goes_on(
 async def test_recipient_limit_and_content_refusal_are_answered_per_recipient(
     fake_mx: FakeMX, relay_service: Any, lmtp: Any
 ) -> None:
-    table = config(one_test=fake_mx)
-    table["server"]["max_recipients"] = 2
-    svc = await relay_service(table)
-    client = await lmtp(svc)
+    client = await lmtp(await relay_service(config(one_test=fake_mx, server={"max_recipients": 2})))
     rcpt, data = await client.transaction(["a@one.test", "b@one.test", "c@one.test"])
     assert [code for code, _ in rcpt] == [250, 250, 452] and rcpt[2][1].startswith("4.5.3")
     assert [code for code, _ in data] == [250, 250]
@@ -344,10 +345,11 @@ class _Stock:
 
 
 async def test_aiosmtpd_lmtp_answers_data_once_and_routes_lhlo_through_the_ehlo_hook() -> None:
-    """If aiosmtpd starts answering DATA per recipient itself (its issue #517), InboundLMTP's
-    own answers would come twice: this test fails first, and relay/inbound/lmtp.py must
-    change. LHLO must reach handle_EHLO (bouncer adds PIPELINING there) and HELO/EHLO
-    must be refused by aiosmtpd's class, which InboundLMTP inherits them from."""
+    """If aiosmtpd starts answering DATA per recipient itself (aiosmtpd/aiosmtpd#517 on
+    GitHub), InboundLMTP's own answers would come twice: this test fails first, and
+    relay/inbound/lmtp.py must change. LHLO must reach handle_EHLO (bouncer adds
+    PIPELINING there), and HELO and EHLO must be refused by aiosmtpd's class, which
+    InboundLMTP inherits them from."""
     handler = _Stock()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: LMTP(handler, loop=loop), "127.0.0.1", 0)
@@ -383,9 +385,7 @@ def test_inbound_lmtp_takes_lhlo_from_aiosmtpd_and_data_from_bouncer() -> None:
 async def test_queue_write_failure_is_451_for_the_queued_recipients_only(
     make_fake_mx: Any, relay_service: Any, lmtp: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    good = await make_fake_mx()
-    busy = await make_fake_mx(data_reply="451 4.3.0 Try again later")
-    svc = await relay_service(config(one_test=good, two_test=busy))
+    svc, good, busy = await two_remotes(make_fake_mx, relay_service, BUSY)
     assert svc.spool is not None
 
     def broken(*args: Any) -> None:
