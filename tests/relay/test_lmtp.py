@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Envelope, Session
 from relay.config.load import ConfigError, config_from_dict
 from relay.inbound.lmtp import InboundLMTP
 from relay.inbound.server import InboundSMTP
+from relay.observe.probes import health_checks
 from relay.service import Service
 from tests.support.fake_mx import FakeMX
 
@@ -395,3 +396,19 @@ async def test_queue_write_failure_is_451_for_the_queued_recipients_only(
     _, data = await (await lmtp(svc)).transaction(["a@one.test", "b@two.test"])
     assert data[0][0] == 250  # its remote has it: that stays true
     assert data[1] == (451, "4.3.0 Temporary local problem (queue); try again later")
+
+
+async def test_startup_line_names_the_lmtp_listener_and_health_counts_it(
+    fake_mx: FakeMX, relay_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="relay.service")
+    svc = await relay_service(config(one_test=fake_mx))
+    (host, port), (lhost, lport) = svc.addresses[0], svc.lmtp_addresses[0]
+    assert port != lport
+    assert f"listening on {host}:{port}, LMTP on {lhost}:{lport}" in caplog.text
+    listener = health_checks(svc)["listener"]
+    assert listener()
+    for server in svc.lmtp_servers:
+        server.close()
+        await server.wait_closed()
+    assert not listener()  # the LMTP listener down is the service unhealthy
