@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -27,6 +27,7 @@ from policy.client_reply import (
     rcpt_decision,
 )
 from policy.decide import Disposition, Settings, Stage, decide
+from policy.lmtp_reply import RecipientPlan, recipient_plan
 from policy.reply import Reply
 from policy.verdict import Verdict
 from relay.observe.events import EventBus, MessageEvent, RecipientEvent
@@ -83,6 +84,15 @@ class ClientTransaction:
 
     def delay(self) -> float:
         return round(time.monotonic() - self.started, 3)
+
+
+@dataclass
+class SentData:
+    """What the remotes said to DATA: per session (SMTP's one reply is made from these) and
+    per recipient address, with the time its session's DATA took (LMTP answers each)."""
+
+    sessions: list[SessionResult] = field(default_factory=list)
+    by_address: dict[str, tuple[Outcome, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,64 +176,115 @@ class Pipeline:
         setup = time.monotonic() - started
         return await remote.rcpt(rcpt.spelled), remote, setup
 
-    async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
-        """Send `message` (Received: header included) to every remote with accepted recipients."""
+    async def send_data(self, txn: ClientTransaction, message: bytes) -> SentData:
+        """Send `message` (Received: header included) to every remote with accepted
+        recipients, at the same time: what each session and each recipient got."""
         sending = [rt for rt in txn.remotes.values() if rt.accepted and not rt.done]
         for rt in txn.remotes.values():
             if rt not in sending:
                 await rt.abort()
         timed = await asyncio.gather(*(_timed(rt.data(message)) for rt in sending))
-        by_address: dict[str, tuple[Outcome, float]] = {}
-        results = []
+        sent = SentData()
         for rt, (outcome, took) in zip(sending, timed, strict=True):
-            results.append(SessionResult(tuple(rt.accepted), outcome.reply))
+            sent.sessions.append(SessionResult(tuple(rt.accepted), outcome.reply))
             for address in rt.accepted:
-                by_address[address] = (outcome, took)
+                sent.by_address[address] = (outcome, took)
+        return sent
+
+    async def data(self, txn: ClientTransaction, message: bytes) -> Reply:
+        """SMTP: the one reply to DATA, from every session's (docs/behaviour.md#at-data)."""
+        sent = await self.send_data(txn, message)
         queued = [(r.rcpt.spelled, r.soft) for r in txn.recipients if r.soft is not None]
-        plan = data_plan(results, queued, self.soft_bounce, self.spool is not None, txn.queue_id)
+        plan = data_plan(
+            sent.sessions, queued, self.soft_bounce, self.spool is not None, txn.queue_id
+        )
         now = self.clock()
         reply = plan.reply
-        if plan.needs_spool and self.spool is not None:
-            try:
-                await self.writer.run(
-                    self.spool.accept, self._spool_message(txn, message, plan), now
-                )
-            except Exception:
-                log.exception("%s: spool refused the message; answering 451", txn.queue_id)
-                reply = QUEUE_REFUSED
+        if plan.needs_spool and not await self._spool(txn, message, plan, now):
+            reply = QUEUE_REFUSED
         if reply.is_success:
-            self.events.emit(
-                MessageEvent(
-                    txn.queue_id,
-                    txn.sender,
-                    len(message),
-                    len(txn.recipients),
-                    now,
-                    txn.client,
-                    txn.message_id,
-                    txn.sasl_username,
-                )
-            )
-        await self._record(txn, by_address, reply, now)
+            self._message_event(txn, message, now)
+        spooled = {r.rcpt.spelled for r in txn.recipients} if reply.is_success else set()
+        await self._record(txn, sent.by_address, spooled, now)
         return reply
+
+    async def data_per_recipient(self, txn: ClientTransaction, message: bytes) -> list[Reply]:
+        """LMTP: one reply to DATA per accepted recipient, in RCPT order, each from its own
+        remote (docs/behaviour.md#lmtp). The client hears every failure: no DSN."""
+        sent = await self.send_data(txn, message)
+        outcomes = [
+            (
+                r.rcpt.spelled,
+                r.soft if r.soft is not None else sent.by_address[r.rcpt.spelled][0].reply,
+            )
+            for r in txn.recipients
+        ]
+        plan = recipient_plan(outcomes, self.soft_bounce, self.spool is not None, txn.queue_id)
+        now = self.clock()
+        replies = list(plan.replies)
+        spooled = {address for address, _ in plan.deferred}
+        if plan.needs_spool and not await self._spool(txn, message, plan, now):
+            replies = [
+                QUEUE_REFUSED if address in spooled else reply
+                for (address, _), reply in zip(outcomes, replies, strict=True)
+            ]
+            spooled = set()
+        if any(reply.is_success for reply in replies):
+            self._message_event(txn, message, now)
+        await self._record(txn, sent.by_address, spooled, now)
+        return replies
+
+    async def _spool(
+        self,
+        txn: ClientTransaction,
+        message: bytes,
+        plan: DataPlan | RecipientPlan,
+        now: datetime,
+    ) -> bool:
+        """Write the message for the retry queue (and failure DSNs); False if that failed."""
+        if self.spool is None:
+            return False
+        try:
+            await self.writer.run(self.spool.accept, self._spool_message(txn, message, plan), now)
+        except Exception:
+            log.exception("%s: spool refused the message; answering 451", txn.queue_id)
+            return False
+        return True
+
+    def _message_event(self, txn: ClientTransaction, message: bytes, now: datetime) -> None:
+        self.events.emit(
+            MessageEvent(
+                txn.queue_id,
+                txn.sender,
+                len(message),
+                len(txn.recipients),
+                now,
+                txn.client,
+                txn.message_id,
+                txn.sasl_username,
+            )
+        )
 
     async def _record(
         self,
         txn: ClientTransaction,
         by_address: dict[str, tuple[Outcome, float]],
-        reply: Reply,
+        spooled: Collection[str],
         now: datetime,
     ) -> None:
-        """Events and store records for every recipient once DATA is answered.
+        """Events and store records for every recipient once DATA is answered; `spooled`
+        are the addresses the retry queue took (its soft failures are `queued`, not `deferred`).
 
         The store writes of one message go to the writer thread as one batch (one hop, not
         one per recipient); the mail is already answered for, so a failed write is logged only.
         """
         writes: list[tuple[str, Callable[[], None]]] = []
-        # The queue took what it was given exactly when the client heard 2xx.
-        settings = Settings(self.soft_bounce, queue_available=reply.is_success)
+        # A soft failure is `queued` exactly when the retry queue took it for that recipient.
+        queue_took = Settings(self.soft_bounce, queue_available=True)
+        queue_did_not = Settings(self.soft_bounce, queue_available=False)
         verdicts: dict[Reply, Verdict] = {}  # one session's reply is classified once
         for r in txn.recipients:
+            settings = queue_took if r.rcpt.spelled in spooled else queue_did_not
             sent = by_address.get(r.rcpt.spelled)
             key = r.rcpt.key
             if sent is None:  # queued at RCPT
@@ -257,15 +318,16 @@ class Pipeline:
             await self.writer.run(_write_all, writes)
 
     def _spool_message(
-        self, txn: ClientTransaction, message: bytes, plan: DataPlan
+        self, txn: ClientTransaction, message: bytes, plan: DataPlan | RecipientPlan
     ) -> SpoolMessage:
+        failed = plan.failed if isinstance(plan, DataPlan) else ()  # LMTP: the client bounces
         return SpoolMessage(
             queue_id=txn.queue_id,
             sender=txn.sender,
             data=message,
             arrived=txn.arrived,
             deferred=plan.deferred,
-            failed=plan.failed,
+            failed=failed,
             options=txn.options,
         )
 

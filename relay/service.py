@@ -18,6 +18,7 @@ import os
 import signal
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 import lmdb
@@ -28,6 +29,7 @@ from relay import __version__
 from relay.config.load import Config, parse_hostport, suppression_rules
 from relay.inbound.admission import AdmissionLimits
 from relay.inbound.auth import AuthConfigError, smtp_security_kwargs
+from relay.inbound.lmtp import lmtp_protocol
 from relay.inbound.server import InboundServer
 from relay.intake.listener import verp_sender
 from relay.observe.events import EventBus
@@ -105,7 +107,8 @@ class Service:
         self.delivery: Delivery | None = None
         self.pipeline: Pipeline | None = None
         self.inbound: InboundServer | None = None
-        self.servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.base_events.Server] = []  # SMTP
+        self.lmtp_servers: list[asyncio.base_events.Server] = []
         self.components: list[Any] = []
         self._started: list[Any] = []
         self._stop = asyncio.Event()
@@ -117,8 +120,13 @@ class Service:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """Where the listeners actually listen (port 0 in tests becomes the real port)."""
-        return [s.sockets[0].getsockname()[:2] for s in self.servers if s.sockets]
+        """Where the SMTP listeners actually listen (port 0 in tests becomes the real port)."""
+        return _bound(self.servers)
+
+    @property
+    def lmtp_addresses(self) -> list[tuple[str, int]]:
+        """Where the LMTP listeners actually listen."""
+        return _bound(self.lmtp_servers)
 
     async def startup(self) -> None:
         cfg = self.config
@@ -164,18 +172,20 @@ class Service:
             max_data_in_flight=s.max_data_in_flight,
         )
         loop = asyncio.get_running_loop()
-        for listen in s.listen:
+        inbound = self.inbound
+        listeners: list[tuple[str, Callable[[], asyncio.BaseProtocol], list[Any]]] = [
+            *((a, inbound.protocol, self.servers) for a in s.listen),
+            *((a, partial(lmtp_protocol, inbound), self.lmtp_servers) for a in s.lmtp_listen),
+        ]
+        for listen, make, servers in listeners:
             host, port = parse_hostport(listen, 25)
             try:
                 server = await loop.create_server(
-                    self.inbound.protocol,
-                    host,
-                    port,
-                    reuse_port=listen_reuse_port(s.workers) or None,
+                    make, host, port, reuse_port=listen_reuse_port(s.workers) or None
                 )
             except OSError as exc:
                 raise listen_error(f"cannot listen on {listen}", exc) from exc
-            self.servers.append(server)
+            servers.append(server)
         for spec in COMPONENTS:
             module, _, factory = spec.partition(":")
             component = getattr(importlib.import_module(module), factory)(self)
@@ -194,7 +204,8 @@ class Service:
             __version__,
             self.config_path or "(embedded defaults)",
             self.state_dir,
-            ", ".join(f"{h}:{p}" for h, p in self.addresses),
+            ", ".join(f"{h}:{p}" for h, p in self.addresses)
+            + "".join(f", LMTP on {h}:{p}" for h, p in self.lmtp_addresses),
         )
 
     def request_stop(self) -> None:
@@ -212,7 +223,7 @@ class Service:
     async def shutdown(self) -> None:
         """Stop listening, let in-flight transactions finish (drain timeout), close everything."""
         drain = self.config.delivery.drain_timeout
-        for server in self.servers:
+        for server in [*self.servers, *self.lmtp_servers]:
             server.close()
         if self.inbound is not None:
             await self.inbound.drain(drain)
@@ -248,6 +259,10 @@ class Service:
         log.info("stopping: draining in-flight transactions")
         await self.shutdown()
         return EXIT_OK
+
+
+def _bound(servers: list[asyncio.base_events.Server]) -> list[tuple[str, int]]:
+    return [s.sockets[0].getsockname()[:2] for s in servers if s.sockets]
 
 
 def build_delivery(cfg: Config) -> Delivery:

@@ -97,7 +97,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"bouncer: config: {problem}", file=sys.stderr)
     if problems:
         return EXIT_CONFIG
-    print(f"{config_name(args)}: ok; listening on {', '.join(cfg.server.listen)}")
+    lmtp = "".join(f", LMTP on {a}" for a in cfg.server.lmtp_listen)
+    print(f"{config_name(args)}: ok; listening on {', '.join(cfg.server.listen)}{lmtp}")
     return EXIT_OK
 
 

@@ -172,6 +172,28 @@ def _hostport(text: str) -> object:
     return parse_hostport(text, 25)
 
 
+def _check_lmtp_listen(smtp: tuple[str, ...], lmtp: tuple[str, ...], problems: list[str]) -> None:
+    """LMTP addresses: an explicit port, never 25 (RFC 2033 §5), none an SMTP one too."""
+    taken = set()
+    for text in smtp:
+        with contextlib.suppress(ValueError):  # a bad one is named by its own check
+            taken.add(parse_hostport(text, 25))
+    for n, text in enumerate(lmtp):
+        name = f"server.lmtp_listen[{n}]"
+        if not _has_port(text):
+            problems.append(f"{name}: give host:port (e.g. 127.0.0.1:2424), got {text!r}")
+            continue
+        try:
+            address = parse_hostport(text, 25)
+        except ValueError:
+            problems.append(f"{name}: not host:port: {text!r}")
+            continue
+        if address[1] == 25:
+            problems.append(f"{name}: LMTP must not use port 25 (RFC 2033 §5), got {text!r}")
+        elif address[1] and address in taken:  # port 0: the kernel picks a free one
+            problems.append(f"{name}: {text!r} is also in server.listen")
+
+
 def _has_port(text: str) -> bool:
     text = text.strip()
     if text.startswith("["):
@@ -239,6 +261,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             problems.append(f"{name}: must be a finite number greater than 0, got {value}")
     if not cfg.server.listen:
         problems.append("server.listen: needs at least one address (bouncer would accept no mail)")
+    _check_lmtp_listen(cfg.server.listen, cfg.server.lmtp_listen, problems)
     for name, text in {"metrics.listen": cfg.metrics.listen, "api.listen": cfg.api.listen}.items():
         # "localhost" alone would silently take a default port: say which one, always.
         if text and not _has_port(text):

@@ -51,6 +51,8 @@ def host_fqdn() -> str:
 @dataclass(frozen=True)
 class ServerConfig:
     listen: tuple[str, ...] = ("127.0.0.1:2525",)
+    # LMTP listeners (RFC 2033: a reply per recipient after DATA), same pipeline and limits.
+    lmtp_listen: tuple[str, ...] = ()
     hostname: str = field(default_factory=host_fqdn)
     allowed_clients: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_message_size: int = 36_700_160

@@ -12,11 +12,13 @@ from email.utils import format_datetime
 from aiosmtpd.smtp import Envelope, Session
 
 
-def protocol_keyword(session: Session, envelope: Envelope) -> str:
+def protocol_keyword(session: Session, envelope: Envelope, lmtp: bool = False) -> str:
     """RFC 3848 / RFC 6531 §4.3 WITH keywords."""
     base = "ESMTP" if session.extended_smtp else "SMTP"
+    if lmtp:
+        base = "LMTP"  # RFC 3848 §2: LMTP, LMTPS, LMTPA, LMTPSA
     if envelope.smtp_utf8:
-        base = "UTF8SMTP"
+        base = "UTF8LMTP" if lmtp else "UTF8SMTP"
     return base + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
 
 

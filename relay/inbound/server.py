@@ -111,6 +111,7 @@ class InboundHandler:
     """aiosmtpd hooks for one client connection; holds that client's transaction."""
 
     _HOOKS: ClassVar[dict[type, list[str]]] = {}
+    lmtp: ClassVar[bool] = False  # the Received: header's WITH keyword (RFC 3848)
 
     def __dir__(self) -> list[str]:
         # What aiosmtpd looks for on a handler (handle_*, auth_*), listed once: see InboundSMTP.
@@ -239,7 +240,9 @@ class InboundHandler:
             envelope.rcpt_tos.append(address)
         return reply_line(reply)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str | list[str]:
         txn = self.txn
         if txn is None or not txn.recipients:
             return reply_line(NO_VALID_RECIPIENTS)
@@ -251,7 +254,7 @@ class InboundHandler:
 
     async def _data(
         self, server: SMTP, session: Session, envelope: Envelope, txn: ClientTransaction
-    ) -> str:
+    ) -> str | list[str]:
         content = envelope.original_content or b""
         refusal = content_refusal(content, self.server.max_hops)
         if refusal is not None:
@@ -265,12 +268,12 @@ class InboundHandler:
             client_ip=str(self.ip) if self.ip else "unknown",
             hostname=server.hostname,
             queue_id=txn.queue_id,
-            protocol=protocol_keyword(session, envelope),
+            protocol=protocol_keyword(session, envelope, lmtp=self.lmtp),
             recipients=[r.rcpt.spelled for r in txn.recipients],
             when=txn.arrived,
         )
         try:
-            reply = await self.pipeline.data(txn, prepend(header, content))
+            return await self.deliver(txn, prepend(header, content))
         except asyncio.CancelledError:
             self._abort_later()
             raise
@@ -278,7 +281,10 @@ class InboundHandler:
             log.exception("%s: DATA failed", txn.queue_id)
             await self.pipeline.abort(txn)
             return reply_line(INTERNAL_PROBLEM)
-        return reply_line(reply)
+
+    async def deliver(self, txn: ClientTransaction, message: bytes) -> str | list[str]:
+        """SMTP's one reply to the message; LMTP answers per recipient (relay/inbound/lmtp.py)."""
+        return reply_line(await self.pipeline.data(txn, message))
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self._abort()
@@ -356,6 +362,7 @@ class InboundSMTP(SlotSMTP):
         return names
 
     _in_rcpt = False
+    greeting: ClassVar[str] = "bouncer"  # the 220 line's text after our name
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
@@ -395,18 +402,22 @@ class InboundSMTP(SlotSMTP):
                 reservation=reservation,
             )
             if state is not DataState.COMPLETE:
-                self._set_post_data_state()  # type: ignore[no-untyped-call]
-                await self.push(_DATA_REFUSALS[state])
+                await self.answer_data(_DATA_REFUSALS[state])
                 return
             # The bytearray itself, not bytes(content) (a copy): it has bytes' read API, and
             # the DATA hook prepends Received: in place (prepend()).
             self.envelope.content = content  # type: ignore[assignment]
             self.envelope.original_content = content  # type: ignore[assignment]
-            status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push(status)
+            await self.answer_data(await self._call_handler_hook("DATA"))
         finally:
             reservation.release()
+
+    async def answer_data(self, status: str | list[str]) -> None:
+        """The reply once the message's final dot is read, ending the transaction: one line
+        in SMTP (RFC 5321 §4.1.1.4); LMTP answers once per recipient (relay/inbound/lmtp.py)."""
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        assert isinstance(status, str)  # only an LMTP handler answers with a list
+        await self.push(status)
 
     async def push(self, status: Any) -> None:
         # aiosmtpd's stock replies lack the RFC 3463 code we advertise (relay/stock_replies).
@@ -537,12 +548,18 @@ class InboundServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def protocol(self) -> asyncio.BaseProtocol:
+    def protocol(
+        self,
+        kind: type[InboundSMTP] = InboundSMTP,
+        handler: type[InboundHandler] = InboundHandler,
+    ) -> asyncio.BaseProtocol:
+        """One client connection's protocol: SMTP, or `kind` and `handler` for LMTP
+        (relay/inbound/lmtp.py), with the same limits, admission and pipeline."""
         # The peer is known only at connection_made: admission happens there (InboundSMTP).
-        return InboundSMTP(
-            InboundHandler(self),
+        return kind(
+            handler(self),
             hostname=self.hostname,
-            ident="bouncer",
+            ident=kind.greeting,
             data_size_limit=self.max_message_size,
             enable_SMTPUTF8=True,
             timeout=self.idle_timeout,

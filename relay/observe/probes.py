@@ -52,12 +52,13 @@ def _servers(service: Any) -> list[asyncio.AbstractServer]:
     for name in ("servers", "_servers", "listeners"):
         found = getattr(service, name, None)
         if found:
-            return list(found)
+            return [*found, *getattr(service, "lmtp_servers", ())]  # LMTP listeners count too
     return []
 
 
 def health_checks(service: Any) -> dict[str, Callable[[], bool]]:
-    """store: a read transaction on the suppression store works; listener: SMTP is serving."""
+    """store: a read transaction on the suppression store works; listener: SMTP (and LMTP)
+    is serving."""
     checks: dict[str, Callable[[], bool]] = {}
     store = getattr(service, "store", None)
     if store is not None:
