@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from relay.config.load import parse_hostport
+from relay.lifecycle import listen_error
 
 
 async def serve_app(
@@ -37,7 +38,5 @@ async def bind_component(serve: Callable[[str], Awaitable[int]], listen: str, se
     """Run a component's `serve(listen)`; a port that cannot be bound is a startup error."""
     try:
         return await serve(listen)
-    except OSError as exc:
-        from relay.service import listen_error  # exit 75 when taken, else 3, like SMTP's
-
+    except OSError as exc:  # exit 75 when taken, else 3, like SMTP's
         raise listen_error(f"cannot listen on [{section}] {listen}", exc) from exc

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from relay.config.load import config_from_dict
 from relay.service import EXIT_BUSY, EXIT_STARTUP, Service
@@ -48,7 +47,7 @@ async def test_listen_address_not_on_this_host_is_exit_3(tmp_path: Path) -> None
 
 async def test_failing_component_start_is_exit_3(tmp_path: Path) -> None:
     class Broken:
-        async def start(self, service: Any) -> None:
+        async def start(self) -> None:
             raise OSError("address not available")
 
         async def stop(self) -> None:
