@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import lmdb
 
@@ -27,7 +27,6 @@ from relay.config.load import (
     Config,
     LogConfig,
     PolicyConfig,
-    parse_hostport,
     suppression_rules,
 )
 from relay.inbound.admission import AdmissionLimits
@@ -109,7 +108,7 @@ class Service:
             self.store = SuppressionStore(self.env, suppression_rules(cfg.policy))
             self.spool = Spool(
                 self.env,
-                tuple(timedelta(seconds=s) for s in cfg.queue_schedule_seconds),
+                cfg.queue.offsets,
                 DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
             )
             security = smtp_security_kwargs(
@@ -132,7 +131,7 @@ class Service:
         self.inbound = InboundServer(
             self.pipeline,
             hostname=s.hostname,
-            networks=cfg.allowed_networks,
+            networks=s.networks,
             max_message_size=s.max_message_size,
             max_recipients=s.max_recipients,
             max_clients=s.max_clients,
@@ -146,13 +145,12 @@ class Service:
             max_data_in_flight=s.max_data_in_flight,
         )
         loop = asyncio.get_running_loop()
-        for listen in s.listen:
-            host, port = parse_hostport(listen, 25)
+        for listen, address in zip(s.listen, s.addresses, strict=True):
             try:
                 server = await loop.create_server(
                     self.inbound.protocol,
-                    host,
-                    port,
+                    address.host,
+                    address.port,
                     reuse_port=listen_reuse_port(s.workers) or None,
                 )
             except OSError as exc:

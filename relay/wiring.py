@@ -77,10 +77,10 @@ def build_delivery(cfg: Config) -> Delivery:
     d = cfg.delivery
     settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls)
     resolver = MXResolver(
-        build_resolver(cfg.dns.nameservers, cfg.dns.timeout),
+        build_resolver(cfg.dns.servers, cfg.dns.timeout),
         routes=d.routes,
         port=d.port,
-        literal_networks=cfg.literal_networks,
+        literal_networks=d.literal_networks,
     )
 
     async def opener(route: Route) -> RemoteSession | Reply:
@@ -118,7 +118,7 @@ def queue_runner(parts: Parts) -> QueueRunner:
 
 
 def metrics(parts: Parts) -> Metrics:
-    m = Metrics(parts.config.metrics.listen)
+    m = Metrics(parts.config.metrics.address)
     m.wire(
         parts.events,
         gauge_probes(parts.spool, parts.store, parts.delivery.pool),
@@ -130,7 +130,7 @@ def metrics(parts: Parts) -> Metrics:
 def api(parts: Parts) -> Api:
     return Api(
         parts.config.api.token,
-        parts.config.api.listen,
+        parts.config.api.address,
         store=parts.store,
         env=parts.env,
         write=parts.writer.run,

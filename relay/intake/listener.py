@@ -33,7 +33,7 @@ from policy.reply import Reply
 from policy.suppression.store import StoreError, SuppressionStore
 from policy.verdict import BounceClass
 from policy.verp import VerpKey, decode, remote_sender
-from relay.config.load import Config, parse_hostport
+from relay.config.load import Config
 from relay.observe.events import EventBus, RecipientEvent, Status
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,8 @@ class Intake:
 
     async def start(self) -> None:
         config = self.config
-        host, port = parse_hostport(config.intake.listen, 25)
+        assert config.intake.address is not None  # built only when `[intake] listen` is set
+        host, port = config.intake.address.host, config.intake.address.port
         loop = asyncio.get_running_loop()
         handler = self.handler
         size = config.server.max_message_size

@@ -42,6 +42,7 @@ from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError
 from policy.suppression.records import State, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
 from policy.verdict import Category
+from relay.config.schema import HostPort
 from relay.observe.counters import read_stats, stats_csv, stats_document
 from relay.observe.events import AdminEvent, EventBus
 from relay.observe.http_reply import ApiError
@@ -64,7 +65,7 @@ class Api:
     def __init__(
         self,
         token: str,
-        listen: str = "",
+        listen: HostPort | None = None,
         store: SuppressionStore | None = None,
         env: lmdb.Environment | None = None,
         write: Callable[..., Awaitable[Any]] | None = None,
@@ -301,12 +302,12 @@ class Api:
         QueueRoutes(self).add_to(r)
         return app
 
-    async def serve(self, listen: str) -> int:
-        self._runner, self.port = await serve_app(self.app(), listen, 8025)
+    async def serve(self, listen: HostPort) -> int:
+        self._runner, self.port = await serve_app(self.app(), listen)
         return self.port
 
     async def start(self) -> None:
-        if self.listen:
+        if self.listen is not None:
             port = await bind_component(self.serve, self.listen, "api")
             log.info("HTTP API on %s (port %d)", self.listen, port)
 

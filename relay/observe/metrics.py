@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.config.schema import HostPort
 from relay.observe.events import ConnectEvent, Event, EventBus, MessageEvent, RecipientEvent
 from relay.observe.httpserve import bind_component, serve_app
 
@@ -77,8 +78,8 @@ class _ProbeCollector:
 class Metrics:
     """The registry, the event subscriber and the HTTP component in one object."""
 
-    def __init__(self, listen: str = "") -> None:
-        self.listen = listen
+    def __init__(self, listen: HostPort | None = None) -> None:
+        self.listen = listen  # `[metrics] listen`, parsed; None: no HTTP server
         self.registry = CollectorRegistry(auto_describe=False)
         self.recipients = Counter(
             "bouncer_recipients",
@@ -167,9 +168,9 @@ class Metrics:
         app.router.add_get("/healthz", self._healthz)
         return app
 
-    async def serve(self, listen: str) -> int:
-        """Start the HTTP server on `listen` ("host:port", port 0 picks one); returns the port."""
-        self._runner, self.port = await serve_app(self.app(), listen, 9325)
+    async def serve(self, listen: HostPort) -> int:
+        """Start the HTTP server on `listen` (port 0 picks one); returns the port."""
+        self._runner, self.port = await serve_app(self.app(), listen)
         return self.port
 
     def wire(
@@ -183,7 +184,7 @@ class Metrics:
     async def start(self) -> None:
         if self.events is not None:
             self.events.subscribe(self)
-        if self.listen:
+        if self.listen is not None:
             port = await bind_component(self.serve, self.listen, "metrics")
             log.info("metrics and /healthz on %s (port %d)", self.listen, port)
 

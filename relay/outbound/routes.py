@@ -30,6 +30,7 @@ from policy.address import AddressError, normalize_domain
 from policy.reply import Reply
 from policy.routing import IPNetwork, literal_refusal
 from relay.config.load import parse_hostport
+from relay.config.schema import HostPort
 from relay.outbound.values import Route, Target
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,13 @@ def _temp(domain: str, why: str) -> Reply:
     )
 
 
-def build_resolver(nameservers: Sequence[str], timeout: float) -> dns.asyncresolver.Resolver:
-    """A resolver for `[dns] nameservers` ("ip" or "ip:port"; empty = the system's)."""
+def build_resolver(nameservers: Sequence[HostPort], timeout: float) -> dns.asyncresolver.Resolver:
+    """A resolver for `[dns] nameservers` (parsed; empty = the system's)."""
     if nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         servers: list[str | dns.nameserver.Nameserver] = []
         for entry in nameservers:
-            host, port = parse_hostport(entry, 53)
-            servers.append(dns.nameserver.Do53Nameserver(host, port))
+            servers.append(dns.nameserver.Do53Nameserver(entry.host, entry.port))
         resolver.nameservers = servers
     else:
         resolver = dns.asyncresolver.Resolver()

@@ -27,7 +27,7 @@ import lmdb
 
 from policy.address import AddressError, normalize_domain
 from policy.dsn import FailedRecipient
-from policy.retry import DEFAULT_SCHEDULE, next_attempt, schedule_from_seconds
+from policy.retry import DEFAULT_SCHEDULE, next_attempt
 from relay.config.load import Config
 from relay.queue.layout import QueueTables
 from relay.queue.notices import DsnSettings, Report, failed_recipient, queue_dsn
@@ -395,7 +395,7 @@ def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:
     """The spool as `[queue]` and `[server] hostname` configure it (service and CLI)."""
     return Spool(
         env,
-        schedule_from_seconds(cfg.queue_schedule_seconds),
+        tuple(sorted(cfg.queue.offsets)),
         DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
     )
 
