@@ -21,6 +21,7 @@ from policy.classify.classify import shared_data_verdict
 from policy.client_reply import DataPlan, SessionResult, data_plan, rcpt_decision
 from policy.reply import Reply
 from policy.verdict import Verdict
+from relay.config.schema import SoftBounce
 from relay.observe.events import EventBus, MessageEvent, RecipientEvent, Status
 from relay.outbound.delivery import Delivery, RemoteTransaction
 from relay.outbound.values import Classifier, Outcome, SpoolSink, Store, new_queue_id
@@ -87,7 +88,7 @@ class Pipeline:
     events: EventBus
     store: Store | None = None
     spool: SpoolSink | None = None
-    soft_bounce: str = "queue"
+    soft_bounce: SoftBounce = "queue"
     clock: Callable[[], datetime] = utcnow
 
     async def rcpt(self, txn: ClientTransaction, address: str, key: str) -> Reply:

@@ -25,6 +25,9 @@ from typing import Literal
 from policy.suppression.escalate import SuppressionRules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The modes, as the config writes them; the code that acts on them takes these types.
+StartTLS = Literal["opportunistic", "required", "off"]  # [delivery] starttls
+SoftBounce = Literal["queue", "pass"]  # [policy] soft_bounce: queue a 4xx, or hand it back
 _RULES = SuppressionRules()
 
 
@@ -116,7 +119,7 @@ class DeliveryConfig:
     helo: str = field(default_factory=host_fqdn)
     connect_timeout: float = 30.0
     command_timeout: float = 60.0
-    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    starttls: StartTLS = "opportunistic"
     port: int = 25  # the port MX hosts are reached on
     max_sessions_per_destination: int = 10
     session_idle_timeout: float = 30.0
@@ -150,7 +153,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    soft_bounce: Literal["queue", "pass"] = "queue"
+    soft_bounce: SoftBounce = "queue"
     hard_suppress_days: float = _RULES.hard_suppress_days
     permanent_after_hard: int = _RULES.permanent_after_hard
     soft_streak_days: float = _RULES.soft_streak_days

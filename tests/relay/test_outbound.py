@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relay.config.schema import HostPort
+from relay.config.schema import HostPort, StartTLS
 from relay.outbound.delivery import Delivery
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
@@ -52,7 +52,7 @@ def server_tls(cert: tuple[str, str], broken: bool = False) -> ssl.SSLContext:
     return ctx
 
 
-def settings(starttls: str = "opportunistic") -> OutboundSettings:
+def settings(starttls: StartTLS = "opportunistic") -> OutboundSettings:
     return OutboundSettings("relay.test", 2.0, 5.0, starttls)
 
 
