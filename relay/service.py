@@ -19,7 +19,6 @@ from datetime import datetime
 
 import lmdb
 
-from policy.address import normalize_domain
 from policy.classify.classify import classify
 from policy.suppression.store import StoreError, SuppressionStore
 from relay import __version__
@@ -193,7 +192,7 @@ class Service:
 
     def apply_routes(self, routes: Mapping[str, str]) -> None:
         if self.delivery is not None:
-            self.delivery.resolver.routes = {normalize_domain(d): t for d, t in routes.items()}
+            self.delivery.resolver.routes = routes  # normalised and parsed by the resolver
 
     def apply_policy(self, policy: PolicyConfig) -> None:
         if self.store is not None:
