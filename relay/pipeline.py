@@ -30,6 +30,7 @@ from policy.decide import Disposition, Settings, Stage, decide
 from policy.lmtp_reply import RecipientPlan, recipient_plan
 from policy.reply import Reply
 from policy.verdict import Verdict
+from relay.config.schema import SoftBounce
 from relay.observe.events import EventBus, MessageEvent, RecipientEvent
 from relay.outbound.delivery import Delivery, RemoteTransaction
 from relay.outbound.values import Classifier, Outcome, SpoolSink, Store, new_queue_id
@@ -103,7 +104,7 @@ class Pipeline:
     events: EventBus
     store: Store | None = None
     spool: SpoolSink | None = None
-    soft_bounce: str = "queue"
+    soft_bounce: SoftBounce = "queue"
     clock: Callable[[], datetime] = utcnow
 
     async def rcpt(self, txn: ClientTransaction, rcpt: Address) -> Reply:

@@ -1,89 +1,69 @@
 # Lifecycle lives here and only here: open the state, build the relay, listen, start the
-# components others contribute, wait for a signal, drain, close. Startup failure -> exit 3.
+# components relay/wiring.py builds, wait for a signal, drain, close. Startup failure -> exit 3.
 """The bouncer service: `startup()`, `serve()`, `shutdown()`.
 
-Components: objects with `async start(service)` and `async stop()`, started after
-the listeners in registration order and stopped in reverse. Contribute one by
-adding "module:factory" to COMPONENTS; `factory(service)` returns the component, or
-None when its config leaves it off. Or call `service.add(component)` before startup.
+Components (`relay.lifecycle.Component`: `async start()` and `async stop()`) are
+built by `relay.wiring.components` from the parts opened here, started after the
+listeners in that order and stopped in reverse. Tests may `service.add(component)`
+before startup; those start after the built ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import importlib
 import logging
 import os
 import signal
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import partial
-from typing import Any, Protocol
 
 import lmdb
 
 from policy.classify.classify import classify
 from policy.suppression.store import StoreError, SuppressionStore
 from relay import __version__
-from relay.config.load import Config, parse_hostport, suppression_rules
+from relay.config.load import (
+    Config,
+    LogConfig,
+    PolicyConfig,
+    suppression_rules,
+)
+from relay.config.schema import HostPort
 from relay.inbound.admission import AdmissionLimits
 from relay.inbound.auth import AuthConfigError, smtp_security_kwargs
 from relay.inbound.lmtp import lmtp_protocol
 from relay.inbound.server import InboundServer
-from relay.intake.listener import verp_sender
+from relay.lifecycle import (
+    EXIT_BUSY,
+    EXIT_OK,
+    EXIT_STARTUP,
+    AddressInUse,
+    Component,
+    StartupError,
+    listen_error,
+)
 from relay.observe.events import EventBus
+from relay.observe.logsink import LogWriter
 from relay.outbound.delivery import Delivery
-from relay.outbound.pool import SessionPool
-from relay.outbound.routes import MXResolver, build_resolver
-from relay.outbound.session import OutboundSettings, open_session
-from relay.outbound.values import Route
 from relay.pipeline import Pipeline, utcnow
 from relay.queue.queue import DsnSettings, Spool
 from relay.store.env import StateError, StoreDamaged, open_state
 from relay.store.integrity import EXIT_DAMAGED
 from relay.store.writer import Writer
+from relay.wiring import Parts, Reloading, build_delivery, components
 from relay.workers import listen_reuse_port
 
+__all__ = [
+    "EXIT_BUSY",
+    "EXIT_OK",
+    "EXIT_STARTUP",
+    "AddressInUse",
+    "Service",
+    "StartupError",
+]
+
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_STARTUP = 0, 3
-EXIT_BUSY = 75  # a listen address in use: transient (sysexits EX_TEMPFAIL), systemd restarts
-
-# Contributed components, "module:factory", started in this order (see module docstring).
-COMPONENTS: tuple[str, ...] = (
-    "relay.observe.components:log_writer",  # first, so it sees the other components' events
-    "relay.observe.components:counters",
-    "relay.queue.component:queue_runner",
-    "relay.observe.components:metrics",
-    "relay.observe.components:api",
-    "relay.intake.listener:intake_component",  # [intake] listen: late DSNs and ARF reports
-    "relay.observe.components:reloader",  # SIGHUP re-reads config_path (relay/config/reload.py)
-    "relay.observe.components:notifier",  # last: READY=1 once everything runs
-)
-
-
-class Component(Protocol):
-    async def start(self, service: Service) -> None: ...
-    async def stop(self) -> None: ...
-
-
-class StartupError(Exception):
-    """The service cannot start (state directory, TLS files, listen address): exit 3."""
-
-    exit_code = EXIT_STARTUP
-
-
-class AddressInUse(StartupError):
-    """A listen address is taken by another process: exit 75, which systemd retries
-    (RestartPreventExitStatus=3 only), since the other process may go away."""
-
-    exit_code = EXIT_BUSY
-
-
-def listen_error(what: str, exc: OSError) -> StartupError:
-    cls = AddressInUse if exc.errno == errno.EADDRINUSE else StartupError
-    return cls(f"{what}: {exc}")
 
 
 class Service:
@@ -109,12 +89,13 @@ class Service:
         self.inbound: InboundServer | None = None
         self.servers: list[asyncio.base_events.Server] = []  # SMTP
         self.lmtp_servers: list[asyncio.base_events.Server] = []
-        self.components: list[Any] = []
-        self._started: list[Any] = []
+        self.components: list[Component] = []
+        self.log_sinks: list[LogWriter] = []  # reconfigured on reload (SIGHUP)
+        self._started: list[Component] = []
         self._stop = asyncio.Event()
         self._signals = 0
 
-    def add(self, component: Any) -> None:
+    def add(self, component: Component) -> None:
         """Register a component (before startup)."""
         self.components.append(component)
 
@@ -135,7 +116,7 @@ class Service:
             self.store = SuppressionStore(self.env, suppression_rules(cfg.policy))
             self.spool = Spool(
                 self.env,
-                tuple(timedelta(seconds=s) for s in cfg.queue_schedule_seconds),
+                cfg.queue.offsets,
                 DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
             )
             security = smtp_security_kwargs(
@@ -158,7 +139,7 @@ class Service:
         self.inbound = InboundServer(
             self.pipeline,
             hostname=s.hostname,
-            networks=cfg.allowed_networks,
+            networks=s.networks,
             max_message_size=s.max_message_size,
             max_recipients=s.max_recipients,
             max_clients=s.max_clients,
@@ -173,27 +154,42 @@ class Service:
         )
         loop = asyncio.get_running_loop()
         inbound = self.inbound
-        listeners: list[tuple[str, Callable[[], asyncio.BaseProtocol], list[Any]]] = [
+        listeners: list[tuple[str, Callable[[], asyncio.BaseProtocol], list[asyncio.Server]]] = [
             *((a, inbound.protocol, self.servers) for a in s.listen),
             *((a, partial(lmtp_protocol, inbound), self.lmtp_servers) for a in s.lmtp_listen),
         ]
         for listen, make, servers in listeners:
-            host, port = parse_hostport(listen, 25)
+            address = HostPort.parse(listen, 25)
             try:
                 server = await loop.create_server(
-                    make, host, port, reuse_port=listen_reuse_port(s.workers) or None
+                    make,
+                    address.host,
+                    address.port,
+                    reuse_port=listen_reuse_port(s.workers) or None,
                 )
             except OSError as exc:
                 raise listen_error(f"cannot listen on {listen}", exc) from exc
             servers.append(server)
-        for spec in COMPONENTS:
-            module, _, factory = spec.partition(":")
-            component = getattr(importlib.import_module(module), factory)(self)
-            if component is not None:
-                self.components.append(component)
+        assert self.env is not None and self.store is not None and self.spool is not None
+        parts = Parts(
+            cfg,
+            self.clock,
+            self.events,
+            self.writer,
+            self.env,
+            self.store,
+            self.spool,
+            self.delivery,
+            [*self.servers, *self.lmtp_servers],  # every listener counts for health
+            self._stop,
+        )
+        built, self.log_sinks = components(
+            parts, Reloading(self, self.config_path, self.listen_override)
+        )
+        self.components[:0] = built
         for component in self.components:
             try:
-                await component.start(self)
+                await component.start()
             except OSError as exc:  # the metrics or API port: taken (75) or not ours (3)
                 raise listen_error(type(component).__name__, exc) from exc
             except (StateError, StoreError, AuthConfigError, ValueError) as exc:
@@ -207,6 +203,23 @@ class Service:
             ", ".join(f"{h}:{p}" for h, p in self.addresses)
             + "".join(f", LMTP on {h}:{p}" for h, p in self.lmtp_addresses),
         )
+
+    # -- what a reload changes in place (relay.config.reload.Reloadable) -------------------
+
+    def apply_routes(self, routes: Mapping[str, str]) -> None:
+        if self.delivery is not None:
+            self.delivery.resolver.routes = routes  # normalised and parsed by the resolver
+
+    def apply_policy(self, policy: PolicyConfig) -> None:
+        if self.store is not None:
+            self.store.rules = suppression_rules(policy)
+        if self.pipeline is not None:
+            self.pipeline.soft_bounce = policy.soft_bounce
+
+    def reopen_logs(self, cfg: LogConfig) -> None:
+        """Reopen `[log] file` in every log sink (and take a changed format)."""
+        for sink in self.log_sinks:
+            sink.reconfigure(cfg)
 
     def request_stop(self) -> None:
         """First SIGTERM/SIGINT: drain and exit. A second one: exit now."""
@@ -263,27 +276,3 @@ class Service:
 
 def _bound(servers: list[asyncio.base_events.Server]) -> list[tuple[str, int]]:
     return [s.sockets[0].getsockname()[:2] for s in servers if s.sockets]
-
-
-def build_delivery(cfg: Config) -> Delivery:
-    """The resolver, route table, session pool and remote sender (VERP plugs in here)."""
-    d = cfg.delivery
-    settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls)
-    resolver = MXResolver(
-        build_resolver(cfg.dns.nameservers, cfg.dns.timeout),
-        routes=d.routes,
-        port=d.port,
-        literal_networks=cfg.literal_networks,
-    )
-
-    async def opener(route: Route) -> Any:
-        return await open_session(route, settings)
-
-    pool = SessionPool(
-        opener,
-        max_per_destination=d.max_sessions_per_destination,
-        idle_timeout=d.session_idle_timeout,
-        wait_timeout=d.connect_timeout,
-    )
-    sender = verp_sender(cfg)  # [verp] enabled: signed per-recipient return paths
-    return Delivery(resolver, pool) if sender is None else Delivery(resolver, pool, sender)

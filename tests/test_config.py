@@ -134,3 +134,31 @@ def test_a_schedule_offset_past_ten_years_and_an_unknown_log_level_are_refused()
         config_from_dict({"queue": {"schedule": ["99999999999999d"]}, "log": {"level": "LOUD"}})
     assert any(p.startswith("queue.schedule[0]: at most") for p in err.value.problems)
     assert any(p.startswith("log.level: one of") for p in err.value.problems)
+
+
+def test_values_are_parsed_once_into_typed_fields() -> None:
+    import ipaddress
+    from datetime import timedelta
+
+    from relay.config.schema import HostPort
+
+    cfg = config_from_dict(
+        {
+            "server": {"listen": ["127.0.0.1:2525", "[::1]:25", "mx.test"]},
+            "dns": {"nameservers": ["192.0.2.53", "192.0.2.54:5353"]},
+            "queue": {"schedule": ["5m", "1d"]},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "delivery": {"allowed_address_literals": ["192.0.2.0/24"]},
+        }
+    )
+    assert cfg.server.addresses == (
+        HostPort("127.0.0.1", 2525),
+        HostPort("::1", 25),
+        HostPort("mx.test", 25),
+    )
+    assert [str(a) for a in cfg.server.addresses] == ["127.0.0.1:2525", "[::1]:25", "mx.test:25"]
+    assert cfg.dns.servers == (HostPort("192.0.2.53", 53), HostPort("192.0.2.54", 5353))
+    assert cfg.queue.offsets == (timedelta(minutes=5), timedelta(days=1))
+    assert cfg.metrics.address == HostPort("127.0.0.1", 0) and cfg.api.address is None
+    assert cfg.delivery.literal_networks == (ipaddress.ip_network("192.0.2.0/24"),)
+    assert cfg.server.networks is cfg.server.networks  # parsed once, then kept

@@ -1,32 +1,31 @@
-# Bulk operations on the suppression store: scan, count, CSV export and import. LMDB I/O only.
+# Bulk operations on the suppression store: scan, count, CSV export and import, over the
+# store's few storage primitives (the `Records` protocol); LMDB itself is the store's.
 """The admin side of `SuppressionStore` that walks or loads many records.
 
-Split from `policy.suppression.store` (the relay's look-up and per-event writes) so
-each file has one reason to change. Long scans read in short batches, a read
-transaction per batch, so an export of a million records never pins old pages
-while the relay writes; imports write a batch of rows per transaction.
+`SuppressionStore` (policy/suppression/store.py, the one module of policy/ that
+imports lmdb) composes a `SuppressionBulk` over itself: this module holds what
+the operations mean, the store how records are read and written. Long scans read
+in short batches, a read transaction per batch, so an export of a million records
+never pins old pages while the relay writes; imports write a batch of rows per
+transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TextIO
-
-import lmdb
+from typing import Protocol, TextIO
 
 from policy.address import domain_of, normalize_address, normalize_domain
 from policy.suppression import escalate as esc
 from policy.suppression.csvfile import ImportProblem, ImportRow, read_csv, write_csv
-from policy.suppression.encoding import CODE_STATE, decode, encode, peek
+from policy.suppression.encoding import CODE_STATE, decode, peek
 from policy.suppression.escalate import RuleError, SuppressionRules
 from policy.suppression.records import Scope, State, SuppressionRecord
 from policy.verdict import Category
 
-_SCAN_BATCH = 1000  # records per read txn when scanning
-_IMPORT_BATCH = 1000  # rows per write txn on import
-MAP_FULL = "suppression store full: raise [store] map_size in the config"
+IMPORT_BATCH = 1000  # rows per write txn on import
 
 
 class StoreError(Exception):
@@ -65,13 +64,37 @@ def decode_or_fail(key: str, raw: bytes) -> SuppressionRecord:
         raise StoreError(f"unreadable suppression record {key!r}: {exc}") from exc
 
 
-class SuppressionBulk:
-    """Scan, count, export and import; `SuppressionStore` opens the DBs and sets these."""
+Rule = Callable[[int, SuppressionRecord | None], SuppressionRecord | None]
 
-    _env: lmdb.Environment
-    _addr: Any  # the named DB handles
-    _dom: Any
-    rules: SuppressionRules
+
+class Records(Protocol):
+    """The storage primitives bulk operations need; `SuppressionStore` provides them.
+
+    Every storage failure raises `StoreError`.
+    """
+
+    @property
+    def rules(self) -> SuppressionRules: ...
+
+    def raw_values(self, scope: Scope, last: bytes | None = None) -> Iterator[bytes]:
+        """Every stored value of `scope` in key order (after key `last`), read in batches."""
+        ...
+
+    def total(self) -> int:
+        """How many records there are, domains and addresses."""
+        ...
+
+    def update_many(self, keys: Sequence[tuple[Scope, str]], rule: Rule) -> None:
+        """In one write transaction: for each (scope, key) at index i, read the record,
+        and write back `rule(i, old)` unless it returns None."""
+        ...
+
+
+class SuppressionBulk:
+    """Scan, count, export and import over a store's `Records` primitives."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
 
     def scan(
         self,
@@ -88,17 +111,19 @@ class SuppressionBulk:
         """
         now = esc.utc(now)
         wanted = frozenset(states) if states is not None else esc.REFUSING_STATES
-        starts: list[tuple[Any, bytes | None]] = [(self._dom, None), (self._addr, None)]
+        dom, addr = Scope.DOMAIN, Scope.ADDRESS
+        starts: list[tuple[Scope, bytes | None]] = [(dom, None), (addr, None)]
         if after is not None:
             mark = after.strip()
             if mark.startswith("@") or "@" not in mark:
                 start = normalize_domain(mark.lstrip("@")).encode()
-                starts = [(self._dom, start), (self._addr, None)]
+                starts = [(dom, start), (addr, None)]
             else:
-                starts = [(self._addr, normalize_address(mark).encode())]
-        for db, last in starts:
-            for raw in self._raw_values(db, last):
-                rec = esc.effective(decode_or_fail("?", raw), self.rules, now)
+                starts = [(addr, normalize_address(mark).encode())]
+        rules = self.records.rules
+        for scope, last in starts:
+            for raw in self.records.raw_values(scope, last):
+                rec = esc.effective(decode_or_fail("?", raw), rules, now)
                 if rec.state in wanted and (
                     category is None
                     or rec.cause == category
@@ -106,39 +131,15 @@ class SuppressionBulk:
                 ):
                     yield rec
 
-    def _raw_values(self, db: Any, last: bytes | None = None) -> Iterator[bytes]:
-        """Every value of `db` (after key `last`), a batch per short read txn."""
-        while True:
-            batch: list[tuple[bytes, bytes]] = []
-            try:
-                with self._env.begin(db=db, buffers=False) as txn:
-                    cur = txn.cursor()
-                    found = cur.set_range(last + b"\0") if last is not None else cur.first()
-                    while found and len(batch) < _SCAN_BATCH:
-                        batch.append((cur.key(), cur.value()))
-                        found = cur.next()
-            except lmdb.Error as exc:
-                raise StoreError(f"suppression scan failed: {exc}") from exc
-            for _k, v in batch:
-                yield v
-            if len(batch) < _SCAN_BATCH:
-                return
-            last = batch[-1][0]
-
     def count(self, now: datetime | None = None) -> dict[str, int]:
         """Records per state as of `now` (header-only scan), plus "total"; no `now`: total only."""
-        try:
-            with self._env.begin() as txn:
-                total = txn.stat(self._addr)["entries"] + txn.stat(self._dom)["entries"]
-        except lmdb.Error as exc:
-            raise StoreError(f"suppression count failed: {exc}") from exc
-        counts = {"total": total}
+        counts = {"total": self.records.total()}
         if now is None:
             return counts
         now_ts = esc.utc(now).timestamp()
         counts.update({s.value: 0 for s in State})
-        for db in (self._dom, self._addr):
-            for raw in self._raw_values(db):
+        for scope in (Scope.DOMAIN, Scope.ADDRESS):
+            for raw in self.records.raw_values(scope):
                 code, _since, until, _reason, _tail = peek(raw)
                 state = CODE_STATE[code] if esc.refuses(code, until, now_ts) else State.ACTIVE
                 counts[state.value] += 1
@@ -163,34 +164,29 @@ class SuppressionBulk:
         return job.result()
 
     def import_job(
-        self, lines: Iterable[str], now: datetime, why: str = "import", batch: int = _IMPORT_BATCH
+        self, lines: Iterable[str], now: datetime, why: str = "import", batch: int = IMPORT_BATCH
     ) -> ImportJob:
         """An import done a batch of rows per `step()`, one write transaction each; a caller
         with one writer thread runs each step as its own job, so other writes go between."""
         return ImportJob(self, lines, esc.utc(now), why, batch)
 
-    def _import_batch(
-        self, rows: list[ImportRow], now: datetime, why: str
-    ) -> tuple[int, list[str]]:
+    def import_batch(self, rows: list[ImportRow], now: datetime, why: str) -> tuple[int, list[str]]:
+        """Write `rows` in one transaction; returns (added, problems)."""
         added, problems = 0, []
-        try:
-            with self._env.begin(write=True) as txn:
-                for row in rows:
-                    db = self._dom if row.scope is Scope.DOMAIN else self._addr
-                    k = row.key.encode()
-                    raw = txn.get(k, db=db)
-                    old = None if raw is None else decode_or_fail(row.key, raw)
-                    try:
-                        new = _import_rule(old, row, why, self.rules, now)
-                    except RuleError as exc:
-                        problems.append(f"line {row.line}: {exc}")
-                        continue
-                    txn.put(k, encode(new), db=db)
-                    added += 1
-        except lmdb.MapFullError as exc:
-            raise StoreError(MAP_FULL) from exc
-        except lmdb.Error as exc:
-            raise StoreError(f"suppression import failed: {exc}") from exc
+        rules = self.records.rules
+
+        def rule(i: int, old: SuppressionRecord | None) -> SuppressionRecord | None:
+            nonlocal added
+            row = rows[i]
+            try:
+                new = _import_rule(old, row, why, rules, now)
+            except RuleError as exc:
+                problems.append(f"line {row.line}: {exc}")
+                return None
+            added += 1
+            return new
+
+        self.records.update_many([(row.scope, row.key) for row in rows], rule)
         return added, problems
 
 
@@ -221,7 +217,7 @@ class ImportJob:
                 break
         if not rows:
             return False
-        added, problems = self._store._import_batch(rows, self._now, self._why)
+        added, problems = self._store.import_batch(rows, self._now, self._why)
         self.added += added
         self.problems.extend(problems)
         return True

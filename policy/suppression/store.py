@@ -6,16 +6,18 @@ hands it to a rule with `now`, and writes back what the rule returns, inside
 one LMDB transaction. Every LMDB failure (map full, read-only directory,
 corrupt record) becomes `StoreError` here, so the relay answers `451 4.3.0`
 and never crashes. Both the CLI and the HTTP API use the admin methods below
-(and scan/count/import/export from `policy.suppression.bulk`): one implementation.
+(scan/count/import/export are `policy.suppression.bulk`'s, composed over this
+store's storage primitives): one implementation. This is the only module of
+policy/ that imports lmdb.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import lmdb
 
@@ -30,15 +32,17 @@ from policy.address import normalize_domain as _normalize_domain
 from policy.reply import Reply
 from policy.suppression import escalate as esc
 from policy.suppression.bulk import (
-    MAP_FULL,
+    IMPORT_BATCH,
+    ImportJob,
     ImportResult,
+    Rule,
     StoreError,
     SuppressionBulk,
     decode_or_fail,
 )
 from policy.suppression.encoding import HEADER, encode
 from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError, SuppressionRules
-from policy.suppression.records import Scope, SuppressionRecord
+from policy.suppression.records import Scope, State, SuppressionRecord
 from policy.verdict import BounceClass, Category, Verdict
 
 __all__ = [
@@ -60,6 +64,8 @@ _HEAD_SIZE = HEADER.size
 _ADDRESS, _DOMAIN = Scope.ADDRESS.value, Scope.DOMAIN.value
 
 
+MAP_FULL = "suppression store full: raise [store] map_size in the config"
+_SCAN_BATCH = 1000  # records per read txn when scanning
 _MAX_KEY = 511  # bytes: LMDB's default key size limit (mdb_env_get_maxkeysize)
 
 
@@ -95,7 +101,7 @@ def _refusal(address: str, scope: str, reply: Reply, reason: str) -> Refusal:
     return r
 
 
-class SuppressionStore(SuppressionBulk):
+class SuppressionStore:
     """Suppression records in two named DBs of the shared environment, keyed by UTF-8 key."""
 
     def __init__(self, env: lmdb.Environment, rules: SuppressionRules) -> None:
@@ -108,6 +114,94 @@ class SuppressionStore(SuppressionBulk):
             self._dom = env.open_db(DOMAIN_DB, create=not readonly)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the suppression store: {exc}") from exc
+
+    @property
+    def bulk(self) -> SuppressionBulk:
+        """Scan, count, export and import over this store (made per use: no reference
+        cycle, so a dropped store closes its environment at once)."""
+        return SuppressionBulk(self)
+
+    # ---- storage primitives for the bulk operations (policy.suppression.bulk.Records) ------
+
+    def _db(self, scope: Scope) -> Any:
+        return self._dom if scope is Scope.DOMAIN else self._addr
+
+    def raw_values(self, scope: Scope, last: bytes | None = None) -> Iterator[bytes]:
+        """Every value of `scope` (after key `last`), a batch per short read txn."""
+        db = self._db(scope)
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            try:
+                with self._env.begin(db=db, buffers=False) as txn:
+                    cur = txn.cursor()
+                    found = cur.set_range(last + b"\0") if last is not None else cur.first()
+                    while found and len(batch) < _SCAN_BATCH:
+                        batch.append((cur.key(), cur.value()))
+                        found = cur.next()
+            except lmdb.Error as exc:
+                raise StoreError(f"suppression scan failed: {exc}") from exc
+            for _k, v in batch:
+                yield v
+            if len(batch) < _SCAN_BATCH:
+                return
+            last = batch[-1][0]
+
+    def total(self) -> int:
+        try:
+            with self._env.begin() as txn:
+                return int(txn.stat(self._addr)["entries"] + txn.stat(self._dom)["entries"])
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression count failed: {exc}") from exc
+
+    def update_many(self, keys: Sequence[tuple[Scope, str]], rule: Rule) -> None:
+        try:
+            with self._env.begin(write=True) as txn:
+                for i, (scope, key) in enumerate(keys):
+                    db, k = self._db(scope), key.encode()
+                    raw = txn.get(k, db=db)
+                    new = rule(i, None if raw is None else decode_or_fail(key, raw))
+                    if new is not None:
+                        txn.put(k, encode(new), db=db)
+        except lmdb.MapFullError as exc:
+            raise StoreError(MAP_FULL) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"suppression import failed: {exc}") from exc
+
+    # ---- bulk operations (policy.suppression.bulk) ------------------------------------------
+
+    def scan(
+        self,
+        now: datetime,
+        states: Iterable[State] | None = None,
+        category: Category | None = None,
+        after: str | None = None,
+    ) -> Iterator[SuppressionRecord]:
+        """See `SuppressionBulk.scan`."""
+        return self.bulk.scan(now, states, category, after)
+
+    def count(self, now: datetime | None = None) -> dict[str, int]:
+        """See `SuppressionBulk.count`."""
+        return self.bulk.count(now)
+
+    def export_csv(
+        self,
+        out: TextIO,
+        now: datetime,
+        states: Iterable[State] | None = None,
+        unicode: bool = False,
+    ) -> int:
+        """See `SuppressionBulk.export_csv`."""
+        return self.bulk.export_csv(out, now, states, unicode)
+
+    def import_csv(self, lines: Iterable[str], now: datetime, why: str = "import") -> ImportResult:
+        """See `SuppressionBulk.import_csv`."""
+        return self.bulk.import_csv(lines, now, why)
+
+    def import_job(
+        self, lines: Iterable[str], now: datetime, why: str = "import", batch: int = IMPORT_BATCH
+    ) -> ImportJob:
+        """See `SuppressionBulk.import_job`."""
+        return self.bulk.import_job(lines, now, why, batch)
 
     # ---- hot path ---------------------------------------------------------------------------
 

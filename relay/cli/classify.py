@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from policy.classify.classify import FALLBACK_RULE, classify, classify_at, fallback_reasons
 from policy.classify.rules import RuleError, RuleSet, load_rules
 from policy.reply import parse_reply
-from relay.cli.main import EXIT_FAILED, EXIT_OK
+from relay.cli.common import EXIT_FAILED, EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from policy.bounces.parse import parse_bounce
 from policy.bounces.values import BounceReport
-from relay.cli.main import EXIT_FAILED, EXIT_OK
+from relay.cli.common import EXIT_FAILED, EXIT_OK
 
 
 def register(subparsers: Any) -> None:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from relay.cli.main import (
+from relay.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,

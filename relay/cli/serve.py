@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import sys
 
-from relay.cli.main import EXIT_CONFIG, EXIT_USAGE, add_config_option, config_or_exit
+from relay.cli.common import EXIT_CONFIG, EXIT_USAGE, add_config_option, config_or_exit
 from relay.config.load import Config, parse_hostport
 
 

@@ -15,7 +15,7 @@ from typing import cast
 
 from policy.address import normalize_domain
 from policy.rates import COUNTER_NAMES, GROUPINGS, Counts, GroupBy, key_fields, parse_period
-from relay.cli.main import (
+from relay.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,

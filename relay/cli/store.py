@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.cli.main import EXIT_FAILED, EXIT_OK, add_config_option, config_or_exit
+from relay.cli.common import EXIT_FAILED, EXIT_OK, add_config_option, config_or_exit
 from relay.queue.queue import spool_from_config
 from relay.store.env import StateError, open_state
 from relay.store.integrity import DATA_FILE, EXIT_DAMAGED, problem_of

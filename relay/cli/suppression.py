@@ -27,7 +27,7 @@ from policy.suppression.lookup import REFUSING_STATES as REFUSING
 from policy.suppression.records import Scope, State, SuppressionRecord, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
 from policy.verdict import Category
-from relay.cli.main import (
+from relay.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,

@@ -21,32 +21,44 @@ import asyncio
 import dataclasses
 import logging
 import signal
-from typing import Any
+from collections.abc import Mapping
+from typing import Protocol
 
-from policy.address import normalize_domain
-from relay.config.load import Config, ConfigError, LogConfig, load_config, suppression_rules
+from relay.config.load import Config, ConfigError, LogConfig, PolicyConfig, load_config
 
 log = logging.getLogger(__name__)
 
 RELOADABLE = ("policy", "log")
 
 
-def apply_config(service: Any, new: Config) -> list[str]:
+class Reloadable(Protocol):
+    """What a reload changes in place: the running service (relay/service.py)."""
+
+    config: Config
+
+    def apply_routes(self, routes: Mapping[str, str]) -> None: ...
+    def apply_policy(self, policy: PolicyConfig) -> None: ...
+    def reopen_logs(self, cfg: LogConfig) -> None: ...
+
+
+class ReloadNotices(Protocol):
+    """systemd's RELOADING=1 / READY=1 around a reload (relay/observe/sdnotify.py)."""
+
+    def reloading(self) -> None: ...
+    def ready(self) -> None: ...
+
+
+def apply_config(service: Reloadable, new: Config) -> list[str]:
     """Apply the reloadable parts of `new` to a running service; returns what changed."""
-    old: Config = service.config
+    old = service.config
     changed: list[str] = []
     if new.delivery.routes != old.delivery.routes:
-        resolver = getattr(getattr(service, "delivery", None), "resolver", None)
-        if resolver is not None:
-            resolver.routes = {normalize_domain(d): t for d, t in new.delivery.routes.items()}
+        service.apply_routes(new.delivery.routes)
         changed.append("delivery.routes")
     if new.policy != old.policy:
-        if getattr(service, "store", None) is not None:
-            service.store.rules = suppression_rules(new.policy)
-        if getattr(service, "pipeline", None) is not None:
-            service.pipeline.soft_bounce = new.policy.soft_bounce
+        service.apply_policy(new.policy)
         changed.append("policy")
-    reopen_logs(service, new.log)  # always: logrotate moved the file, the config is unchanged
+    service.reopen_logs(new.log)  # always: logrotate moved the file, the config is unchanged
     if new.log != old.log:
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper(), logging.INFO))
         changed.append("log")
@@ -66,55 +78,59 @@ def apply_config(service: Any, new: Config) -> list[str]:
     return changed
 
 
-def reopen_logs(service: Any, cfg: LogConfig) -> None:
-    """Reopen `[log] file` in every log component (and take a changed format)."""
-    for component in getattr(service, "components", []):
-        if hasattr(component, "reconfigure"):
-            component.reconfigure(cfg)
-
-
 class Reloader:
-    """Installs the SIGHUP handler; each signal re-reads `service.config_path`."""
+    """Installs the SIGHUP handler; each signal re-reads `path` and applies it to `service`.
 
-    def __init__(self) -> None:
-        self.service: Any = None
+    `listen_override` (`serve --listen`) stays in force across reloads.
+    """
+
+    def __init__(
+        self,
+        service: Reloadable,
+        path: str | None,
+        listen_override: tuple[str, ...] | None = None,
+        notices: ReloadNotices | None = None,
+    ) -> None:
+        self.service = service
+        self.path = path
+        self.listen_override = listen_override
+        self.notices = notices
         self.reloads = 0  # successful reloads, for tests
         self._tasks: set[asyncio.Task[bool]] = set()
 
     async def reload(self) -> bool:
-        service = self.service
-        notifier = next((c for c in service.components if hasattr(c, "reloading")), None)
-        if notifier is not None:
-            notifier.reloading()
-        path = getattr(service, "config_path", None)
+        service, notices = self.service, self.notices
+        if notices is not None:
+            notices.reloading()
         try:
             try:
-                new = load_config(path)
+                new = load_config(self.path)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused, config unchanged: %s", problem)
-                reopen_logs(service, service.config.log)  # logrotate still needs a new file
+                service.reopen_logs(service.config.log)  # logrotate still needs a new file
                 return False
-            override = getattr(service, "listen_override", None)
+            override = self.listen_override
             if override:  # `serve --listen` stays in force: not a change to report
                 new = dataclasses.replace(
                     new, server=dataclasses.replace(new.server, listen=override)
                 )
             changed = apply_config(service, new)
             self.reloads += 1
-            log.info("reloaded %s: %s", path or "(defaults)", ", ".join(changed) or "no changes")
+            log.info(
+                "reloaded %s: %s", self.path or "(defaults)", ", ".join(changed) or "no changes"
+            )
             return True
         finally:
-            if notifier is not None:
-                notifier.ready()
+            if notices is not None:
+                notices.ready()
 
     def _on_signal(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def start(self, service: Any) -> None:
-        self.service = service
+    async def start(self) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_signal)
 
     async def stop(self) -> None:

@@ -3,8 +3,11 @@
 """The shape of bouncer's one config object: a tree of frozen dataclasses.
 
 Each section is a dataclass whose fields are the keys `load_config` accepts,
-with their defaults; the [policy] numbers default to `policy.suppression.escalate`'s
-`SuppressionRules`, so the two cannot drift apart.
+with their defaults, as the operator writes them ("5m", "10.0.0.0/8",
+"127.0.0.1:2525"). Each such value is also parsed, once per config object, into
+a typed property (`timedelta`, `ipaddress` networks, `HostPort`) that the code
+uses instead of parsing the text again; the [policy] numbers default to
+`policy.suppression.escalate`'s `SuppressionRules`, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,12 +18,42 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
 from typing import Literal
 
 from policy.suppression.escalate import SuppressionRules
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_RULES = SuppressionRules()  # the defaults of docs/behaviour.md#suppression-policy numbers
+# The modes, as the config writes them; the code that acts on them takes these types.
+StartTLS = Literal["opportunistic", "required", "off"]  # [delivery] starttls
+SoftBounce = Literal["queue", "pass"]  # [policy] soft_bounce: queue a 4xx, or hand it back
+_RULES = SuppressionRules()
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A parsed "host:port" ("[v6]:port", or a bare host with the setting's default port)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, default_port: int) -> HostPort:
+        return cls(*parse_hostport(text, default_port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _networks(texts: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in texts)
+
+
+def _address(text: str, default_port: int) -> HostPort | None:
+    return (
+        HostPort.parse(text, default_port) if text else None
+    )  # the defaults of docs/behaviour.md#suppression-policy numbers
 
 
 @functools.cache
@@ -72,13 +105,23 @@ class ServerConfig:
     workers: int = 1  # processes sharing the listen sockets (SO_REUSEPORT)
     max_hops: int = 30  # Received: headers a message may carry in (RFC 5321 §6.3: loops)
 
+    @cached_property
+    def addresses(self) -> tuple[HostPort, ...]:
+        """`listen`, parsed (port 25 when none is given)."""
+        return tuple(HostPort.parse(text, 25) for text in self.listen)
+
+    @cached_property
+    def networks(self) -> tuple[IPNetwork, ...]:
+        """`allowed_clients`, parsed."""
+        return _networks(self.allowed_clients)
+
 
 @dataclass(frozen=True)
 class DeliveryConfig:
     helo: str = field(default_factory=host_fqdn)
     connect_timeout: float = 30.0
     command_timeout: float = 60.0
-    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    starttls: StartTLS = "opportunistic"
     port: int = 25  # the port MX hosts are reached on
     max_sessions_per_destination: int = 10
     session_idle_timeout: float = 30.0
@@ -87,11 +130,21 @@ class DeliveryConfig:
     # Networks an address literal (user@[192.0.2.1]) may be delivered to; none by default.
     allowed_address_literals: tuple[str, ...] = ()
 
+    @cached_property
+    def literal_networks(self) -> tuple[IPNetwork, ...]:
+        """`allowed_address_literals`, parsed."""
+        return _networks(self.allowed_address_literals)
+
 
 @dataclass(frozen=True)
 class DNSConfig:
     nameservers: tuple[str, ...] = ()
     timeout: float = 5.0
+
+    @cached_property
+    def servers(self) -> tuple[HostPort, ...]:
+        """`nameservers`, parsed (port 53 when none is given)."""
+        return tuple(HostPort.parse(text, 53) for text in self.nameservers)
 
 
 @dataclass(frozen=True)
@@ -102,7 +155,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    soft_bounce: Literal["queue", "pass"] = "queue"
+    soft_bounce: SoftBounce = "queue"
     hard_suppress_days: float = _RULES.hard_suppress_days
     permanent_after_hard: int = _RULES.permanent_after_hard
     soft_streak_days: float = _RULES.soft_streak_days
@@ -118,6 +171,11 @@ class QueueConfig:
     poll_interval: float = 1.0
     dsn_from: str = ""  # the From: of DSNs; default MAILER-DAEMON@<server.hostname>
 
+    @cached_property
+    def offsets(self) -> tuple[timedelta, ...]:
+        """`schedule`, parsed: how long after the first failure each retry is due."""
+        return tuple(timedelta(seconds=parse_duration(text)) for text in self.schedule)
+
 
 @dataclass(frozen=True)
 class LogConfig:
@@ -130,11 +188,21 @@ class LogConfig:
 class MetricsConfig:
     listen: str = ""  # e.g. "127.0.0.1:9325"; empty = off
 
+    @cached_property
+    def address(self) -> HostPort | None:
+        """`listen`, parsed (port 9325 when none is given); None when off."""
+        return _address(self.listen, 9325)
+
 
 @dataclass(frozen=True)
 class ApiConfig:
     listen: str = ""  # e.g. "127.0.0.1:8025"; empty = off
     token: str = ""
+
+    @cached_property
+    def address(self) -> HostPort | None:
+        """`listen`, parsed (port 8025 when none is given); None when off."""
+        return _address(self.listen, 8025)
 
 
 @dataclass(frozen=True)
@@ -157,6 +225,11 @@ class IntakeConfig:
     client_connection_rate_limit: int = 60  # new connections a minute per address; 0 = no limit
     session_timeout: float = 120.0  # seconds from connect to the end of any session
 
+    @cached_property
+    def address(self) -> HostPort | None:
+        """`listen`, parsed (port 25 when none is given); None when off."""
+        return _address(self.listen, 25)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -174,16 +247,15 @@ class Config:
 
     @property
     def allowed_networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(ipaddress.ip_network(n, strict=False) for n in self.server.allowed_clients)
+        return self.server.networks
 
     @property
     def literal_networks(self) -> tuple[IPNetwork, ...]:
-        nets = self.delivery.allowed_address_literals
-        return tuple(ipaddress.ip_network(n, strict=False) for n in nets)
+        return self.delivery.literal_networks
 
     @property
     def queue_schedule_seconds(self) -> tuple[float, ...]:
-        return tuple(parse_duration(s) for s in self.queue.schedule)
+        return tuple(offset.total_seconds() for offset in self.queue.offsets)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

@@ -34,7 +34,7 @@ from policy.decide import Disposition
 from policy.reply import Reply
 from policy.suppression.store import StoreError, SuppressionStore
 from policy.verp import VerpKey, decode, remote_sender
-from relay.config.load import Config, parse_hostport
+from relay.config.load import Config
 from relay.inbound.admission import AdmissionLimits
 from relay.inbound.guard import Gate, GuardedSMTP
 from relay.observe.events import EventBus, RecipientEvent
@@ -213,18 +213,6 @@ def verp_key(config: Config) -> VerpKey | None:
     return VerpKey.from_settings(v.prefix, v.bounce_domain, v.secret, v.max_age_days)
 
 
-def intake_component(service: Any) -> Intake | None:
-    """relay.service COMPONENTS factory: the listener when `[intake] listen` is set.
-
-    Worker 0 only (relay.workers): one listener per machine, not one per worker.
-    """
-    from relay.workers import is_primary
-
-    if not service.config.intake.listen or not is_primary():
-        return None
-    return Intake()
-
-
 def verp_sender(
     config: Config, clock: Callable[[], datetime] = _utcnow
 ) -> Callable[[str, str, str], str] | None:
@@ -240,29 +228,39 @@ def verp_sender(
 
 
 class Intake:
-    """The service component: `await start(service)`, `await stop()`."""
+    """The service component: `await start()` listens, `await stop()` closes.
 
-    def __init__(self) -> None:
-        self.handler: IntakeHandler | None = None
+    Worker 0 only (relay.workers): one listener per machine, not one per worker.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: SuppressionStore,
+        events: EventBus,
+        *,
+        write: Write = _in_default_executor,
+        forwarder: Forwarder | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.config = config
+        self.handler = IntakeHandler(
+            store,
+            events,
+            verp_key(config),
+            config.intake.feedback_addresses,
+            write=write,
+            forwarder=forwarder if config.intake.forward else None,
+            clock=clock,
+        )
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
         self.gate: Gate | None = None
 
-    async def start(self, service: Any) -> None:
-        config: Config = service.config
-        writer = getattr(service, "writer", None)
-        write: Write = writer.run if writer is not None else _in_default_executor
-        forwarder = service.delivery if config.intake.forward else None
-        self.handler = IntakeHandler(
-            service.store,
-            service.events,
-            verp_key(config),
-            config.intake.feedback_addresses,
-            write=write,
-            forwarder=forwarder,
-            clock=getattr(service, "clock", _utcnow),
-        )
-        host, port = parse_hostport(config.intake.listen, 25)
+    async def start(self) -> None:
+        config = self.config
+        assert config.intake.address is not None  # built only when `[intake] listen` is set
+        host, port = config.intake.address.host, config.intake.address.port
         loop = asyncio.get_running_loop()
         handler = self.handler
         size = config.server.max_message_size
@@ -290,7 +288,6 @@ class Intake:
                 self.gate.close_all()
             await self._server.wait_closed()
             self._server = None
-        if self.handler is not None:
-            for task in list(self.handler.tasks):
-                task.cancel()
-            await asyncio.gather(*self.handler.tasks, return_exceptions=True)
+        for task in list(self.handler.tasks):
+            task.cancel()
+        await asyncio.gather(*self.handler.tasks, return_exceptions=True)

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import lmdb
 from aiohttp import web
 
 from policy.address import AddressError, normalize_domain
@@ -41,8 +42,9 @@ from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError
 from policy.suppression.records import State, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
 from policy.verdict import Category
+from relay.config.schema import HostPort
 from relay.observe.counters import read_stats, stats_csv, stats_document
-from relay.observe.events import AdminEvent
+from relay.observe.events import AdminEvent, EventBus
 from relay.observe.http_reply import ApiError
 from relay.observe.http_reply import json_reply as _json
 from relay.observe.httpserve import bind_component, serve_app
@@ -63,12 +65,13 @@ class Api:
     def __init__(
         self,
         token: str,
-        listen: str = "",
+        listen: HostPort | None = None,
         store: SuppressionStore | None = None,
-        env: Any = None,
+        env: lmdb.Environment | None = None,
         write: Callable[..., Awaitable[Any]] | None = None,
         clock: Callable[[], datetime] | None = None,
         spool: Spool | None = None,
+        events: EventBus | None = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
@@ -81,7 +84,7 @@ class Api:
         self.clock = clock or (lambda: datetime.now(UTC))
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.events: Any = None  # the service's EventBus: operator actions reach the mail log
+        self.events = events  # the service's EventBus: operator actions reach the mail log
 
     def _audit(self, request: web.Request, subject: str, what: str, why: str, **facts: str) -> None:
         """An action through the API as a line in the mail log (relay/observe/oplog.py)."""
@@ -299,18 +302,12 @@ class Api:
         QueueRoutes(self).add_to(r)
         return app
 
-    async def serve(self, listen: str) -> int:
-        self._runner, self.port = await serve_app(self.app(), listen, 8025)
+    async def serve(self, listen: HostPort) -> int:
+        self._runner, self.port = await serve_app(self.app(), listen)
         return self.port
 
-    async def start(self, service: Any) -> None:
-        self.store = service.store
-        self.env = service.env
-        self.spool = service.spool
-        self._write = service.writer.run
-        self.clock = service.clock
-        self.events = service.events
-        if self.listen:
+    async def start(self) -> None:
+        if self.listen is not None:
             port = await bind_component(self.serve, self.listen, "api")
             log.info("HTTP API on %s (port %d)", self.listen, port)
 

@@ -36,8 +36,9 @@ from policy.rates import (
     increment,
     key_fields,
 )
-from relay.observe.events import Event, RecipientEvent
+from relay.observe.events import Event, EventBus, RecipientEvent
 from relay.observe.logfmt import REPORT_STAGES
+from relay.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,21 @@ def _parse_key(key: bytes) -> tuple[date, str]:
 class StatsCounters:
     """EventBus subscriber and Service component that keeps the counters."""
 
-    def __init__(self, env: lmdb.Environment, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        flush_interval: float = 1.0,
+        *,
+        events: EventBus | None = None,
+        writer: Writer | None = None,
+    ) -> None:
+        self.events = events
         self.env = env
         self.flush_interval = flush_interval
         self._db = env.open_db(STATS_DB, create=True)
         self._pending: dict[tuple[date, str], Counts] = {}
         self._task: asyncio.Task[None] | None = None
-        self._writer: Any = None  # the service's single LMDB writer thread (relay/store/writer.py)
+        self._writer = writer  # the service's single LMDB writer thread (relay/store/writer.py)
 
     def __call__(self, event: Event) -> None:
         if not isinstance(event, RecipientEvent):
@@ -116,9 +125,9 @@ class StatsCounters:
             await asyncio.sleep(self.flush_interval)
             await self.flush_async()
 
-    async def start(self, service: Any) -> None:
-        self._writer = getattr(service, "writer", None)
-        service.events.subscribe(self)
+    async def start(self) -> None:
+        if self.events is not None:
+            self.events.subscribe(self)
         self._task = asyncio.create_task(self._run(), name="stats-flush")
 
     async def stop(self) -> None:

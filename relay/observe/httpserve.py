@@ -12,14 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from relay.config.load import parse_hostport
+from relay.config.schema import HostPort
+from relay.lifecycle import listen_error
 
 
-async def serve_app(
-    app: web.Application, listen: str, default_port: int
-) -> tuple[web.AppRunner, int]:
-    """Start `app` on `listen`; returns its runner (cleanup() stops it) and the bound port."""
-    host, port = parse_hostport(listen, default_port)
+async def serve_app(app: web.Application, address: HostPort) -> tuple[web.AppRunner, int]:
+    """Start `app` on `address`; returns its runner (cleanup() stops it) and the bound port."""
+    host, port = address.host, address.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=128)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -33,11 +32,11 @@ async def serve_app(
     return runner, int(sock.getsockname()[1])
 
 
-async def bind_component(serve: Callable[[str], Awaitable[int]], listen: str, section: str) -> int:
+async def bind_component(
+    serve: Callable[[HostPort], Awaitable[int]], listen: HostPort, section: str
+) -> int:
     """Run a component's `serve(listen)`; a port that cannot be bound is a startup error."""
     try:
         return await serve(listen)
-    except OSError as exc:
-        from relay.service import listen_error  # exit 75 when taken, else 3, like SMTP's
-
+    except OSError as exc:  # exit 75 when taken, else 3, like SMTP's
         raise listen_error(f"cannot listen on [{section}] {listen}", exc) from exc

@@ -20,10 +20,10 @@ import logging
 import os
 import socket
 import sys
-from typing import IO, Any
+from typing import IO
 
 from relay.config.load import LogConfig
-from relay.observe.events import Event
+from relay.observe.events import Event, EventBus
 from relay.observe.logfmt import PROGRAM, format_lines, json_line, postfix_messages
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class LogWriter:
         pid: int | None = None,
         stderr: IO[str] | None = None,
         journal_socket: str | None = None,
+        events: EventBus | None = None,
     ) -> None:
+        self.events = events
         self.host = host or short_hostname()
         self.pid = pid if pid is not None else os.getpid()
         self.stderr = stderr if stderr is not None else sys.stderr
@@ -129,8 +131,9 @@ class LogWriter:
             )
             self._journal.sendto(datagram.encode("utf-8"), self._journal_path)
 
-    async def start(self, service: Any) -> None:
-        service.events.subscribe(self)
+    async def start(self) -> None:
+        if self.events is not None:
+            self.events.subscribe(self)
 
     async def stop(self) -> None:
         self.close()

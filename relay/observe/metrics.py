@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from relay.observe.events import ConnectEvent, Event, MessageEvent, RecipientEvent
+from relay.config.schema import HostPort
+from relay.observe.events import ConnectEvent, Event, EventBus, MessageEvent, RecipientEvent
 from relay.observe.httpserve import bind_component, serve_app
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ class _ProbeCollector:
 class Metrics:
     """The registry, the event subscriber and the HTTP component in one object."""
 
-    def __init__(self, listen: str = "") -> None:
-        self.listen = listen
+    def __init__(self, listen: HostPort | None = None) -> None:
+        self.listen = listen  # `[metrics] listen`, parsed; None: no HTTP server
         self.registry = CollectorRegistry(auto_describe=False)
         self.recipients = Counter(
             "bouncer_recipients",
@@ -103,6 +103,7 @@ class Metrics:
         self.probes = _ProbeCollector()
         self.registry.register(self.probes)
         self.checks: dict[str, Check] = {}
+        self.events: EventBus | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -167,15 +168,23 @@ class Metrics:
         app.router.add_get("/healthz", self._healthz)
         return app
 
-    async def serve(self, listen: str) -> int:
-        """Start the HTTP server on `listen` ("host:port", port 0 picks one); returns the port."""
-        self._runner, self.port = await serve_app(self.app(), listen, 9325)
+    async def serve(self, listen: HostPort) -> int:
+        """Start the HTTP server on `listen` (port 0 picks one); returns the port."""
+        self._runner, self.port = await serve_app(self.app(), listen)
         return self.port
 
-    async def start(self, service: Any) -> None:
-        service.events.subscribe(self)
-        wire_service(self, service)
-        if self.listen:
+    def wire(
+        self, events: EventBus, probes: Mapping[str, Probe], checks: Mapping[str, Check]
+    ) -> None:
+        """Subscribe to `events` (at start) and read `probes` and `checks` at each scrape."""
+        self.events = events
+        self.probes.probes.update(probes)
+        self.checks.update(checks)
+
+    async def start(self) -> None:
+        if self.events is not None:
+            self.events.subscribe(self)
+        if self.listen is not None:
             port = await bind_component(self.serve, self.listen, "metrics")
             log.info("metrics and /healthz on %s (port %d)", self.listen, port)
 
@@ -183,11 +192,3 @@ class Metrics:
         if self._runner is not None:
             await asyncio.shield(self._runner.cleanup())
             self._runner = None
-
-
-def wire_service(metrics: Metrics, service: Any) -> None:
-    """Point the gauges and health checks at the service's parts that exist."""
-    from relay.observe import probes  # the knowledge of other modules' internals lives there
-
-    metrics.probes.probes.update(probes.gauge_probes(service))
-    metrics.checks.update(probes.health_checks(service))

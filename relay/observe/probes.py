@@ -11,56 +11,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+
+from policy.suppression.store import SuppressionStore
+from relay.outbound.pool import SessionPool
+from relay.queue.queue import Spool
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], float | None]
 
 
-def _open_sessions(pool: Any) -> float:
-    return float(pool.open_count)  # SessionPool.open_count: lent out plus idle
-
-
-def _oldest_age(spool: Any) -> float:
+def _oldest_age(spool: Spool) -> float:
     # One cursor seek on the spool's arrival index, however long the queue.
-    found: datetime | None = spool.oldest_arrival()
+    found = spool.oldest_arrival()
     if found is None:
         return 0.0
     return max(0.0, (datetime.now(UTC) - found).total_seconds())
 
 
-def gauge_probes(service: Any) -> dict[str, Probe]:
+def gauge_probes(
+    spool: Spool | None, store: SuppressionStore | None, pool: SessionPool | None
+) -> dict[str, Probe]:
     probes: dict[str, Probe] = {}
-    spool = getattr(service, "spool", None)
     if spool is not None:
         probes["bouncer_queue_messages"] = lambda: float(spool.count()[0])
         probes["bouncer_queue_recipients"] = lambda: float(spool.count()[1])
         probes["bouncer_queue_oldest_age_seconds"] = lambda: _oldest_age(spool)
-    store = getattr(service, "store", None)
     if store is not None:
         probes["bouncer_suppression_records"] = lambda: float(store.count()["total"])
-    pool = getattr(getattr(service, "delivery", None), "pool", None)
     if pool is not None:
-        probes["bouncer_remote_sessions_open"] = lambda: _open_sessions(pool)
+        # SessionPool.open_count: lent out plus idle
+        probes["bouncer_remote_sessions_open"] = lambda: float(pool.open_count)
     return probes
 
 
-def _servers(service: Any) -> list[asyncio.AbstractServer]:
-    for name in ("servers", "_servers", "listeners"):
-        found = getattr(service, name, None)
-        if found:
-            return [*found, *getattr(service, "lmtp_servers", ())]  # LMTP listeners count too
-    return []
-
-
-def health_checks(service: Any) -> dict[str, Callable[[], bool]]:
+def health_checks(
+    store: SuppressionStore | None, servers: Sequence[asyncio.AbstractServer]
+) -> dict[str, Callable[[], bool]]:
     """store: a read transaction on the suppression store works; listener: SMTP (and LMTP)
-    is serving."""
+    is serving.
+
+    `servers` is read at each check (the service's list, filled before components start).
+    """
     checks: dict[str, Callable[[], bool]] = {}
-    store = getattr(service, "store", None)
     if store is not None:
 
         def store_ok() -> bool:
@@ -70,7 +65,6 @@ def health_checks(service: Any) -> dict[str, Callable[[], bool]]:
         checks["store"] = store_ok
 
     def listener_ok() -> bool:
-        servers = _servers(service)
         return bool(servers) and all(s.is_serving() for s in servers)
 
     checks["listener"] = listener_ok

@@ -14,7 +14,9 @@ Writes run on the service's writer thread (`Api.write`), reads on the loop.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -29,8 +31,15 @@ from relay.queue.view import (
     summary_json,
 )
 
-if TYPE_CHECKING:
-    from relay.observe.api import Api
+
+class ApiParts(Protocol):
+    """What the queue handlers use of `relay.observe.api.Api`."""
+
+    spool: Spool | None
+    clock: Callable[[], datetime]
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 _ID = "{id:[A-Za-z0-9]{1,64}}"  # as `queue list` prints them
@@ -39,7 +48,7 @@ _ID = "{id:[A-Za-z0-9]{1,64}}"  # as `queue list` prints them
 class QueueRoutes:
     """The queue handlers, sharing the Api's spool, clock, writer and error handling."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: ApiParts) -> None:
         self.api = api
 
     def add_to(self, r: web.UrlDispatcher) -> None:

@@ -17,7 +17,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,9 @@ class Notifier:
         self,
         env: Mapping[str, str] | None = None,
         healthy: Callable[[], bool] | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
+        self._stop_requested = stopping  # set on the first SIGTERM, before the drain
         self.env = dict(env if env is not None else os.environ)
         self.healthy = healthy
         self._task: asyncio.Task[None] | None = None
@@ -114,14 +115,14 @@ class Notifier:
         await stop.wait()
         self.stopping()
 
-    async def start(self, service: Any) -> None:
+    async def start(self) -> None:
         interval = watchdog_interval(self.env)
         if interval is not None:
             self._task = asyncio.create_task(self._watchdog(interval), name="sd-watchdog")
         # STOPPING=1 as soon as SIGTERM arrives, before the drain (the Service's stop event);
         # the watchdog keeps pinging through the drain.
-        stop = getattr(service, "_stop", None)
-        if isinstance(stop, asyncio.Event):
+        if self._stop_requested is not None:
+            stop = self._stop_requested
             self._signal_task = asyncio.create_task(self._stopping_on_signal(stop))
         self.ready()
 

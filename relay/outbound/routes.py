@@ -29,7 +29,7 @@ import dns.resolver
 from policy.address import AddressError, normalize_domain
 from policy.reply import Reply
 from policy.routing import IPNetwork, literal_refusal
-from relay.config.load import parse_hostport
+from relay.config.schema import HostPort
 from relay.outbound.values import Route, Target
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,13 @@ def _temp(domain: str, why: str) -> Reply:
     )
 
 
-def build_resolver(nameservers: Sequence[str], timeout: float) -> dns.asyncresolver.Resolver:
-    """A resolver for `[dns] nameservers` ("ip" or "ip:port"; empty = the system's)."""
+def build_resolver(nameservers: Sequence[HostPort], timeout: float) -> dns.asyncresolver.Resolver:
+    """A resolver for `[dns] nameservers` (parsed; empty = the system's)."""
     if nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         servers: list[str | dns.nameserver.Nameserver] = []
         for entry in nameservers:
-            host, port = parse_hostport(entry, 53)
-            servers.append(dns.nameserver.Do53Nameserver(host, port))
+            servers.append(dns.nameserver.Do53Nameserver(entry.host, entry.port))
         resolver.nameservers = servers
     else:
         resolver = dns.asyncresolver.Resolver()
@@ -75,9 +74,20 @@ class MXResolver:
     ) -> None:
         self.resolver = resolver
         self.literal_networks = tuple(literal_networks)  # where address literals may go
-        self.routes = {normalize_domain(d): t for d, t in (routes or {}).items()}
         self.port = port
+        self.routes = routes or {}
         self.rng = rng or random.Random()
+
+    @property
+    def routes(self) -> dict[str, str]:
+        """`[delivery.routes]`: domain -> "host[:port]", as configured (domains normalised)."""
+        return self._routes
+
+    @routes.setter
+    def routes(self, routes: Mapping[str, str]) -> None:
+        """Replace the table (at a reload too); each target is parsed here, once."""
+        self._routes = {normalize_domain(d): t for d, t in routes.items()}
+        self._targets = {d: HostPort.parse(t, self.port) for d, t in self._routes.items()}
 
     async def route(self, domain: str) -> Route | Reply:
         """The route for `domain`, or the Reply (5xx hard, 4xx soft) when there is none."""
@@ -85,7 +95,7 @@ class MXResolver:
             domain = normalize_domain(domain)
         except AddressError as exc:
             return Reply(501, "5.1.3", str(exc))
-        static = self.routes.get(domain)
+        static = self._targets.get(domain)
         if static is not None:
             return await self._static(domain, static)
         if domain.startswith("["):  # address literal: RFC 5321 §4.1.3, deliver to that IP
@@ -98,8 +108,8 @@ class MXResolver:
             return Route(domain, (Target(ip, ip, self.port),))
         return await self._mx(domain)
 
-    async def _static(self, domain: str, target: str) -> Route | Reply:
-        host, port = parse_hostport(target, self.port)
+    async def _static(self, domain: str, target: HostPort) -> Route | Reply:
+        host, port = target.host, target.port
         key = f"[{host}]:{port}"
         if _is_ip(host):
             return Route(key, (Target(host, host, port),))

@@ -32,6 +32,7 @@ from typing import cast
 import aiosmtplib
 
 from policy.reply import Reply
+from relay.config.schema import StartTLS
 from relay.outbound.reply_reader import make_reply
 from relay.outbound.values import Route, Target
 from relay.outbound.wire import Wire, WireLost, data_done_timeout, wire_message
@@ -44,7 +45,7 @@ class OutboundSettings:
     helo: str
     connect_timeout: float
     command_timeout: float
-    starttls: str  # "opportunistic" | "required" | "off"
+    starttls: StartTLS
 
 
 def _tls_context() -> ssl.SSLContext:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from relay.queue.records import (
+    RcptState,
     decode_envelope,
     decode_rcpt,
     due_key,
@@ -107,38 +108,36 @@ class QueueTables:
 
     # -- recipients -----------------------------------------------------------------------
 
-    def put_rcpt(
-        self, txn: lmdb.Transaction, queue_id: str, rcpt: str, state: dict[str, Any]
-    ) -> None:
-        """Write a recipient's state and its due entry at `state["next_at"]` (µs).
+    def put_rcpt(self, txn: lmdb.Transaction, queue_id: str, rcpt: str, state: RcptState) -> None:
+        """Write a recipient's state and its due entry at `state.next_at` (µs).
 
         The due entry may exist already (a rewrite in place): the put then changes nothing.
         """
         txn.put(rcpt_key(queue_id, rcpt), encode_rcpt(state), db=self.rcpts)
-        txn.put(due_key(state["next_at"], queue_id, rcpt), b"", db=self.due)
+        txn.put(due_key(state.next_at, queue_id, rcpt), b"", db=self.due)
 
     def reschedule(
         self,
         txn: lmdb.Transaction,
         queue_id: str,
         rcpt: str,
-        state: dict[str, Any],
+        state: RcptState,
         next_us: int,
         leased_by: str,
     ) -> None:
         """Move a recipient's due entry to `next_us` and record who holds it ("" = nobody)."""
-        txn.delete(due_key(state["next_at"], queue_id, rcpt), db=self.due)
-        state["next_at"], state["leased_by"] = next_us, leased_by
-        state.pop("delivering", None)  # a new lease, a deferral or a recovery: not past the dot
+        txn.delete(due_key(state.next_at, queue_id, rcpt), db=self.due)
+        state.next_at, state.leased_by = next_us, leased_by
+        state.delivering = None  # a new lease, a deferral or a recovery: not past the dot
         self.put_rcpt(txn, queue_id, rcpt, state)
 
     def delete_rcpt(
-        self, txn: lmdb.Transaction, queue_id: str, rcpt: str, state: dict[str, Any]
+        self, txn: lmdb.Transaction, queue_id: str, rcpt: str, state: RcptState
     ) -> None:
-        txn.delete(due_key(state["next_at"], queue_id, rcpt), db=self.due)
+        txn.delete(due_key(state.next_at, queue_id, rcpt), db=self.due)
         txn.delete(rcpt_key(queue_id, rcpt), db=self.rcpts)
 
-    def get_rcpt(self, txn: lmdb.Transaction, queue_id: str, rcpt: str) -> dict[str, Any] | None:
+    def get_rcpt(self, txn: lmdb.Transaction, queue_id: str, rcpt: str) -> RcptState | None:
         raw = txn.get(rcpt_key(queue_id, rcpt), db=self.rcpts)
         return None if raw is None else decode_rcpt(raw)
 
@@ -166,7 +165,7 @@ class QueueTables:
 
     def iter_rcpts(
         self, txn: lmdb.Transaction, queue_ids: Iterable[str] | None
-    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    ) -> Iterator[tuple[str, str, RcptState]]:
         """(queue_id, recipient, state) of the given messages, or of all (None)."""
         cur = txn.cursor(db=self.rcpts)
         if queue_ids is None:

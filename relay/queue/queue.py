@@ -28,7 +28,7 @@ import lmdb
 from policy.address import AddressError, normalize_domain
 from policy.decide import Disposition
 from policy.dsn import FailedRecipient
-from policy.retry import DEFAULT_SCHEDULE, next_attempt, schedule_from_seconds
+from policy.retry import DEFAULT_SCHEDULE, next_attempt
 from relay.config.load import Config
 from relay.queue.layout import QueueTables
 from relay.queue.notices import DsnSettings, Report, failed_recipient, queue_dsn
@@ -38,10 +38,10 @@ from relay.queue.records import (
     Lease,
     QueuedMessage,
     QueuedRecipient,
+    RcptState,
     RecordError,
     Settlement,
     SpoolMessage,
-    attempt_json,
     check_message,
     check_rcpt,
     decode_envelope,
@@ -52,7 +52,7 @@ from relay.queue.records import (
     new_envelope,
     new_rcpt_state,
     rcpt_key,
-    recipient_from_json,
+    recipient_from_state,
     to_us,
 )
 
@@ -78,10 +78,6 @@ HISTORY = 20  # attempts kept per recipient; `tries` still counts them all
 # A held recipient's due entry: far beyond any schedule, so the runner never takes it, while
 # every recipient keeps its one due entry (relay/queue/layout.py).
 HELD_US = to_us(datetime(9999, 1, 1, tzinfo=UTC))
-
-
-def _held(state: dict[str, Any]) -> bool:
-    return bool(state.get("held"))
 
 
 def rcpt_domain(address: str) -> str:
@@ -140,7 +136,7 @@ class Spool:
         """Take up to `limit` due recipients, grouped by message, for `owner` until `until`."""
 
         def work(txn: lmdb.Transaction) -> list[Lease]:
-            picked: dict[str, list[dict[str, Any]]] = {}
+            picked: dict[str, list[RcptState]] = {}
             for qid, rcpt in self._t.take_due(txn, to_us(now), limit):
                 key = rcpt_key(qid, rcpt)
                 raw = txn.get(key, db=self._t.rcpts)
@@ -152,7 +148,7 @@ class Spool:
                     self.quarantine.move_rcpt(txn, key, str(exc))
                     continue
                 state = decode_rcpt(raw)
-                if _held(state):  # held while in flight, and its lease ran out: on hold now
+                if state.is_held:  # held while in flight, and its lease ran out: on hold now
                     self._t.reschedule(txn, qid, rcpt, state, HELD_US, "")
                     continue
                 self._t.reschedule(txn, qid, rcpt, state, to_us(until), owner)
@@ -168,7 +164,7 @@ class Spool:
                     self.quarantine.move_message(txn, qid.encode(), str(exc))
                     continue
                 env, data = decode_message(raw_msg)
-                rcpts = tuple(recipient_from_json(qid, s) for s in states)
+                rcpts = tuple(recipient_from_state(qid, s) for s in states)
                 leases.append(Lease(message_from_json(qid, env, rcpts), data, until))
             return leases
 
@@ -198,17 +194,17 @@ class Spool:
             if state is None:
                 continue
             if s.attempt is not None:
-                state["tries"] += 1
-                state["attempts"] = (state["attempts"] + [attempt_json(s.attempt)])[-HISTORY:]
-                if state["first_failure"] is None and not s.attempt.reply.is_success:
-                    state["first_failure"] = to_us(s.attempt.when)
+                state.tries += 1
+                state.attempts = [*state.attempts, s.attempt][-HISTORY:]
+                if state.first_failure is None and not s.attempt.reply.is_success:
+                    state.first_failure = to_us(s.attempt.when)
             if s.disposition is Disposition.QUEUED:
-                next_us = HELD_US if _held(state) else to_us(s.next_at or now)
+                next_us = HELD_US if state.is_held else to_us(s.next_at or now)
                 self._t.reschedule(txn, queue_id, s.recipient, state, next_us, "")
                 continue
             self._t.delete_rcpt(txn, queue_id, s.recipient, state)
             if s.wants_dsn:
-                failed.append(failed_recipient(recipient_from_json(queue_id, state), s))
+                failed.append(failed_recipient(recipient_from_state(queue_id, state), s))
         if not self._t.has_recipients(txn, queue_id):
             self._t.delete_message(txn, queue_id)
         return self._queue_dsn(
@@ -227,7 +223,7 @@ class Spool:
         for rcpt in recipients:
             state = self._t.get_rcpt(txn, queue_id, rcpt)
             if state is not None:
-                state["delivering"] = to_us(now)
+                state.delivering = to_us(now)
                 self._t.put_rcpt(txn, queue_id, rcpt, state)
 
     def write_many(self, works: Sequence[Callable[[lmdb.Transaction], Any]]) -> list[Any]:
@@ -241,7 +237,7 @@ class Spool:
         ones are in flight already and held ones wait for `release`."""
         due = to_us(now)
         return self._change(
-            queue_ids, domain, lambda st: None if st["leased_by"] or _held(st) else (due, "")
+            queue_ids, domain, lambda st: None if st.leased_by or st.is_held else (due, "")
         )
 
     def hold(self, queue_ids: Iterable[str] | None, domain: str | None = None) -> int:
@@ -251,11 +247,11 @@ class Spool:
         or its lease runs out, it goes on hold instead of coming due.
         """
 
-        def change(st: dict[str, Any]) -> tuple[int, str] | None:
-            if _held(st):
+        def change(st: RcptState) -> tuple[int, str] | None:
+            if st.is_held:
                 return None
-            st["held"] = True
-            return (st["next_at"], st["leased_by"]) if st["leased_by"] else (HELD_US, "")
+            st.held = True
+            return (st.next_at, st.leased_by) if st.leased_by else (HELD_US, "")
 
         return self._change(queue_ids, domain, change)
 
@@ -264,11 +260,11 @@ class Spool:
     ) -> int:
         """Release held recipients (postsuper -H): due at `now`, or at their lease's end."""
 
-        def change(st: dict[str, Any]) -> tuple[int, str] | None:
-            if not _held(st):
+        def change(st: RcptState) -> tuple[int, str] | None:
+            if not st.is_held:
                 return None
-            st["held"] = False
-            return (st["next_at"], st["leased_by"]) if st["leased_by"] else (to_us(now), "")
+            st.held = False
+            return (st.next_at, st.leased_by) if st.leased_by else (to_us(now), "")
 
         return self._change(queue_ids, domain, change)
 
@@ -302,12 +298,12 @@ class Spool:
         def work(txn: lmdb.Transaction) -> int:
             n = 0
             for qid, rcpt, state in list(self._t.iter_rcpts(txn, None)):
-                owner = state["leased_by"]
+                owner = state.leased_by
                 if not owner or alive(owner):
                     continue
-                if state.get("delivering"):
+                if state.delivering:
                     maybe.append((qid, rcpt))
-                self._t.reschedule(txn, qid, rcpt, state, HELD_US if _held(state) else due, "")
+                self._t.reschedule(txn, qid, rcpt, state, HELD_US if state.is_held else due, "")
                 n += 1
             return n
 
@@ -317,7 +313,7 @@ class Spool:
         self,
         queue_ids: Iterable[str] | None,
         domain: str | None,
-        change: Callable[[dict[str, Any]], tuple[int, str] | None],
+        change: Callable[[RcptState], tuple[int, str] | None],
     ) -> int:
         """Move each recipient (of `queue_ids`, at `domain`) to the (due µs, lease owner) that
         `change` returns for its state (which it may also edit); None leaves it alone."""
@@ -356,7 +352,7 @@ class Spool:
         if raw is None:
             return None
         env = decode_envelope(raw)
-        rcpts = tuple(recipient_from_json(q, s) for q, _, s in self._t.iter_rcpts(txn, [queue_id]))
+        rcpts = tuple(recipient_from_state(q, s) for q, _, s in self._t.iter_rcpts(txn, [queue_id]))
         return message_from_json(queue_id, env, rcpts)
 
     def data(self, queue_id: str) -> bytes | None:
@@ -394,7 +390,7 @@ def spool_from_config(env: lmdb.Environment, cfg: Config) -> Spool:
     """The spool as `[queue]` and `[server] hostname` configure it (service and CLI)."""
     return Spool(
         env,
-        schedule_from_seconds(cfg.queue_schedule_seconds),
+        tuple(sorted(cfg.queue.offsets)),
         DsnSettings(cfg.server.hostname, cfg.queue.dsn_from),
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,14 +77,65 @@ def decode_envelope(raw: bytes | memoryview) -> dict[str, Any]:
     return envelope
 
 
-def encode_rcpt(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
+@dataclass(slots=True)
+class RcptState:
+    """A queued recipient's state record: the one mutable record of the queue.
+
+    Stored as a JSON object whose keys are these field names; `held` and
+    `delivering` are absent from the record until first set (None here), and keys
+    this version does not know are kept in `extra` and written back as they were.
+    """
+
+    rcpt: str
+    next_at: int  # µs: when it is due (where its due-index entry sits)
+    first_failure: int | None  # µs of the first failed attempt
+    tries: int
+    attempts: list[Attempt]  # the last HISTORY attempts, oldest first
+    leased_by: str = ""  # the runner holding it ("pid:token"), "" = nobody
+    held: bool | None = None  # `queue hold` / `queue release`; None: never held
+    delivering: int | None = None  # µs: marked before the final dot (write-ahead)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_held(self) -> bool:
+        return bool(self.held)
 
 
-def decode_rcpt(raw: bytes | memoryview) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads(bytes(raw))
-    state.setdefault("leased_by", "")
-    return state
+_RCPT_KEYS = ("rcpt", "next_at", "first_failure", "tries", "attempts", "leased_by")
+_RCPT_OPTIONAL = ("held", "delivering")
+
+
+def encode_rcpt(state: RcptState) -> bytes:
+    record: dict[str, Any] = {
+        "rcpt": state.rcpt,
+        "next_at": state.next_at,
+        "first_failure": state.first_failure,
+        "tries": state.tries,
+        "attempts": [attempt_json(a) for a in state.attempts],
+        "leased_by": state.leased_by,
+    }
+    if state.held is not None:
+        record["held"] = state.held
+    if state.delivering is not None:
+        record["delivering"] = state.delivering
+    record.update(state.extra)
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def decode_rcpt(raw: bytes | memoryview) -> RcptState:
+    """The state record; KeyError, TypeError or ValueError when it is not one."""
+    s: dict[str, Any] = json.loads(bytes(raw))
+    return RcptState(
+        s["rcpt"],
+        s["next_at"],
+        s["first_failure"],
+        s["tries"],
+        [attempt_from_json(a) for a in s["attempts"]],
+        s.get("leased_by", ""),
+        s.get("held"),
+        s.get("delivering"),
+        {k: v for k, v in s.items() if k not in _RCPT_KEYS and k not in _RCPT_OPTIONAL},
+    )
 
 
 @dataclass(frozen=True)
@@ -176,17 +227,17 @@ def attempt_from_json(d: dict[str, Any]) -> Attempt:
     return Attempt(from_us(d["when"]), Reply(code, enhanced, text, host), d["relay"], d["stage"])
 
 
-def recipient_from_json(qid: str, s: dict[str, Any]) -> QueuedRecipient:
-    ff = s["first_failure"]
+def recipient_from_state(qid: str, s: RcptState) -> QueuedRecipient:
+    ff = s.first_failure
     return QueuedRecipient(
         qid,
-        s["rcpt"],
-        from_us(s["next_at"]),
+        s.rcpt,
+        from_us(s.next_at),
         None if ff is None else from_us(ff),
-        s["tries"],
-        tuple(attempt_from_json(a) for a in s["attempts"]),
-        s["leased_by"],
-        bool(s.get("held", False)),
+        s.tries,
+        tuple(s.attempts),
+        s.leased_by,
+        s.is_held,
     )
 
 
@@ -228,16 +279,10 @@ def new_rcpt_state(
     first_failure: datetime | None,
     tries: int,
     attempts: list[Attempt],
-) -> dict[str, Any]:
+) -> RcptState:
     """The state record of a recipient entering the queue, not leased."""
-    return {
-        "rcpt": rcpt,
-        "next_at": to_us(next_at),
-        "first_failure": None if first_failure is None else to_us(first_failure),
-        "tries": tries,
-        "attempts": [attempt_json(a) for a in attempts],
-        "leased_by": "",
-    }
+    ff = None if first_failure is None else to_us(first_failure)
+    return RcptState(rcpt, to_us(next_at), ff, tries, list(attempts))
 
 
 def check_message(queue_id: str, raw: bytes | memoryview) -> None:
@@ -257,7 +302,7 @@ def check_rcpt(key: bytes, raw: bytes | memoryview) -> tuple[str, str]:
     """(queue id, recipient) of a whole recipient record; RecordError otherwise."""
     try:
         qid, rcpt = split_rcpt_key(bytes(key))
-        r = recipient_from_json(qid, decode_rcpt(raw))
+        r = recipient_from_state(qid, decode_rcpt(raw))
         if r.recipient != rcpt or not isinstance(r.tries, int):
             raise ValueError("the record names another recipient than its key")
         return qid, rcpt

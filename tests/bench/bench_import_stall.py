@@ -22,6 +22,7 @@ import uvloop
 
 from policy.verdict import Category
 from relay.config.load import config_from_dict
+from relay.observe.api import Api
 from relay.service import Service
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -66,7 +67,7 @@ async def main(rows: int) -> None:
         try:
             assert svc.store is not None
             svc.store.add("stuck@example.test", Category.BAD_MAILBOX, datetime.now(UTC))
-            api = next(c for c in svc.components if type(c).__name__ == "Api")
+            api = next(c for c in svc.components if isinstance(c, Api))
             body = "".join(f"user{n}@import{n % 97}.test\n" for n in range(rows)).encode()
             host, port = svc.addresses[0][:2]
             samples: list[tuple[float, float]] = []

@@ -12,7 +12,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import aiosmtplib
 
@@ -63,15 +62,9 @@ async def bench_intake(messages: int, clients: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = open_state(Path(tmp) / "state", 1 << 28)
         writer = Writer()
-        service = SimpleNamespace(
-            config=config,
-            store=SuppressionStore(env, SuppressionRules()),
-            events=EventBus(),
-            delivery=None,
-            writer=writer,
-        )
-        intake = Intake()
-        await intake.start(service)
+        store = SuppressionStore(env, SuppressionRules())
+        intake = Intake(config, store, EventBus(), write=writer.run)
+        await intake.start()
         latencies: list[float] = []
 
         async def client(n: int) -> None:
@@ -92,7 +85,7 @@ async def bench_intake(messages: int, clients: int) -> None:
         elapsed = time.perf_counter() - start
         await intake.stop()
         writer.close()
-        count = service.store.count()
+        count = store.count()
         env.close()
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]

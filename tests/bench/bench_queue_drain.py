@@ -26,9 +26,9 @@ from relay.config.load import config_from_dict  # noqa: E402
 from relay.observe.events import EventBus  # noqa: E402
 from relay.queue.queue import Spool, SpoolMessage  # noqa: E402
 from relay.queue.scheduler import RetryWorker, RunnerSettings  # noqa: E402
-from relay.service import build_delivery  # noqa: E402
 from relay.store.env import open_state  # noqa: E402
 from relay.store.writer import Writer  # noqa: E402
+from relay.wiring import build_delivery  # noqa: E402
 from tests.support.fake_mx import FakeMX  # noqa: E402
 
 SOFT = Reply(452, "4.2.2", "Mailbox full")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from relay.config.schema import HostPort
 from relay.outbound.delivery import Delivery
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
@@ -70,7 +71,9 @@ async def test_the_queue_runners_delivery_reads_replies_in_pieces(make_fake_mx: 
     # Retries and DSNs go through Delivery.deliver_message: the same reader, the same verdicts.
     mx: FakeMX = await make_fake_mx(pieces=in_thirds, data_reply=DATA_OK)
     mx.rcpt_replies["dead@example.test"] = GMAIL_NO_USER
-    resolver = MXResolver(build_resolver(["127.0.0.1:9"], 0.2), routes={"example.test": mx.address})
+    resolver = MXResolver(
+        build_resolver([HostPort("127.0.0.1", 9)], 0.2), routes={"example.test": mx.address}
+    )
     delivery = Delivery(resolver, SessionPool(partial(open_session, settings=SETTINGS)))
     try:
         out = await delivery.deliver_message(

@@ -38,9 +38,8 @@ async def intake(tmp_path: Path) -> AsyncIterator[SimpleNamespace]:
     events: list[Event] = []
     bus = EventBus()
     bus.subscribe(events.append)
-    service = SimpleNamespace(config=config, store=store, events=bus, delivery=None)
-    component = Intake()
-    await component.start(service)
+    component = Intake(config, store, bus)
+    await component.start()
     try:
         yield SimpleNamespace(port=component.port, store=store, events=events)
     finally:

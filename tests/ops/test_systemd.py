@@ -110,7 +110,7 @@ async def test_notifier_ready_watchdog_stopping(tmp_path: Path) -> None:
     async def recv() -> str:
         return (await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)).decode()
 
-    await notifier.start(None)
+    await notifier.start()
     got = {await recv(), await recv()}
     assert any(m.startswith("READY=1") for m in got) and "WATCHDOG=1" in got
     assert await recv() == "WATCHDOG=1"  # pings go on

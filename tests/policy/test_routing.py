@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from policy.routing import hop_refusal, literal_ip, literal_refusal, received_count
+from relay.config.schema import HostPort
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.values import Route
 
@@ -46,7 +47,7 @@ def test_literals_are_refused_unless_their_network_is_allowed() -> None:
 
 async def test_the_resolver_never_turns_a_refused_literal_into_a_target() -> None:
     # The one place a literal becomes a connection: live RCPT, retries and DSNs alike.
-    dns = build_resolver(["127.0.0.1:9"], 0.1)  # never asked: literals need no DNS
+    dns = build_resolver([HostPort("127.0.0.1", 9)], 0.1)  # never asked: literals need no DNS
     refused = await MXResolver(dns, port=2525).route("[127.0.0.1]")
     assert not isinstance(refused, Route) and refused.enhanced == "5.7.1"
     allowed = await MXResolver(dns, port=2525, literal_networks=LOOPBACK).route("[127.0.0.1]")

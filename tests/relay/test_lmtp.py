@@ -406,7 +406,7 @@ async def test_startup_line_names_the_lmtp_listener_and_health_counts_it(
     (host, port), (lhost, lport) = svc.addresses[0], svc.lmtp_addresses[0]
     assert port != lport
     assert f"listening on {host}:{port}, LMTP on {lhost}:{lport}" in caplog.text
-    listener = health_checks(svc)["listener"]
+    listener = health_checks(svc.store, [*svc.servers, *svc.lmtp_servers])["listener"]
     assert listener()
     for server in svc.lmtp_servers:
         server.close()

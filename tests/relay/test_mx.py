@@ -9,6 +9,7 @@ import smtplib
 from typing import Any
 
 from policy.reply import Reply
+from relay.config.schema import HostPort
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.values import Route
 from tests.support.dns_server import DNSServer
@@ -16,7 +17,7 @@ from tests.support.fake_mx import FakeMX
 
 
 def resolver(dns: DNSServer, timeout: float = 1.0, **kw: Any) -> MXResolver:
-    return MXResolver(build_resolver([dns.nameserver], timeout), **kw)
+    return MXResolver(build_resolver([HostPort.parse(dns.nameserver, 53)], timeout), **kw)
 
 
 async def test_mx_preference_order_and_addresses(dns_server: DNSServer) -> None:

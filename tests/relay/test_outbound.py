@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from relay.config.schema import HostPort, StartTLS
 from relay.outbound.delivery import Delivery
 from relay.outbound.pool import Busy, SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
@@ -51,7 +52,7 @@ def server_tls(cert: tuple[str, str], broken: bool = False) -> ssl.SSLContext:
     return ctx
 
 
-def settings(starttls: str = "opportunistic") -> OutboundSettings:
+def settings(starttls: StartTLS = "opportunistic") -> OutboundSettings:
     return OutboundSettings("relay.test", 2.0, 5.0, starttls)
 
 
@@ -117,7 +118,7 @@ def _pool() -> SessionPool:
 async def test_pool_reuses_caps_and_reconnects_a_dead_session(fake_mx: FakeMX) -> None:
     pool = _pool()
     resolver = MXResolver(
-        build_resolver(["127.0.0.1:9"], 0.2), routes={"example.test": fake_mx.address}
+        build_resolver([HostPort("127.0.0.1", 9)], 0.2), routes={"example.test": fake_mx.address}
     )
     delivery = Delivery(resolver, pool)
     route = await delivery.route("example.test")
@@ -147,7 +148,7 @@ async def test_deliver_message_per_recipient_outcomes(make_fake_mx: Any) -> None
     two = await make_fake_mx()
     two.rcpt_replies["dead@two.test"] = "550 5.1.1 No such user"
     resolver = MXResolver(
-        build_resolver(["127.0.0.1:9"], 0.2),
+        build_resolver([HostPort("127.0.0.1", 9)], 0.2),
         routes={"one.test": one.address, "two.test": two.address},
     )
     delivery = Delivery(resolver, _pool())

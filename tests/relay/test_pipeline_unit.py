@@ -115,7 +115,7 @@ async def test_an_rcpt_refusal_is_classified_once(mode: str) -> None:
         InlineWriter(),  # type: ignore[arg-type]
         EventBus([events.append]),
         store=store,  # type: ignore[arg-type]
-        soft_bounce=mode,
+        soft_bounce=mode,  # type: ignore[arg-type]
     )
     txn = ClientTransaction("s@src.example", (), "c[127.0.0.1]")
     reply = await pipeline.rcpt(txn, Address.parse("Gone@Dest.Example"))

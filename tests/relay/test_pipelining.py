@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.config.schema import HostPort
 from relay.inbound.server import has_bare_cr_or_lf
 from relay.outbound.delivery import Delivery
 from relay.outbound.pool import SessionPool
@@ -121,7 +122,8 @@ async def test_refused_mail_gives_no_rcpt_outcome_and_keeps_the_session_in_step(
 async def test_delivery_pipelines_the_first_recipient_only(pipe_mx: PipeliningMX) -> None:
     pipe_mx.rcpt_reply = b"250 2.1.5 Ok"
     resolver = MXResolver(
-        build_resolver(["127.0.0.1:9"], 0.2), routes={"d.test": f"127.0.0.1:{pipe_mx.port}"}
+        build_resolver([HostPort("127.0.0.1", 9)], 0.2),
+        routes={"d.test": f"127.0.0.1:{pipe_mx.port}"},
     )
 
     async def opener(r: Route) -> Any:

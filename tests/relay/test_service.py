@@ -48,7 +48,7 @@ async def test_listen_address_not_on_this_host_is_exit_3(tmp_path: Path) -> None
 
 async def test_failing_component_start_is_exit_3(tmp_path: Path) -> None:
     class Broken:
-        async def start(self, service: Any) -> None:
+        async def start(self) -> None:
             raise OSError("address not available")
 
         async def stop(self) -> None:
@@ -137,3 +137,42 @@ async def test_shutdown_lets_an_in_flight_transaction_finish(tmp_path: Path) -> 
         code, _ = await task
         assert code == 250
         assert len(mx.messages) == 1 and b"drained" in mx.messages[0].data
+
+
+async def test_components_are_built_from_the_config_in_start_order(relay_service: Any) -> None:
+    """The log writer starts first (it sees the others' events), the notifier last (READY=1
+    once everything runs); a component the config leaves off is not built."""
+    from relay.config.reload import Reloader
+    from relay.intake.listener import Intake
+    from relay.observe.api import Api
+    from relay.observe.counters import StatsCounters
+    from relay.observe.logsink import LogWriter
+    from relay.observe.metrics import Metrics
+    from relay.observe.sdnotify import Notifier
+    from relay.queue.component import QueueRunner
+
+    all_on = {
+        "metrics": {"listen": "127.0.0.1:0"},
+        "api": {"listen": "127.0.0.1:0", "token": "t" * 16},
+        "intake": {"listen": "127.0.0.1:0", "feedback_addresses": ["fbl@relay.test"]},
+    }
+    svc = await relay_service(all_on)
+    assert [type(c) for c in svc.components] == [
+        LogWriter,
+        StatsCounters,
+        QueueRunner,
+        Metrics,
+        Api,
+        Intake,
+        Reloader,
+        Notifier,
+    ]
+    assert svc.log_sinks == [svc.components[0]]
+    plain = await relay_service()
+    assert [type(c) for c in plain.components] == [
+        LogWriter,
+        StatsCounters,
+        QueueRunner,
+        Reloader,
+        Notifier,
+    ]

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -51,9 +50,8 @@ async def start_intake(tmp_path: Path) -> AsyncIterator[Start]:
             }
         )
         store = SuppressionStore(env, SuppressionRules())
-        service = SimpleNamespace(config=config, store=store, events=EventBus(), delivery=None)
-        component = Intake()
-        await component.start(service)
+        component = Intake(config, store, EventBus())
+        await component.start()
         started.append(component)
         return component
 
