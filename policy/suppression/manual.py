@@ -19,7 +19,7 @@ from policy.suppression.lookup import (
     suppress,
     utc,
 )
-from policy.suppression.records import Scope, State, SuppressionRecord
+from policy.suppression.records import Basis, Scope, State, SuppressionRecord
 from policy.verdict import Category
 
 
@@ -49,7 +49,7 @@ def apply_add(
     )
     if r.state is State.SUPPRESSED:
         r = replace(r, until=None)  # a hand-set date replaces the old one, even an earlier one
-    return suppress(r, now, None if until is None else utc(until), category, reason)
+    return suppress(r, now, None if until is None else utc(until), category, reason, Basis.MANUAL)
 
 
 def apply_remove(
@@ -70,7 +70,10 @@ def apply_remove(
         readmitted(r),
         last_seen=now,
         strikes=0,
+        windows=(),
         streak=None,
         soft_level=0,
+        reentry_until=None,
+        reentry_category=None,
         history=add_event(r, rules, now, "remove", detail),
     )

@@ -107,6 +107,13 @@ class PolicyConfig:
     soft_streak_min_attempts: int = _RULES.soft_streak_min_attempts
     soft_suppress_days: tuple[float, ...] = _RULES.soft_suppress_days
     history_size: int = _RULES.history_size
+    synthesized_window: float = _RULES.synthesized_window
+    domain_first_days: float = _RULES.domain_first_days
+    domain_confirmed_days: float = _RULES.domain_confirmed_days
+    storm_min: int = _RULES.storm_min
+    storm_window: float = _RULES.storm_window
+    storm_suppress_hours: float = _RULES.storm_suppress_hours
+    reentry_days: float = _RULES.reentry_days
 
 
 @dataclass(frozen=True)
