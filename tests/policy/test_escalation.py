@@ -73,8 +73,8 @@ def test_refusal_reply_names_reason_since_and_until() -> None:
     reply = esc.refusal_reply(ADDR, Scope.ADDRESS, refusal_tail(rec))
     assert (reply.code, reply.enhanced) == (550, "5.1.1")
     assert reply.text == (
-        "<bob@example.com>: suppressed since 2026-11-01 "
-        "(bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30"
+        "Recipient suppressed: bad mailbox, <bob@example.com>: suppressed "
+        "(bad-mailbox: 550 5.1.1 user unknown) since 2026-11-01 until 2027-01-30"
     )
     assert reply.text == esc.refusal_text(ADDR, rec)
     dom = SuppressionRecord(
@@ -89,8 +89,8 @@ def test_refusal_reply_names_reason_since_and_until() -> None:
     reply = esc.refusal_reply(ADDR, Scope.DOMAIN, refusal_tail(dom))
     assert reply.enhanced == "5.1.2"
     assert (
-        reply.text
-        == "<bob@example.com>: domain example.com suppressed permanently since 2026-11-01 (x)"
+        reply.text == "Recipient suppressed: bad domain, <bob@example.com>: "
+        "domain example.com suppressed permanently (x) since 2026-11-01"
     )
     assert refusal_tail(esc.apply_remove(rec, False, "", RULES, T0)) == ""
 
@@ -188,10 +188,12 @@ def test_successive_streak_suppressions_climb_7_30_90_then_permanent() -> None:
         rec = _streak_suppression(rec, start)
         end = start + days(21)
         assert rec.state is State.SUPPRESSED and rec.until == end + days(expected)
-        start = rec.until  # the next streak begins after re-admission
+        start = rec.until + days(RULES.reentry_days)  # a new streak, past the re-entry time
     rec = _streak_suppression(rec, start)
     assert rec.state is State.PERMANENT and rec.soft_level == 4
-    assert esc.refusal_text(ADDR, rec).startswith("<bob@example.com>: suppressed permanently since")
+    assert esc.refusal_text(ADDR, rec).startswith(
+        "Recipient suppressed: mailbox full for weeks, <bob@example.com>: suppressed permanently"
+    )
 
 
 def test_soft_ladder_settings_are_honoured() -> None:
@@ -490,7 +492,7 @@ def test_format_1_records_without_compression_still_decode() -> None:
     tlen = HEADER.unpack_from(raw)[4]
     start = HEADER.size + tlen
     body = zlib.decompressobj(_WBITS, zdict=_ZDICT).decompress(raw[start:])
-    v1 = bytes([1]) + raw[1:start] + body
+    v1 = bytes([1, raw[1] & 3]) + raw[2:start] + body
     assert decode(v1) == rec
     assert len(raw) < len(v1)  # the deflated body is smaller
     with pytest.raises(ValueError, match="inflate"):
