@@ -67,6 +67,10 @@ class StormTracker:
     def in_storm(self, domain: str) -> bool:
         return domain in self._on
 
+    def active(self) -> int:
+        """How many remote domains are in a storm now."""
+        return len(self._on)
+
     def _prune(self, events: deque[tuple[float, str, bool]], ts: float) -> None:
         while events and ts - events[0][0] > self.rules.storm_window:
             events.popleft()

@@ -42,6 +42,10 @@ def gauge_probes(service: Any) -> dict[str, Probe]:
     store = getattr(service, "store", None)
     if store is not None:
         probes["bouncer_suppression_records"] = lambda: float(store.count()["total"])
+        storms = getattr(store, "storms", None)
+        if storms is not None:
+            probes["bouncer_suppression_storms"] = lambda: float(storms.active())
+            probes["bouncer_suppression_storms_detected"] = lambda: float(store.storms_tripped)
     pool = getattr(getattr(service, "delivery", None), "pool", None)
     if pool is not None:
         probes["bouncer_remote_sessions_open"] = lambda: _open_sessions(pool)
