@@ -154,18 +154,18 @@ def apply_domain(
     now = utc(now)
     r = _observe(rec, key, Scope.DOMAIN, verdict, reply, "hard", rules, now)
     r = replace(r, hard=r.hard + 1)
-    opened = len(r.windows)
     r = strike(r, rules, now)
+    opened = r.windows[-1] == now  # this verdict began a new window
     reason = f"{verdict.category}: {reply.line()}"
     if permanent_due(r, rules, confirmations=1):
         return suppress(r, now, None, verdict.category, reason, basis_of(r) or Basis.DOMAIN)
     if is_null_mx(reply):
         until = now + timedelta(days=rules.domain_confirmed_days)
         return suppress(r, now, until, verdict.category, reason, Basis.NULL_MX)
-    if len(r.windows) == 1:
+    if opened and len(r.windows) == 1:
         until = now + timedelta(days=rules.domain_first_days)
         return suppress(r, now, until, verdict.category, reason, Basis.DOMAIN)
-    if len(r.windows) > opened:  # a new window: this verdict confirms the first
+    if opened:  # a window or more after the last: this verdict confirms it
         until = now + timedelta(days=rules.domain_confirmed_days)
         r = replace(r, history=add_event(r, rules, now, "confirmed", "bad domain confirmed"))
         return suppress(r, now, until, verdict.category, reason, basis_of(r) or Basis.DOMAIN)
