@@ -23,8 +23,8 @@ from policy.suppression.records import (
     SuppressionRecord,
     basis_of,
 )
-from policy.suppression.storm import StormTracker
 from policy.suppression.store import NotFound, SuppressionStore
+from policy.suppression.storm import StormTracker
 from policy.verdict import BounceClass, Category, Verdict
 from relay.store.env import open_state
 
