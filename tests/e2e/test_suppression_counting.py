@@ -5,6 +5,8 @@ record, the storm breaker and its command, re-entry, the refusal per reason in p
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 import subprocess
 import sys
@@ -118,16 +120,18 @@ async def test_a_storm_is_marked_listed_and_released_by_one_command(
         assert rec.until - rec.since == timedelta(hours=24), a
     config = tmp_path / "bouncer.toml"
     config.write_text(f'[store]\npath = "{svc.config.store.path}"\n')
-    listed = _cli(config, "storms")
+    listed = await asyncio.to_thread(_cli, config, "storms")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("big.test: 30 addresses suppressed 24 h as a storm")
-    released = _cli(config, "storms", "release", "big.test", "--why", "remote fixed")
+    released = await asyncio.to_thread(
+        _cli, config, "storms", "release", "big.test", "--why", "remote fixed"
+    )
     assert released.returncode == 0, released.stderr
     assert "big.test: 30 storm records released" in released.stdout
     fake_mx.default_rcpt_reply = "250 2.1.5 Ok"
     got = await send(host, port, "app@sender.test", addrs[:3])
     assert [code for code, _ in got.rcpt.values()] == [250, 250, 250]
-    assert _cli(config, "storms").stdout.strip() == "no storm records"
+    assert await asyncio.to_thread(_cli, config, "storms").stdout.strip() == "no storm records"
 
 
 async def test_readmitted_from_a_7_day_streak_one_quota_bounce_suppresses_30_days(
@@ -160,7 +164,7 @@ async def test_readmitted_from_a_7_day_streak_one_quota_bounce_suppresses_30_day
     config = tmp_path / "bouncer.toml"
     config.write_text(f'[store]\npath = "{svc.config.store.path}"\n')
     clock.now = datetime.now(UTC)  # the CLI reads the real clock
-    hard = _cli(config, "activity", "dead@example.test")
+    hard = await asyncio.to_thread(_cli, config, "activity", "dead@example.test")
     assert hard.returncode == 0, hard.stderr
     assert "stays suppressed" in hard.stdout and "not a hard one" in hard.stdout
     assert svc.store.check("dead@example.test", datetime.now(UTC)) is not None
@@ -180,24 +184,24 @@ async def test_pflogsumm_groups_refusals_by_reason(
     store.add("manual1@example.test", Category.OTHER, clock.now)
     store.record_complaint("angry@example.test", clock.now, "abuse report")
     log = tmp_path / "mail.log"
-    with open(tmp_path / "stderr", "w") as stderr:
-        writer = LogWriter(LogConfig(file=str(log)), host="relay1", pid=4242, stderr=stderr)
-        svc.events.subscribe(writer)
-        host, port = svc.addresses[0]
-        await send(host, port, "app@sender.test", [*dead, "x@gone.test"])  # the remote's 5xx
-        clock.advance(seconds=5)
-        refused = [
-            *dead,
-            "y@gone.test",
-            "z@gone.test",
-            "manual1@example.test",
-            "angry@example.test",
-        ]
-        got = await send(host, port, "app@sender.test", refused)
-        assert all(code in (550, 556) for code, _ in got.rcpt.values()), got.rcpt
-        svc.events.subscribers.remove(writer)
-        writer.close()
-    out = subprocess.run(
+    writer = LogWriter(LogConfig(file=str(log)), host="relay1", pid=4242, stderr=io.StringIO())
+    svc.events.subscribe(writer)
+    host, port = svc.addresses[0]
+    await send(host, port, "app@sender.test", [*dead, "x@gone.test"])  # the remote's 5xx
+    clock.advance(seconds=5)
+    refused = [
+        *dead,
+        "y@gone.test",
+        "z@gone.test",
+        "manual1@example.test",
+        "angry@example.test",
+    ]
+    got = await send(host, port, "app@sender.test", refused)
+    assert all(code in (550, 556) for code, _ in got.rcpt.values()), got.rcpt
+    svc.events.subscribers.remove(writer)
+    writer.close()
+    out = await asyncio.to_thread(
+        subprocess.run,
         [pflogsumm, "--syslog-name=bouncer", "--smtpd-warning-detail=0", str(log)],
         capture_output=True,
         text=True,
