@@ -53,7 +53,12 @@ def apply_add(
 
 
 def apply_remove(
-    rec: SuppressionRecord, force: bool, why: str, rules: SuppressionRules, now: datetime
+    rec: SuppressionRecord,
+    force: bool,
+    why: str,
+    rules: SuppressionRules,
+    now: datetime,
+    kind: str = "remove",
 ) -> SuppressionRecord:
     """Lift a suppression by hand; permanent and blocked need `force` and a reason.
 
@@ -65,7 +70,8 @@ def apply_remove(
         raise NotSuppressed(f"{rec.key} is not suppressed")
     if r.state in LOCKED_STATES and not (force and why.strip()):
         raise ForceRequired(f"{rec.key} is {r.state}: lifting it needs --force and --why REASON")
-    detail = f"{r.state} lifted" + (" (forced)" if force else "") + (f": {why}" if why else "")
+    forced = " (forced)" if force and kind == "remove" else ""
+    detail = f"{r.state} lifted" + forced + (f": {why}" if why else "")
     return replace(
         readmitted(r),
         last_seen=now,
@@ -75,5 +81,5 @@ def apply_remove(
         soft_level=0,
         reentry_until=None,
         reentry_category=None,
-        history=add_event(r, rules, now, "remove", detail),
+        history=add_event(r, rules, now, kind, detail),
     )

@@ -352,6 +352,21 @@ class SuppressionStore(SuppressionBulk):
         """Record an activity and return the record as it now stands (None if there is none)."""
         return self._alive(key, "activity", now)
 
+    def consent(self, address: str, now: datetime, why: str) -> SuppressionRecord:
+        """The recipient's own verified consent lifts a block or a permanent suppression;
+        `why` says how it was verified (kept in the history, kind "consent")."""
+        now = esc.utc(now)
+        addr = normalize_address(address)
+
+        def rule(r: SuppressionRecord | None) -> SuppressionRecord:
+            if r is None:
+                raise NotFound(f"no suppression record for {addr}")
+            return esc.apply_remove(r, True, why, self.rules, now, kind="consent")
+
+        rec = self._update(self._addr, addr, rule)
+        assert rec is not None
+        return rec
+
     def storms_list(self, now: datetime) -> list[StormGroup]:
         """The storm records still refusing at `now`, per remote domain."""
         return storm_groups(self.scan(esc.utc(now), states=[State.SUPPRESSED]))

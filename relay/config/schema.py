@@ -156,6 +156,7 @@ class IntakeConfig:
     listen: str = ""  # empty = off
     feedback_addresses: tuple[str, ...] = ()
     forward: bool = False
+    consent_address: str = ""  # a recipient's DKIM/SPF-verified mail here lifts their block
 
 
 @dataclass(frozen=True)
