@@ -136,3 +136,21 @@ def test_alignment_is_relaxed_but_never_crosses_domains() -> None:
     assert not aligned("mail.reader.test", "reader.test")
     assert not aligned("eader.test", "reader.test")
     assert not aligned("test", "reader.test")
+
+
+async def test_spf_pass_for_the_senders_domain_lifts(running: Any, dns_server: DNSServer) -> None:
+    svc, port, _pem = running
+    dns_server.add("reader.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+    code, text = await _consent(port, _message(USER, "spf@reader.test"))
+    assert code == 250, text
+    rec = svc.store.get(USER, datetime.now(UTC))
+    assert rec.state is State.ACTIVE
+    assert "spf pass ip=127.0.0.1 smtp.mailfrom=angry@reader.test" in rec.history[-1].detail
+
+
+async def test_spf_that_fails_does_not_lift(running: Any, dns_server: DNSServer) -> None:
+    svc, port, _pem = running
+    dns_server.add("reader.test", "TXT", '"v=spf1 ip4:192.0.2.1 -all"')
+    code, _ = await _consent(port, _message(USER, "spf@reader.test"))
+    assert code == 550
+    assert svc.store.get(USER, datetime.now(UTC)).state is State.BLOCKED
