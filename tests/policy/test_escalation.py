@@ -49,6 +49,13 @@ def hard(rec: SuppressionRecord | None, now: datetime, rules: SuppressionRules =
     return esc.apply_hard(rec, ADDR, Scope.ADDRESS, HARD, R550, rules, now)
 
 
+def synth(rec: SuppressionRecord, rules: SuppressionRules, now: datetime) -> SuppressionRecord:
+    """A counted synthesized refusal (each call here is a window or more after the last)."""
+    new = esc.apply_synthesized(rec, rules, now)
+    assert new is not None
+    return new
+
+
 def soft(rec, now, verdict=QUOTA, rules=RULES):
     return esc.apply_soft(rec, ADDR, verdict, R452, rules, now)
 
@@ -97,9 +104,9 @@ def test_refusal_reply_names_reason_since_and_until() -> None:
 
 def test_synthesized_hard_bounces_count_to_permanent() -> None:
     rec = hard(None, T0)
-    rec = esc.apply_synthesized(rec, RULES, T0 + days(1))
+    rec = synth(rec, RULES, T0 + days(1))
     assert rec.state is State.SUPPRESSED and (rec.synthesized, rec.strikes) == (1, 2)
-    rec = esc.apply_synthesized(rec, RULES, T0 + days(2))
+    rec = synth(rec, RULES, T0 + days(2))
     assert rec.state is State.PERMANENT and rec.until is None
     assert rec.since == T0  # the suppression began with the first HB
     assert refusing(rec, T0 + days(10_000))
@@ -209,7 +216,7 @@ def test_soft_ladder_settings_are_honoured() -> None:
 def test_refusals_during_a_streak_suppression_do_not_make_it_permanent() -> None:
     rec = _streak_suppression(None, T0)
     for d in range(22, 27):
-        rec = esc.apply_synthesized(rec, RULES, T0 + days(d))
+        rec = synth(rec, RULES, T0 + days(d))
     assert rec.state is State.SUPPRESSED and rec.synthesized == 5 and rec.strikes == 0
     assert not refusing(rec, T0 + days(28))
 
@@ -299,7 +306,7 @@ def test_rules_reject_nonsense_numbers() -> None:
 
 
 def test_record_round_trips_through_bytes_and_peek_reads_the_header() -> None:
-    rec = esc.apply_synthesized(soft(hard(None, T0), T0 + days(1)), RULES, T0 + days(2))
+    rec = synth(soft(hard(None, T0), T0 + days(1)), RULES, T0 + days(2))
     raw = encode(rec)
     assert decode(raw) == rec
     code, since, until, reason, tail = peek(raw)
@@ -386,7 +393,7 @@ def _play(events: list[tuple[str, float]]) -> tuple[SuppressionRecord | None, da
             and rec is not None
             and esc.effective_state(rec, now) is not State.ACTIVE
         ):
-            rec = esc.apply_synthesized(rec, RULES, now)
+            rec = esc.apply_synthesized(rec, RULES, now) or rec
         elif kind == "success":
             rec = esc.apply_alive(rec, "success", RULES, now) or rec
         elif kind == "complaint":
@@ -478,7 +485,7 @@ def test_a_soft_streak_ending_during_a_hard_suppression_keeps_the_hard_cause() -
     assert rec.state is State.SUPPRESSED and rec.cause is Category.BAD_MAILBOX
     assert rec.until == T0 + days(105) and rec.since == T0 + days(15)
     assert rec.reason.startswith("bad-mailbox: 550 5.1.1")
-    rec = esc.apply_synthesized(rec, RULES, T0 + days(22))
+    rec = synth(rec, RULES, T0 + days(22))
     assert rec.strikes == 2  # refusals still escalate toward permanent
 
 
@@ -487,7 +494,7 @@ def test_format_1_records_without_compression_still_decode() -> None:
 
     from policy.suppression.encoding import _WBITS, _ZDICT, HEADER
 
-    rec = esc.apply_synthesized(hard(None, T0), RULES, T0 + days(1))
+    rec = synth(hard(None, T0), RULES, T0 + days(1))
     raw = encode(rec)
     tlen = HEADER.unpack_from(raw)[4]
     start = HEADER.size + tlen
