@@ -67,9 +67,16 @@ class StormTracker:
     def in_storm(self, domain: str) -> bool:
         return domain in self._on
 
-    def active(self) -> int:
-        """How many remote domains are in a storm now."""
-        return len(self._on)
+    def active(self, now: datetime) -> int:
+        """How many remote domains are in a storm at `now`: a storm whose last verdict is
+        older than the window is over, even before the next attempt says so."""
+        ts = now.timestamp()
+        with self._lock:
+            return sum(
+                1
+                for d in self._on
+                if self._seen.get(d) and ts - self._seen[d][-1][0] <= self.rules.storm_window
+            )
 
     def _prune(self, events: deque[tuple[float, str, bool]], ts: float) -> None:
         while events and ts - events[0][0] > self.rules.storm_window:

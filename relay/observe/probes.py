@@ -44,7 +44,8 @@ def gauge_probes(service: Any) -> dict[str, Probe]:
         probes["bouncer_suppression_records"] = lambda: float(store.count()["total"])
         storms = getattr(store, "storms", None)
         if storms is not None:
-            probes["bouncer_suppression_storms"] = lambda: float(storms.active())
+            clock = getattr(service, "clock", None) or (lambda: datetime.now(UTC))
+            probes["bouncer_suppression_storms"] = lambda: float(storms.active(clock()))
             probes["bouncer_suppression_storms_detected"] = lambda: float(store.storms_tripped)
     pool = getattr(getattr(service, "delivery", None), "pool", None)
     if pool is not None:

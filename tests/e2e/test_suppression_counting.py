@@ -20,6 +20,7 @@ from policy.suppression.records import Basis, State, basis_of
 from policy.verdict import Category
 from relay.config.load import LogConfig
 from relay.observe.logsink import LogWriter
+from relay.observe.probes import gauge_probes
 from tests.ops.client import send
 from tests.ops.pflog import require_pflogsumm
 from tests.support.fake_mx import FakeMX
@@ -114,6 +115,9 @@ async def test_a_storm_is_marked_listed_and_released_by_one_command(
         assert all(code == 550 for code, _ in got.rcpt.values())
         clock.advance(seconds=10)
     assert "storm: big.test answered hard for 20 distinct addresses" in caplog.text
+    gauges = gauge_probes(svc)  # what Prometheus reads at a scrape
+    assert gauges["bouncer_suppression_storms"]() == 1.0
+    assert gauges["bouncer_suppression_storms_detected"]() == 1.0
     for a in addrs:
         rec = svc.store.get(a, clock.now)
         assert rec.state is State.SUPPRESSED and basis_of(rec) is Basis.STORM, a

@@ -166,7 +166,8 @@ def test_storm_trips_on_distinct_addresses_making_half_the_attempts() -> None:
         for i in range(30)
     ]
     assert [i for i, trip in enumerate(trips) if trip is not None] == [RULES.storm_min - 1]
-    assert t.in_storm("big.example") and t.active() == 1
+    assert t.in_storm("big.example") and t.active(T0 + minutes(1)) == 1
+    assert t.active(T0 + minutes(20)) == 0  # quiet for longer than the window: over
 
 
 def test_no_storm_when_most_attempts_succeed() -> None:
