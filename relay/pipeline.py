@@ -226,10 +226,10 @@ class Pipeline:
                 self._event(txn, r.key, Status.SENT, outcome, now, delays)
                 # Most delivered addresses have no record: a read on the loop spares the
                 # writer-thread hop per message (seen in the benchmark's profile).
-                if self.store is not None:
-                    self.store.note_delivered(r.key, now)  # the storm breaker's attempts
                 if self.store is not None and self.store.has_records(r.key):
                     writes.append((r.key, partial(self.store.record_success, r.key, now)))
+                elif self.store is not None:  # record_success notes it otherwise
+                    self.store.note_delivered(r.key, now)  # the storm breaker's attempts
                 continue
             if outcome.reply.is_permanent:
                 status = Status.BOUNCED
