@@ -155,8 +155,8 @@ class VerpConfig:
 class IntakeConfig:
     listen: str = ""  # empty = off
     feedback_addresses: tuple[str, ...] = ()
-    forward: bool = False
     consent_address: str = ""  # a recipient's DKIM/SPF-verified mail here lifts their block
+    forward: bool = False
 
 
 @dataclass(frozen=True)
