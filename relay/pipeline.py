@@ -310,6 +310,8 @@ class Pipeline:
                 # writer-thread hop per message (seen in the benchmark's profile).
                 if self.store is not None and self.store.has_records(key):
                     writes.append((key, partial(self.store.record_success, key, now)))
+                elif self.store is not None:  # record_success notes it otherwise
+                    self.store.note_delivered(key, now)  # the storm breaker's attempts
             elif self.store is not None and decided.verdict is not None:
                 record = partial(
                     self.store.record_verdict, key, decided.verdict, outcome.reply, now

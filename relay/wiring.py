@@ -121,7 +121,7 @@ def metrics(parts: Parts) -> Metrics:
     m = Metrics(parts.config.metrics.address)
     m.wire(
         parts.events,
-        gauge_probes(parts.spool, parts.store, parts.delivery.pool),
+        gauge_probes(parts.spool, parts.store, parts.delivery.pool, parts.clock),
         health_checks(parts.store, parts.servers),
     )
     return m

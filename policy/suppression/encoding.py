@@ -21,16 +21,20 @@ from typing import Any
 
 from policy.reply import Reply
 from policy.suppression.records import (
+    Basis,
     HistoryEvent,
     Scope,
     SoftStreak,
     State,
     SuppressionRecord,
+    refusal_kind,
     tail_parts,
 )
 from policy.verdict import BounceClass, Category
 
-FORMAT_VERSION = 2  # 1: JSON body as is; 2: JSON body deflated with _ZDICT
+# 1: JSON body as is; 2: JSON body deflated with _ZDICT; 3: as 2, and the state byte
+# carries the refusal kind (records.REFUSALS) above the state code: kind << 2 | state.
+FORMAT_VERSION = 3
 # A preset dictionary for the deflated body (RFC 1950 §2.2 FDICT): the record's JSON keys
 # and common reply phrasing, so even a 300-byte body compresses. Changing it means a new
 # FORMAT_VERSION: records written with it must stay readable.
@@ -61,6 +65,15 @@ STATE_CODE = {s: _StateCode[s.name].value for s in State}
 CODE_STATE = {v: k for k, v in STATE_CODE.items()}
 CODE_ACTIVE = STATE_CODE[State.ACTIVE]
 CODE_SUPPRESSED = STATE_CODE[State.SUPPRESSED]
+STATE_BITS = 3  # the state code is the state byte's low two bits; the refusal kind above
+
+
+def split_state(byte: int, version: int) -> tuple[int, int]:
+    """(state code, refusal kind) from a header's state byte; kind 0 before version 3."""
+    if version < 3:
+        return byte, 0
+    return byte & STATE_BITS, byte >> 2
+
 
 # version, state code, since (epoch s, NaN = none), until (epoch s, NaN = none), then the
 # text that follows the header: its byte length, and where the reason sits inside it (offset,
@@ -93,7 +106,7 @@ def encode(rec: SuppressionRecord) -> bytes:
     text = before + reason + after
     head = HEADER.pack(
         FORMAT_VERSION,
-        STATE_CODE[rec.state],
+        STATE_CODE[rec.state] | (refusal_kind(rec) << 2 if rec.state is not State.ACTIVE else 0),
         _ts(rec.since),
         _ts(rec.until),
         len(text),
@@ -120,6 +133,15 @@ def encode(rec: SuppressionRecord) -> bytes:
         ],
         "h": [[e.when.timestamp(), e.kind, e.detail] for e in rec.history],
     }
+    # Version 3's keys, written only when set: a record without them reads as before.
+    if rec.basis is not Basis.NONE:
+        body["b"] = rec.basis.value
+    if rec.windows:
+        body["w"] = [w.timestamp() for w in rec.windows]
+    if rec.last_synthesized is not None:
+        body["ly"] = rec.last_synthesized.timestamp()
+    if rec.reentry_until is not None and rec.reentry_category is not None:
+        body["re"] = [rec.reentry_category.value, rec.reentry_until.timestamp()]
     z = zlib.compressobj(6, zlib.DEFLATED, _WBITS, zdict=_ZDICT)
     packed = z.compress(json.dumps(body, separators=(",", ":")).encode("utf-8")) + z.flush()
     return head + text + packed
@@ -127,13 +149,14 @@ def encode(rec: SuppressionRecord) -> bytes:
 
 def decode(raw: bytes) -> SuppressionRecord:
     """bytes -> Record; raises ValueError on a format this code does not know."""
-    version, code, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
-    if version not in (1, FORMAT_VERSION):
+    version, byte, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
+    code, _kind = split_state(byte, version)
+    if version not in (1, 2, FORMAT_VERSION):
         raise ValueError(f"suppression record format {version} is not {FORMAT_VERSION}")
     start = HEADER.size
     reason = bytes(raw[start + roff : start + roff + rlen]).decode("utf-8")
     packed = bytes(raw[start + tlen :])
-    if version == FORMAT_VERSION:
+    if version >= 2:
         try:
             packed = zlib.decompressobj(_WBITS, zdict=_ZDICT).decompress(packed)
         except zlib.error as exc:
@@ -165,6 +188,11 @@ def decode(raw: bytes) -> SuppressionRecord:
         first_seen=_utc(b["fs"]),
         last_seen=_utc(b["ls"]),
         history=tuple(HistoryEvent(_utc(w), k, d) for w, k, d in b["h"]),
+        basis=Basis(b.get("b", "")),
+        windows=tuple(_utc(w) for w in b.get("w", ())),
+        last_synthesized=_dt(b.get("ly")),
+        reentry_until=_dt(b["re"][1]) if "re" in b else None,
+        reentry_category=Category(b["re"][0]) if "re" in b else None,
     )
 
 
@@ -177,7 +205,8 @@ def peek(raw: bytes) -> tuple[int, float, float, str, str]:
 
     since/until are epoch seconds, NaN when absent.
     """
-    _version, code, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
+    version, byte, since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
+    code, _kind = split_state(byte, version)
     start = HEADER.size
     reason = raw[start + roff : start + roff + rlen].decode("utf-8")
     tail = raw[start : start + tlen].decode("utf-8") if code != CODE_ACTIVE else ""

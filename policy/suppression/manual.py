@@ -19,7 +19,7 @@ from policy.suppression.lookup import (
     suppress,
     utc,
 )
-from policy.suppression.records import Scope, State, SuppressionRecord
+from policy.suppression.records import Basis, Scope, State, SuppressionRecord
 from policy.verdict import Category
 
 
@@ -49,11 +49,16 @@ def apply_add(
     )
     if r.state is State.SUPPRESSED:
         r = replace(r, until=None)  # a hand-set date replaces the old one, even an earlier one
-    return suppress(r, now, None if until is None else utc(until), category, reason)
+    return suppress(r, now, None if until is None else utc(until), category, reason, Basis.MANUAL)
 
 
 def apply_remove(
-    rec: SuppressionRecord, force: bool, why: str, rules: SuppressionRules, now: datetime
+    rec: SuppressionRecord,
+    force: bool,
+    why: str,
+    rules: SuppressionRules,
+    now: datetime,
+    kind: str = "remove",
 ) -> SuppressionRecord:
     """Lift a suppression by hand; permanent and blocked need `force` and a reason.
 
@@ -65,12 +70,16 @@ def apply_remove(
         raise NotSuppressed(f"{rec.key} is not suppressed")
     if r.state in LOCKED_STATES and not (force and why.strip()):
         raise ForceRequired(f"{rec.key} is {r.state}: lifting it needs --force and --why REASON")
-    detail = f"{r.state} lifted" + (" (forced)" if force else "") + (f": {why}" if why else "")
+    forced = " (forced)" if force and kind == "remove" else ""
+    detail = f"{r.state} lifted" + forced + (f": {why}" if why else "")
     return replace(
         readmitted(r),
         last_seen=now,
         strikes=0,
+        windows=(),
         streak=None,
         soft_level=0,
-        history=add_event(r, rules, now, "remove", detail),
+        reentry_until=None,
+        reentry_category=None,
+        history=add_event(r, rules, now, kind, detail),
     )

@@ -26,6 +26,20 @@ class State(StrEnum):
     BLOCKED = "blocked"  # a complaint: refused until lifted by hand with --force and a reason
 
 
+class Basis(StrEnum):
+    """What the current suppression rests on: it picks the refusal code and phrase, and
+    what may lift it (docs/behaviour.md#suppression-policy)."""
+
+    NONE = ""  # not suppressed, or a record from before bases were kept (derived on read)
+    HARD = "hard"  # a real HB of the address, or synthesized strikes on one
+    DOMAIN = "domain"  # bad-domain verdicts (NXDOMAIN, a remote's x.1.2) on the domain record
+    NULL_MX = "null-mx"  # the domain's own RFC 7505 statement
+    STREAK = "streak"  # successive soft bounces
+    STORM = "storm"  # a hard verdict while its remote domain was in a storm: 24 h, doubtful
+    MANUAL = "manual"  # an operator's add or an import
+    COMPLAINT = "complaint"  # an ARF feedback report
+
+
 class Scope(StrEnum):
     ADDRESS = "address"
     DOMAIN = "domain"
@@ -72,6 +86,11 @@ class SuppressionRecord:
     streak: SoftStreak | None = None
     soft_level: int = 0  # how many streak suppressions so far: picks 7 d, 30 d, 90 d, permanent
     history: tuple[HistoryEvent, ...] = field(default=())
+    basis: Basis = Basis.NONE  # what the current suppression rests on
+    windows: tuple[datetime, ...] = ()  # starts of the distinct windows strikes fell in
+    last_synthesized: datetime | None = None  # the last synthesized refusal that was counted
+    reentry_until: datetime | None = None  # after a streak re-admission: the level holds until
+    reentry_category: Category | None = None  # ...for one more SB of this category
 
 
 _WHAT = {
@@ -86,6 +105,72 @@ def _day(epoch_day: int) -> str:
     return datetime.fromtimestamp(epoch_day * 86400, UTC).strftime("%Y-%m-%d")
 
 
+# The refusal per reason (docs/behaviour.md#suppression-policy): code, enhanced code, and the
+# fixed phrase the text starts with, so log tools (pflogsumm's reject summary) group by it.
+# The index is the on-disk refusal kind (policy/suppression/encoding.py): never renumber.
+REFUSALS: tuple[tuple[int, str, str], ...] = (
+    (550, "5.1.1", "Recipient suppressed: bad mailbox"),  # 0: records written before kinds
+    (550, "5.1.1", "Recipient suppressed: bad mailbox"),
+    (550, "5.1.2", "Recipient suppressed: bad domain"),
+    (556, "5.1.10", "Recipient suppressed: domain accepts no mail"),
+    (550, "5.2.1", "Recipient suppressed: inactive mailbox"),
+    (550, "5.2.2", "Recipient suppressed: mailbox full for weeks"),
+    (550, "5.4.1", "Recipient suppressed: successive soft bounces"),
+    (550, "5.7.1", "Recipient suppressed: complaint"),
+    (550, "5.7.1", "Recipient suppressed: by the operator"),
+    (550, "5.1.1", "Recipient suppressed: hard bounce during a storm"),
+)
+(
+    KIND_LEGACY,
+    KIND_BAD_MAILBOX,
+    KIND_BAD_DOMAIN,
+    KIND_NULL_MX,
+    KIND_INACTIVE,
+    KIND_STREAK_QUOTA,
+    KIND_STREAK_OTHER,
+    KIND_COMPLAINT,
+    KIND_MANUAL,
+    KIND_STORM,
+) = range(len(REFUSALS))
+_STREAK_PREFIX = "successive bounces"
+
+
+def basis_of(rec: SuppressionRecord) -> Basis:
+    """The record's basis; for a record written before bases were kept, read from the rest."""
+    if rec.basis is not Basis.NONE or rec.state is State.ACTIVE:
+        return rec.basis
+    if rec.state is State.BLOCKED:
+        return Basis.COMPLAINT
+    if rec.reason.startswith(_STREAK_PREFIX):
+        return Basis.STREAK
+    if rec.scope is Scope.DOMAIN:
+        return Basis.DOMAIN
+    return Basis.HARD if rec.cause in _DEAD else Basis.MANUAL
+
+
+_DEAD = frozenset({Category.BAD_MAILBOX, Category.BAD_DOMAIN, Category.INACTIVE_MAILBOX})
+
+
+def refusal_kind(rec: SuppressionRecord) -> int:
+    """Which of REFUSALS a refusing record answers with."""
+    b = basis_of(rec)
+    if b is Basis.COMPLAINT:
+        return KIND_COMPLAINT
+    if b is Basis.MANUAL:
+        return KIND_MANUAL
+    if b is Basis.NULL_MX:
+        return KIND_NULL_MX
+    if b is Basis.STORM:
+        return KIND_STORM
+    if b is Basis.STREAK:
+        return KIND_STREAK_QUOTA if rec.cause is Category.QUOTA_ISSUES else KIND_STREAK_OTHER
+    if b is Basis.DOMAIN or rec.scope is Scope.DOMAIN or rec.cause is Category.BAD_DOMAIN:
+        return KIND_BAD_DOMAIN
+    if rec.cause is Category.INACTIVE_MAILBOX:
+        return KIND_INACTIVE
+    return KIND_BAD_MAILBOX
+
+
 def tail_parts(rec: SuppressionRecord) -> tuple[str, str, str]:
     """(before the reason, the reason, after it) of the refusal tail."""
     reason = rec.reason[:MAX_REASON]
@@ -95,18 +180,19 @@ def tail_parts(rec: SuppressionRecord) -> tuple[str, str, str]:
     if rec.scope is Scope.DOMAIN:
         what = f"domain {rec.key} {what}"
     before, after = what, ""
-    if rec.since is not None:
-        before += f" since {_day(int(rec.since.timestamp() // 86400))}"
     if reason:
         before, after = before + " (", ")"
+    if rec.since is not None:
+        after += f" since {_day(int(rec.since.timestamp() // 86400))}"
     if rec.state is State.SUPPRESSED and rec.until is not None:
-        after += f"; until {_day(int(rec.until.timestamp() // 86400))}"
+        after += f" until {_day(int(rec.until.timestamp() // 86400))}"
     return before, reason, after
 
 
 def refusal_tail(rec: SuppressionRecord) -> str:
-    """What a refusal says after "<address>: ", e.g. "suppressed since 2026-11-01
-    (bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30". Empty when active.
+    """What a refusal says after the phrase and "<address>: ", e.g. "suppressed
+    (bad-mailbox: 550 5.1.1 user unknown) since 2026-11-01 until 2027-01-30". Empty when
+    active.
 
     It depends only on the record, so it is written with it: a refusal at RCPT
     then costs a slice, not date formatting (the look-up's hot path).
@@ -151,6 +237,11 @@ def as_dict(rec: SuppressionRecord) -> dict[str, Any]:
             "attempts": rec.streak.attempts,
         },
         "soft_level": rec.soft_level,
+        "basis": rec.basis.value or None,
+        "windows": [t(w) for w in rec.windows],
+        "reentry": None
+        if rec.reentry_until is None or rec.reentry_category is None
+        else {"category": rec.reentry_category.value, "until": t(rec.reentry_until)},
         "first_seen": t(rec.first_seen),
         "last_seen": t(rec.last_seen),
         "history": [{"when": t(e.when), "kind": e.kind, "detail": e.detail} for e in rec.history],

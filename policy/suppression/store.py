@@ -13,6 +13,7 @@ policy/ that imports lmdb.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -40,10 +41,13 @@ from policy.suppression.bulk import (
     SuppressionBulk,
     decode_or_fail,
 )
-from policy.suppression.encoding import HEADER, encode
+from policy.suppression.encoding import HEADER, encode, split_state
 from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError, SuppressionRules
-from policy.suppression.records import Scope, State, SuppressionRecord
+from policy.suppression.records import Basis, Scope, State, SuppressionRecord, basis_of
+from policy.suppression.storm import StormTracker, Trip
 from policy.verdict import BounceClass, Category, Verdict
+
+log = logging.getLogger("bouncer.suppression")
 
 __all__ = [
     "ForceRequired",
@@ -108,6 +112,8 @@ class SuppressionStore:
         self._env = env
         self._begin = env.begin  # a read txn; bound once, check() runs at every RCPT
         self.rules = rules
+        self.storms = StormTracker(rules)  # this process's view of remotes answering hard
+        self.storms_tripped = 0  # storms detected since start, for the metric
         try:
             readonly = bool(env.flags().get("readonly"))
             self._addr = env.open_db(ADDRESS_DB, create=not readonly)
@@ -239,8 +245,8 @@ class SuppressionStore:
             raise StoreError(f"suppression look-up failed: {exc}") from exc
         except (struct.error, UnicodeDecodeError) as exc:
             raise StoreError(f"unreadable suppression record for {addr}: {exc}") from exc
-        reason, tail = hit
-        return _refusal(addr, scope_name, esc.refusal_reply(addr, scope, tail), reason)
+        reason, tail, kind = hit
+        return _refusal(addr, scope_name, esc.refusal_reply(addr, scope, tail, kind), reason)
 
     # ---- writes (the relay's writer thread, the CLI, the API) -------------------------------
 
@@ -294,6 +300,49 @@ class SuppressionStore:
             db, key, lambda r: None if r is None else esc.apply_synthesized(r, self.rules, now)
         )
 
+    def note_delivered(self, address: str, now: datetime) -> None:
+        """A delivery to `address`: one attempt for the storm breaker's share (memory only)."""
+        try:
+            addr = normalize_address(address)
+        except AddressError:
+            return
+        self.storms.observe(domain_of(addr), addr, False, esc.utc(now))
+
+    def _storm(self, addr: str, verdict: Verdict, reply: Reply, now: datetime) -> bool:
+        """Count this verdict for its remote domain; True when that domain is in a storm."""
+        hard = (
+            verdict.klass is BounceClass.HARD
+            and reply.code // 100 == 5
+            and verdict.category is not Category.BAD_DOMAIN  # the domain record's own rules
+        )
+        dom = domain_of(addr)
+        trip = self.storms.observe(dom, addr, hard, now)
+        if trip is not None:
+            self._tripped(trip, now)
+        return hard and self.storms.in_storm(dom)
+
+    def _tripped(self, trip: Trip, now: datetime) -> None:
+        """A storm has begun: the alarm, and the window's hard suppressions become storm ones."""
+        self.storms_tripped += 1
+        log.warning(
+            "storm: %s answered hard for %d distinct addresses (%d of %d attempts) within "
+            "%g s; its hard verdicts now suppress for %g h only, marked storm; see "
+            "`bouncer suppression storms`",
+            trip.domain,
+            len(trip.addresses),
+            trip.hard,
+            trip.attempts,
+            self.rules.storm_window,
+            self.rules.storm_suppress_hours,
+        )
+        start = datetime.fromtimestamp(trip.window_start, UTC)
+        for a in sorted(trip.addresses):
+            self._update(
+                self._addr,
+                a,
+                lambda r: None if r is None else esc.apply_storm_mark(r, self.rules, now, start),
+            )
+
     def record_verdict(self, address: str, verdict: Verdict, reply: Reply, now: datetime) -> None:
         """Apply a classifier verdict for `address`; bad-domain HBs go on the domain record."""
         now = esc.utc(now)
@@ -301,6 +350,7 @@ class SuppressionStore:
         if verdict.klass is BounceClass.DELIVERED:
             self.record_success(addr, now)
             return
+        storm = self._storm(addr, verdict, reply, now)
         if verdict.category is Category.BAD_DOMAIN and verdict.klass is BounceClass.HARD:
             dom = domain_of(addr)
             self._update(
@@ -312,7 +362,9 @@ class SuppressionStore:
         self._update(
             self._addr,
             addr,
-            lambda r: esc.apply_verdict(r, addr, Scope.ADDRESS, verdict, reply, self.rules, now),
+            lambda r: esc.apply_verdict(
+                r, addr, Scope.ADDRESS, verdict, reply, self.rules, now, storm
+            ),
         )
 
     def _alive(self, address: str, kind: str, now: datetime) -> SuppressionRecord | None:
@@ -327,6 +379,7 @@ class SuppressionStore:
 
     def record_success(self, address: str, now: datetime) -> None:
         """A 2xx: resets the streak and strikes, lifts a temporary suppression."""
+        self.note_delivered(address, now)
         self._alive(address, "success", now)
 
     def record_activity(self, address: str, now: datetime) -> None:
@@ -393,6 +446,42 @@ class SuppressionStore:
         """Record an activity and return the record as it now stands (None if there is none)."""
         return self._alive(key, "activity", now)
 
+    def consent(self, address: str, now: datetime, why: str) -> SuppressionRecord:
+        """The recipient's own verified consent lifts a block or a permanent suppression;
+        `why` says how it was verified (kept in the history, kind "consent")."""
+        now = esc.utc(now)
+        addr = normalize_address(address)
+
+        def rule(r: SuppressionRecord | None) -> SuppressionRecord:
+            if r is None:
+                raise NotFound(f"no suppression record for {addr}")
+            return esc.apply_remove(r, True, why, self.rules, now, kind="consent")
+
+        rec = self._update(self._addr, addr, rule)
+        assert rec is not None
+        return rec
+
+    def storms_list(self, now: datetime) -> list[StormGroup]:
+        """The storm records still refusing at `now`, per remote domain."""
+        return storm_groups(self.scan(esc.utc(now), states=[State.SUPPRESSED]))
+
+    def storm_settle(self, domain: str, confirm: bool, now: datetime, why: str = "") -> int:
+        """Confirm (normal hard rules) or release every storm record of `domain`; returns
+        how many records changed. Raises NotFound when the domain has none."""
+        now = esc.utc(now)
+        dom = _normalize_domain(domain.strip().lstrip("@"))
+        groups = [g for g in self.storms_list(now) if g.domain == dom]
+        if not groups:
+            raise NotFound(f"no storm records for {dom}")
+        rule = esc.apply_storm_confirm if confirm else esc.apply_storm_release
+        changed = 0
+        for addr in groups[0].addresses:
+            new = self._update(
+                self._addr, addr, lambda r: None if r is None else rule(r, why, self.rules, now)
+            )
+            changed += new is not None and basis_of(new) is not Basis.STORM
+        return changed
+
     def remove(
         self, key: str, now: datetime, force: bool = False, why: str = ""
     ) -> SuppressionRecord:
@@ -410,13 +499,43 @@ class SuppressionStore:
         return rec
 
 
-def _refusing(raw: bytes, now_ts: float) -> tuple[str, str] | None:
-    """(reason, refusal tail) if this record refuses at `now_ts`; reads the header only."""
-    _version, code, _since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
+@dataclass(frozen=True, slots=True)
+class StormGroup:
+    """The storm records of one remote domain, as `bouncer suppression storms` lists them."""
+
+    domain: str
+    addresses: tuple[str, ...]
+    first: datetime
+    last: datetime
+
+
+def storm_groups(records: Any) -> list[StormGroup]:
+    """Group refusing storm records by domain, newest storm first."""
+    by: dict[str, list[SuppressionRecord]] = {}
+    for rec in records:
+        if rec.scope is Scope.ADDRESS and basis_of(rec) is Basis.STORM and rec.since is not None:
+            by.setdefault(domain_of(rec.key), []).append(rec)
+    groups = [
+        StormGroup(
+            dom,
+            tuple(r.key for r in recs),
+            min(r.since for r in recs if r.since is not None),
+            max(r.since for r in recs if r.since is not None),
+        )
+        for dom, recs in by.items()
+    ]
+    return sorted(groups, key=lambda g: g.last, reverse=True)
+
+
+def _refusing(raw: bytes, now_ts: float) -> tuple[str, str, int] | None:
+    """(reason, refusal tail, refusal kind) if this record refuses at `now_ts`; reads the
+    header only."""
+    version, byte, _since, until, tlen, roff, rlen = HEADER.unpack_from(raw)
+    code, kind = split_state(byte, version)
     if not esc.refuses(code, until, now_ts):
         return None  # expiry is evaluated at look-up: re-admission needs no write
     tail = raw[_HEAD_SIZE : _HEAD_SIZE + tlen].decode("utf-8")
     if tail.isascii():
-        return tail[roff : roff + rlen], tail  # byte offsets are character offsets
+        return tail[roff : roff + rlen], tail, kind  # byte offsets are character offsets
     start = _HEAD_SIZE + roff
-    return raw[start : start + rlen].decode("utf-8"), tail
+    return raw[start : start + rlen].decode("utf-8"), tail, kind

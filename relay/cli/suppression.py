@@ -22,7 +22,7 @@ from typing import TextIO
 from policy.address import AddressError, domain_of, normalize_domain
 from policy.suppression.bulk import select
 from policy.suppression.csvfile import iso, parse_when, write_csv
-from policy.suppression.escalate import RuleError
+from policy.suppression.escalate import RuleError, activity_note
 from policy.suppression.lookup import REFUSING_STATES as REFUSING
 from policy.suppression.records import Scope, State, SuppressionRecord, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
@@ -274,6 +274,37 @@ def _activity(args: argparse.Namespace) -> int:
         print(f"{args.address}: no record; nothing to reset")
     else:
         print(f"{rec.key}: activity recorded; now {rec.state.value}")
+        note = activity_note(rec, datetime.now(UTC))
+        if note:
+            print(note)
+    return EXIT_OK
+
+
+def _storms(args: argparse.Namespace) -> int:
+    """List the storm records per remote domain, or confirm / release one domain's."""
+    store = open_store(args)
+    now = datetime.now(UTC)
+    if args.verb is None:
+        groups = store.storms_list(now)
+        if not groups:
+            print("no storm records")
+        for g in groups:
+            print(
+                f"{g.domain}: {len(g.addresses)} addresses suppressed 24 h as a storm, "
+                f"{iso(g.first)} .. {iso(g.last)}"
+            )
+            if args.verbose:
+                for a in g.addresses:
+                    print(f"  {a}")
+        return EXIT_OK
+    if args.domain is None:
+        print(f"bouncer: storms {args.verb} needs a DOMAIN", file=sys.stderr)
+        return EXIT_USAGE
+    confirm = args.verb == "confirm"
+    n = store.storm_settle(args.domain, confirm, now, args.why)
+    what = "confirmed (hard-bounce rules apply)" if confirm else "released (re-admitted)"
+    _log_action(args, args.domain, f"storm {args.verb}", args.why, records=str(n))
+    print(f"{normalize_domain(args.domain.lstrip('@'))}: {n} storm records {what}")
     return EXIT_OK
 
 
@@ -358,6 +389,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("activity", help="the recipient opened, clicked or replied: reset")
     p.add_argument("address", metavar="ADDRESS")
     p.set_defaults(handler=_guarded(_activity))
+
+    p = sub.add_parser(
+        "storms", help="records a remote's storm of hard bounces suppressed for 24 h only"
+    )
+    p.add_argument("verb", nargs="?", choices=["confirm", "release"], help="act on DOMAIN's")
+    p.add_argument("domain", nargs="?", metavar="DOMAIN")
+    p.add_argument("--why", default="", help="reason, kept in the history")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the addresses too")
+    p.set_defaults(handler=_guarded(_storms))
 
     p = sub.add_parser("count", help="records per state")
     p.set_defaults(handler=_guarded(_count))

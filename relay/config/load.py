@@ -339,13 +339,16 @@ def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
     for n, address in enumerate(i.feedback_addresses):
         if not is_valid_address(address):
             problems.append(f"intake.feedback_addresses[{n}]: not an address: {address!r}")
+    if i.consent_address and not is_valid_address(i.consent_address):
+        problems.append(f"intake.consent_address: not an address: {i.consent_address!r}")
     if i.listen:
         _check_each(problems, "", {"intake.listen": i.listen}, _hostport, "not host:port")
         if not (v.bounce_domain and v.secret) and not i.feedback_addresses:
-            problems.append(
-                "intake.listen: needs verp.bounce_domain and verp.secret "
-                "or intake.feedback_addresses, else it accepts nothing"
-            )
+            if not i.consent_address:
+                problems.append(
+                    "intake.listen: needs verp.bounce_domain and verp.secret, "
+                    "intake.feedback_addresses or intake.consent_address, else it accepts nothing"
+                )
 
 
 def suppression_rules(policy: PolicyConfig) -> SuppressionRules:

@@ -162,6 +162,13 @@ class PolicyConfig:
     soft_streak_min_attempts: int = _RULES.soft_streak_min_attempts
     soft_suppress_days: tuple[float, ...] = _RULES.soft_suppress_days
     history_size: int = _RULES.history_size
+    synthesized_window: float = _RULES.synthesized_window
+    domain_first_days: float = _RULES.domain_first_days
+    domain_confirmed_days: float = _RULES.domain_confirmed_days
+    storm_min: int = _RULES.storm_min
+    storm_window: float = _RULES.storm_window
+    storm_suppress_hours: float = _RULES.storm_suppress_hours
+    reentry_days: float = _RULES.reentry_days
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ class VerpConfig:
 class IntakeConfig:
     listen: str = ""  # empty = off
     feedback_addresses: tuple[str, ...] = ()
+    consent_address: str = ""  # a recipient's DKIM/SPF-verified mail here lifts their block
     forward: bool = False
     # Anyone may send a bounce: every intake client is held to these (relay/inbound/guard.py).
     max_clients: int = 100  # concurrent connections to the intake listener

@@ -37,6 +37,7 @@ from policy.verp import VerpKey, decode, remote_sender
 from relay.config.load import Config
 from relay.inbound.admission import AdmissionLimits
 from relay.inbound.guard import Gate, GuardedSMTP
+from relay.intake.consent import Checker, consent
 from relay.observe.events import EventBus, RecipientEvent
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,11 @@ class IntakeHandler:
         write: Write = _in_default_executor,
         forwarder: Forwarder | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        consent_address: str = "",
+        checker: Checker | None = None,
     ) -> None:
+        self.consent_address = _normal(consent_address) if consent_address else ""
+        self.checker = checker
         self.store = store
         self.events = events
         self.verp = verp
@@ -99,6 +104,13 @@ class IntakeHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 Too many recipients"
+        if self.consent_address and _normal(address) == self.consent_address:
+            if envelope.rcpt_tos:
+                return "452 4.5.3 Consent mail goes alone: one recipient per message"
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok"
+        if envelope.rcpt_tos and _normal(envelope.rcpt_tos[0]) == self.consent_address:
+            return "452 4.5.3 Consent mail goes alone: one recipient per message"
         if self.target(address) is None:
             # RFC 3463 x.1.1: no such mailbox here; nothing is read or recorded.
             return f"550 5.1.1 <{address}>: not a bounce or feedback address of this host"
@@ -109,6 +121,8 @@ class IntakeHandler:
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
+        if self.consent_address and _normal(envelope.rcpt_tos[0]) == self.consent_address:
+            return await self._consent(data, session, envelope)
         try:
             changed = await self.receive(data, list(envelope.rcpt_tos))
         except StoreError as exc:
@@ -118,6 +132,31 @@ class IntakeHandler:
             log.exception("intake: failed to process a message")
             return "451 4.3.0 Internal error, try again later"
         return f"250 2.0.0 Ok: {changed} record(s) updated"
+
+    async def _consent(self, data: bytes, session: Session, envelope: Envelope) -> str:
+        """A recipient's consent mail (relay/intake/consent.py); refused unless it lifts."""
+        if self.checker is None:
+            return "451 4.3.0 Consent checks unavailable, try again later"
+        peer = session.peer[0] if isinstance(session.peer, tuple) else ""
+        try:
+            result = await consent(
+                self.checker,
+                self.store,
+                self.write,
+                data,
+                str(peer),
+                envelope.mail_from or "",
+                session.host_name or "",
+                self.clock(),
+            )
+        except StoreError as exc:
+            log.error("intake: store unavailable: %s", exc)
+            return "451 4.3.0 Suppression store unavailable, try again later"
+        if result.lifted:
+            return f"250 2.0.0 Ok: {result.address} may receive mail again"
+        if result.how == "nothing to lift":
+            return "250 2.0.0 Ok: nothing to lift"
+        return f"550 5.7.1 Consent not verified: {result.how}"
 
     async def receive(self, data: bytes, rcpts: list[str], now: datetime | None = None) -> int:
         """Parse `data` once and apply the plan for each RCPT; returns the store writes done."""
@@ -227,6 +266,17 @@ def verp_sender(
     return sender
 
 
+def _checker(config: Config) -> Checker | None:
+    """DKIM/SPF checks over a resolver built like the service's own (`[dns]`), when a
+    consent address is set."""
+    if not config.intake.consent_address:
+        return None
+    from relay.outbound.routes import build_resolver
+
+    resolver = build_resolver(config.dns.servers, config.dns.timeout)
+    return Checker(resolver, asyncio.get_running_loop())
+
+
 class Intake:
     """The service component: `await start()` listens, `await stop()` closes.
 
@@ -252,6 +302,8 @@ class Intake:
             write=write,
             forwarder=forwarder if config.intake.forward else None,
             clock=clock,
+            consent_address=config.intake.consent_address,
+            checker=_checker(config),
         )
         self.port = 0
         self._server: asyncio.base_events.Server | None = None

@@ -38,7 +38,7 @@ from policy.address import AddressError, normalize_domain
 from policy.rates import GROUPINGS, GroupBy, parse_period
 from policy.suppression.bulk import select
 from policy.suppression.csvfile import EXPORT_FIELDS, iso, parse_when, record_row
-from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError
+from policy.suppression.escalate import ForceRequired, NotSuppressed, RuleError, activity_note
 from policy.suppression.records import State, as_dict
 from policy.suppression.store import NotFound, StoreError, SuppressionStore
 from policy.verdict import Category
@@ -264,8 +264,10 @@ class Api:
         address = body.get("address")
         if not isinstance(address, str) or not address:
             raise ApiError(400, "'address' is required")
-        rec = await self.write(self._store().activity, address, self.clock())
-        return _json({"address": address, "record": as_dict(rec) if rec else None})
+        now = self.clock()
+        rec = await self.write(self._store().activity, address, now)
+        note = activity_note(rec, now) if rec else ""
+        return _json({"address": address, "record": as_dict(rec) if rec else None, "note": note})
 
     # -- stats ----------------------------------------------------------------------------
 

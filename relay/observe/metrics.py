@@ -48,6 +48,11 @@ GAUGES = (
     GaugeSpec("bouncer_queue_recipients", "Recipients waiting in the retry queue"),
     GaugeSpec("bouncer_queue_oldest_age_seconds", "Age of the oldest message in the queue"),
     GaugeSpec("bouncer_suppression_records", "Records in the suppression store"),
+    GaugeSpec(
+        "bouncer_suppression_storms",
+        "Remote domains answering hard for many addresses at once now (storm breaker on)",
+    ),
+    GaugeSpec("bouncer_suppression_storms_detected", "Storms detected since bouncer started"),
     GaugeSpec("bouncer_remote_sessions_open", "Remote SMTP sessions open (in use and idle)"),
 )
 

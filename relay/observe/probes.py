@@ -32,7 +32,10 @@ def _oldest_age(spool: Spool) -> float:
 
 
 def gauge_probes(
-    spool: Spool | None, store: SuppressionStore | None, pool: SessionPool | None
+    spool: Spool | None,
+    store: SuppressionStore | None,
+    pool: SessionPool | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dict[str, Probe]:
     probes: dict[str, Probe] = {}
     if spool is not None:
@@ -41,6 +44,9 @@ def gauge_probes(
         probes["bouncer_queue_oldest_age_seconds"] = lambda: _oldest_age(spool)
     if store is not None:
         probes["bouncer_suppression_records"] = lambda: float(store.count()["total"])
+        storms = store.storms
+        probes["bouncer_suppression_storms"] = lambda: float(storms.active(clock()))
+        probes["bouncer_suppression_storms_detected"] = lambda: float(store.storms_tripped)
     if pool is not None:
         # SessionPool.open_count: lent out plus idle
         probes["bouncer_remote_sessions_open"] = lambda: float(pool.open_count)

@@ -79,6 +79,7 @@ class Store(Protocol):
     ) -> None: ...
     def record_success(self, address: str, now: datetime) -> None: ...
     def has_records(self, address: str) -> bool: ...  # read-only: may a success change anything?
+    def note_delivered(self, address: str, now: datetime) -> None: ...  # memory only (storms)
 
 
 class SpoolSink(Protocol):

@@ -49,6 +49,13 @@ def hard(rec: SuppressionRecord | None, now: datetime, rules: SuppressionRules =
     return esc.apply_hard(rec, ADDR, Scope.ADDRESS, HARD, R550, rules, now)
 
 
+def synth(rec: SuppressionRecord, rules: SuppressionRules, now: datetime) -> SuppressionRecord:
+    """A counted synthesized refusal (each call here is a window or more after the last)."""
+    new = esc.apply_synthesized(rec, rules, now)
+    assert new is not None
+    return new
+
+
 def soft(rec, now, verdict=QUOTA, rules=RULES):
     return esc.apply_soft(rec, ADDR, verdict, R452, rules, now)
 
@@ -73,8 +80,8 @@ def test_refusal_reply_names_reason_since_and_until() -> None:
     reply = esc.refusal_reply(ADDR, Scope.ADDRESS, refusal_tail(rec))
     assert (reply.code, reply.enhanced) == (550, "5.1.1")
     assert reply.text == (
-        "<bob@example.com>: suppressed since 2026-11-01 "
-        "(bad-mailbox: 550 5.1.1 user unknown); until 2027-01-30"
+        "Recipient suppressed: bad mailbox, <bob@example.com>: suppressed "
+        "(bad-mailbox: 550 5.1.1 user unknown) since 2026-11-01 until 2027-01-30"
     )
     assert reply.text == esc.refusal_text(ADDR, rec)
     dom = SuppressionRecord(
@@ -89,17 +96,17 @@ def test_refusal_reply_names_reason_since_and_until() -> None:
     reply = esc.refusal_reply(ADDR, Scope.DOMAIN, refusal_tail(dom))
     assert reply.enhanced == "5.1.2"
     assert (
-        reply.text
-        == "<bob@example.com>: domain example.com suppressed permanently since 2026-11-01 (x)"
+        reply.text == "Recipient suppressed: bad domain, <bob@example.com>: "
+        "domain example.com suppressed permanently (x) since 2026-11-01"
     )
     assert refusal_tail(esc.apply_remove(rec, False, "", RULES, T0)) == ""
 
 
 def test_synthesized_hard_bounces_count_to_permanent() -> None:
     rec = hard(None, T0)
-    rec = esc.apply_synthesized(rec, RULES, T0 + days(1))
+    rec = synth(rec, RULES, T0 + days(1))
     assert rec.state is State.SUPPRESSED and (rec.synthesized, rec.strikes) == (1, 2)
-    rec = esc.apply_synthesized(rec, RULES, T0 + days(2))
+    rec = synth(rec, RULES, T0 + days(2))
     assert rec.state is State.PERMANENT and rec.until is None
     assert rec.since == T0  # the suppression began with the first HB
     assert refusing(rec, T0 + days(10_000))
@@ -188,10 +195,12 @@ def test_successive_streak_suppressions_climb_7_30_90_then_permanent() -> None:
         rec = _streak_suppression(rec, start)
         end = start + days(21)
         assert rec.state is State.SUPPRESSED and rec.until == end + days(expected)
-        start = rec.until  # the next streak begins after re-admission
+        start = rec.until + days(RULES.reentry_days)  # a new streak, past the re-entry time
     rec = _streak_suppression(rec, start)
     assert rec.state is State.PERMANENT and rec.soft_level == 4
-    assert esc.refusal_text(ADDR, rec).startswith("<bob@example.com>: suppressed permanently since")
+    assert esc.refusal_text(ADDR, rec).startswith(
+        "Recipient suppressed: mailbox full for weeks, <bob@example.com>: suppressed permanently"
+    )
 
 
 def test_soft_ladder_settings_are_honoured() -> None:
@@ -207,7 +216,7 @@ def test_soft_ladder_settings_are_honoured() -> None:
 def test_refusals_during_a_streak_suppression_do_not_make_it_permanent() -> None:
     rec = _streak_suppression(None, T0)
     for d in range(22, 27):
-        rec = esc.apply_synthesized(rec, RULES, T0 + days(d))
+        rec = synth(rec, RULES, T0 + days(d))
     assert rec.state is State.SUPPRESSED and rec.synthesized == 5 and rec.strikes == 0
     assert not refusing(rec, T0 + days(28))
 
@@ -297,7 +306,7 @@ def test_rules_reject_nonsense_numbers() -> None:
 
 
 def test_record_round_trips_through_bytes_and_peek_reads_the_header() -> None:
-    rec = esc.apply_synthesized(soft(hard(None, T0), T0 + days(1)), RULES, T0 + days(2))
+    rec = synth(soft(hard(None, T0), T0 + days(1)), RULES, T0 + days(2))
     raw = encode(rec)
     assert decode(raw) == rec
     code, since, until, reason, tail = peek(raw)
@@ -384,7 +393,7 @@ def _play(events: list[tuple[str, float]]) -> tuple[SuppressionRecord | None, da
             and rec is not None
             and esc.effective_state(rec, now) is not State.ACTIVE
         ):
-            rec = esc.apply_synthesized(rec, RULES, now)
+            rec = esc.apply_synthesized(rec, RULES, now) or rec
         elif kind == "success":
             rec = esc.apply_alive(rec, "success", RULES, now) or rec
         elif kind == "complaint":
@@ -476,7 +485,7 @@ def test_a_soft_streak_ending_during_a_hard_suppression_keeps_the_hard_cause() -
     assert rec.state is State.SUPPRESSED and rec.cause is Category.BAD_MAILBOX
     assert rec.until == T0 + days(105) and rec.since == T0 + days(15)
     assert rec.reason.startswith("bad-mailbox: 550 5.1.1")
-    rec = esc.apply_synthesized(rec, RULES, T0 + days(22))
+    rec = synth(rec, RULES, T0 + days(22))
     assert rec.strikes == 2  # refusals still escalate toward permanent
 
 
@@ -485,12 +494,12 @@ def test_format_1_records_without_compression_still_decode() -> None:
 
     from policy.suppression.encoding import _WBITS, _ZDICT, HEADER
 
-    rec = esc.apply_synthesized(hard(None, T0), RULES, T0 + days(1))
+    rec = synth(hard(None, T0), RULES, T0 + days(1))
     raw = encode(rec)
     tlen = HEADER.unpack_from(raw)[4]
     start = HEADER.size + tlen
     body = zlib.decompressobj(_WBITS, zdict=_ZDICT).decompress(raw[start:])
-    v1 = bytes([1]) + raw[1:start] + body
+    v1 = bytes([1, raw[1] & 3]) + raw[2:start] + body
     assert decode(v1) == rec
     assert len(raw) < len(v1)  # the deflated body is smaller
     with pytest.raises(ValueError, match="inflate"):

@@ -214,7 +214,10 @@ async def test_cli_against_a_running_server(tmp_path: Path) -> None:
             )
             assert added.returncode == 0, added.stderr
             code, text = await asyncio.to_thread(_rcpt, b.port, "dead@example.test")
-            assert code == 550 and text.startswith("5.1.1 <dead@example.test>: suppressed"), text
+            # Added by hand: the operator's refusal, 5.7.1 (docs/behaviour.md#suppression-policy).
+            assert code == 550 and text.startswith(
+                "5.7.1 Recipient suppressed: by the operator, <dead@example.test>: suppressed"
+            ), text
             assert "dead@example.test" not in mx.rcpts  # refused before any remote traffic
             code, _ = await asyncio.to_thread(_rcpt, b.port, "alive@example.test")
             assert code == 250 and "alive@example.test" in mx.rcpts
@@ -239,8 +242,10 @@ async def test_cli_against_a_running_server(tmp_path: Path) -> None:
             )
             seen = mx.rcpts.count("gone@example.test")
             code, text = await asyncio.to_thread(_rcpt, b.port, "gone@example.test")
-            assert code == 550 and text.startswith("5.1.1 <gone@example.test>: suppressed since")
-            assert "; until " in text and mx.rcpts.count("gone@example.test") == seen
+            assert code == 550 and text.startswith(
+                "5.1.1 Recipient suppressed: bad mailbox, <gone@example.test>: suppressed ("
+            )
+            assert " until " in text and mx.rcpts.count("gone@example.test") == seen
 
             removed = await asyncio.to_thread(
                 _cli, config, "remove", "dead@example.test", "--force", "--why", "test"

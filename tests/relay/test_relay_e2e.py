@@ -299,6 +299,9 @@ class _BrokenStore:
     def has_records(self, address: str) -> bool:
         return True  # so the success write is attempted (and fails)
 
+    def note_delivered(self, address: str, now: Any) -> None:
+        return None  # memory only: no disk to fail
+
     def _fail(self, *args: Any) -> None:
         from policy.suppression.store import StoreError
 

@@ -44,7 +44,8 @@ async def test_suppressed_refusal_names_reason_and_since_and_counts_a_synthesize
     code, text = got.rcpt["dead@example.test"]
     assert code == 550 and text.startswith("5.1.1 ")
     today = datetime.now(UTC).date().isoformat()
-    assert f"suppressed since {today}" in text  # the since-date
+    assert text.startswith("5.1.1 Recipient suppressed: bad mailbox, <")  # the reason's phrase
+    assert f") since {today}" in text  # the since-date
     assert "bad-mailbox" in text and "No such user" in text  # the reason
     assert len(fake_mx.rcpts) == asked  # no remote traffic for a suppressed address
     assert svc.store is not None
@@ -117,7 +118,9 @@ async def test_null_mx_is_a_bad_domain_hard_bounce_remembered_for_the_domain(
     asked = len(dns_server.queries)
     again = await send(*where(svc), SENDER, ["someone.else@nomail.test"])
     code, text = again.rcpt["someone.else@nomail.test"]
-    assert code == 550 and text.startswith("5.1.2 ") and "nomail.test" in text
+    # The domain's own statement: refused from the store with the null MX code.
+    assert code == 556 and text.startswith("5.1.10 Recipient suppressed: domain accepts no mail")
+    assert "nomail.test" in text
     assert len(dns_server.queries) == asked  # answered from the store, not DNS
 
 
