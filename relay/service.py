@@ -32,10 +32,11 @@ from relay.inbound.server import InboundServer
 from relay.intake.listener import verp_sender
 from relay.observe.events import EventBus
 from relay.outbound.delivery import Delivery
+from relay.outbound.dkim import load_signer
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.session import OutboundSettings, open_session
-from relay.outbound.values import Route
+from relay.outbound.values import Route, identity_sender
 from relay.pipeline import Pipeline, utcnow
 from relay.queue.queue import DsnSettings, Spool
 from relay.store.env import StateError, StoreDamaged, open_state
@@ -133,9 +134,9 @@ class Service:
             security = smtp_security_kwargs(
                 cfg.server.tls_cert, cfg.server.tls_key, cfg.server.users_file
             )
+            self.delivery = build_delivery(cfg)  # DKIM keys are read here, once
         except (StateError, StoreError, AuthConfigError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
-        self.delivery = build_delivery(cfg)
         self.pipeline = Pipeline(
             self.delivery,
             classify,
@@ -270,5 +271,6 @@ def build_delivery(cfg: Config) -> Delivery:
         idle_timeout=d.session_idle_timeout,
         wait_timeout=d.connect_timeout,
     )
-    sender = verp_sender(cfg)  # [verp] enabled: signed per-recipient return paths
-    return Delivery(resolver, pool) if sender is None else Delivery(resolver, pool, sender)
+    sender = verp_sender(cfg) or identity_sender  # [verp] enabled: signed return paths
+    signer = load_signer(cfg.dkim.keys, cfg.dkim.headers)
+    return Delivery(resolver, pool, sender, sign=signer.sign if signer else None)

@@ -31,6 +31,7 @@ EXIT_BUSY = 75  # sysexits.h EX_TEMPFAIL: a listen address is in use; systemd re
 COMMAND_MODULES: tuple[str, ...] = (
     "relay.cli.serve",
     "relay.cli.passwd",
+    "relay.cli.dkim",
     "relay.cli.stats",
     "relay.cli.suppression",
     "relay.cli.queue",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from relay.config.load import Config
 from relay.inbound.auth import AuthConfigError, load_users, make_tls_context
+from relay.outbound.dkim import DkimKeyError, load_signer
 
 
 def problems(cfg: Config) -> list[str]:
@@ -38,6 +39,10 @@ def problems(cfg: Config) -> list[str]:
             load_users(s.users_file)
         except AuthConfigError as exc:
             out.append(f"server.users_file: {exc}")
+    try:
+        load_signer(cfg.dkim.keys, cfg.dkim.headers)
+    except DkimKeyError as exc:
+        out.append(str(exc))
     if cfg.log.file:
         parent = Path(cfg.log.file).parent
         if Path(cfg.log.file).is_dir():
