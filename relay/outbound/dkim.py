@@ -162,7 +162,7 @@ class DkimSigner:
         keys = self.keys_for(_from_domain(headers))
         if not keys:
             return message
-        body = _RELAXED.canonicalize_body(bytes(message[end.end() :]))
+        body = relaxed_body(bytes(message[end.end() :]))
         body_hash = base64.b64encode(hashlib.sha256(body).digest())
         include = [n.lower() for n, _ in headers if n.lower() in self.headers]
         include.append(b"from")  # oversign: no second From: can be added (RFC 6376 §8.15)
@@ -172,6 +172,18 @@ class DkimSigner:
         signed = signatures + bytes(message)
         self._last = (message, signed)
         return signed
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed body canonicalisation (RFC 6376 §3.4.4). Most bodies have no run of
+    whitespace and no trailing whitespace: for them it only trims the empty lines at the
+    end, found with a few memchr-speed searches instead of dkimpy's three regex passes."""
+    crlf = body.count(b"\r\n")
+    plain = body.count(b"\r") == crlf == body.count(b"\n")  # CRLF line ends only
+    if not plain or b"\t" in body or b"  " in body or b" \r\n" in body or body.endswith(b" "):
+        return bytes(_RELAXED.canonicalize_body(body))
+    trimmed = body.rstrip(b"\r\n")
+    return trimmed + b"\r\n" if trimmed else b""
 
 
 def _signature(

@@ -16,11 +16,20 @@ from typing import Any
 import dkim
 import dns.resolver
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.cli.main import main
 from relay.config.load import ConfigError, config_from_dict
 from relay.config.preflight import problems
-from relay.outbound.dkim import DkimKeyError, DkimSigner, load_key, load_signer, new_key
+from relay.outbound.dkim import (
+    DkimKeyError,
+    DkimSigner,
+    load_key,
+    load_signer,
+    new_key,
+    relaxed_body,
+)
 from relay.service import Service
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
@@ -328,3 +337,12 @@ async def test_opendkim_verifies_what_bouncer_signed(
         assert bad.returncode != 0 and b"bad" in bad.stderr.lower() + bad.stdout.lower(), bad
     finally:
         await server.stop()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"  ", b"."])))
+def test_fast_relaxed_body_matches_dkimpy(pieces: list[bytes]) -> None:
+    body = b"".join(pieces)
+    assert relaxed_body(body) == dkim.CanonicalizationPolicy.from_c_value(
+        b"relaxed/relaxed"
+    ).canonicalize_body(body)
