@@ -225,6 +225,8 @@ class Service:
         self._started.clear()
         if self.delivery is not None:
             await self.delivery.pool.close()
+            if self.delivery.signer is not None:
+                await self.delivery.signer.close()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         if self.env is not None:
             self.env.close()
@@ -273,4 +275,4 @@ def build_delivery(cfg: Config) -> Delivery:
     )
     sender = verp_sender(cfg) or identity_sender  # [verp] enabled: signed return paths
     signer = load_signer(cfg.dkim.keys, cfg.dkim.headers)
-    return Delivery(resolver, pool, sender, sign=signer.sign if signer else None)
+    return Delivery(resolver, pool, sender, signer=signer)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from policy.address import domain_of
 from policy.reply import Reply
@@ -20,8 +21,12 @@ from relay.outbound.values import Outcome, RemoteSender, Route, identity_sender
 
 log = logging.getLogger(__name__)
 
-# The message as it leaves for remotes: DKIM-signed when a key applies, else itself.
-Signer = Callable[[bytes], bytes]
+
+class Signer(Protocol):
+    """DKIM (relay/outbound/dkim.py): the message as it leaves, signed when a key applies."""
+
+    async def sign(self, message: bytes) -> bytes: ...
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -40,7 +45,7 @@ class RemoteTransaction:
     accepted: list[str] = field(default_factory=list)
     done: bool = False
     early: tuple[str, Reply] | None = None  # a pipelined first RCPT's reply, not yet asked for
-    sign: Signer | None = None  # DKIM (relay/outbound/dkim.py): applied as DATA leaves
+    signer: Signer | None = None  # applied as DATA leaves
 
     @property
     def relay(self) -> str:
@@ -62,8 +67,8 @@ class RemoteTransaction:
     async def data(self, content: bytes) -> Outcome:
         """Send the message to the accepted recipients; the session goes back to the pool."""
         assert self.session is not None and self.accepted
-        if self.sign is not None:
-            content = self.sign(content)  # after our Received:, on every attempt, live or queued
+        if self.signer is not None:
+            content = await self.signer.sign(content)  # after Received:, live or queued
         reply = await self.session.data(content)
         outcome = Outcome(reply, self.relay, "DATA", len(self.accepted))
         if self.session.in_transaction:
@@ -98,12 +103,12 @@ class Delivery:
         resolver: MXResolver,
         pool: SessionPool,
         remote_sender: RemoteSender = identity_sender,
-        sign: Signer | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.resolver = resolver
         self.pool = pool
         self.remote_sender = remote_sender
-        self.sign = sign
+        self.signer = signer
 
     async def route(self, domain: str) -> Route | Reply:
         return await self.resolver.route(domain)
@@ -129,7 +134,7 @@ class Delivery:
                 )
             reused = session.transactions > 0
             mail_options = _mail_options(session, options)
-            txn = RemoteTransaction(self.pool, route, sender, session=session, sign=self.sign)
+            txn = RemoteTransaction(self.pool, route, sender, session=session, signer=self.signer)
             try:
                 if first is None:
                     reply = await session.mail(sender, mail_options)

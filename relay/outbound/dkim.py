@@ -18,6 +18,7 @@ signature, RFC 6376 §8.15).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
 from relay.config.schema import DKIM_HEADERS, DkimKeyConfig
+from relay.outbound.signer_process import SignerProcess
 
 DEFAULT_HEADERS = DKIM_HEADERS
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -105,16 +107,22 @@ def new_key(algorithm: str = "rsa-sha256", bits: int = 2048) -> bytes:
     )
 
 
-def load_signer(keys: Sequence[DkimKeyConfig], headers: Sequence[str]) -> DkimSigner | None:
+def load_signer(
+    keys: Sequence[DkimKeyConfig], headers: Sequence[str], in_process: bool = False
+) -> DkimSigner | None:
     """The signer for the [[dkim.keys]] entries (None without any); raises DkimKeyError
-    naming the entry whose file cannot be used."""
+    naming the entry whose file cannot be used. The private-key operations go to a child
+    process (relay/outbound/signer_process.py) unless `in_process`."""
     loaded = []
     for n, entry in enumerate(keys):
         try:
             loaded.append(load_key(entry.domain, entry.selector, entry.key_file, entry.algorithm))
         except DkimKeyError as exc:
             raise DkimKeyError(f"dkim.keys[{n}].key_file: {exc}") from exc
-    return DkimSigner(loaded, headers) if loaded else None
+    if not loaded:
+        return None
+    child = None if in_process else SignerProcess([(k.key_file, k.algorithm) for k in keys])
+    return DkimSigner(loaded, headers, process=child)
 
 
 class DkimSigner:
@@ -125,19 +133,22 @@ class DkimSigner:
         keys: Sequence[SigningKey],
         headers: Sequence[str] = DEFAULT_HEADERS,
         clock: Callable[[], float] = time.time,
+        process: SignerProcess | None = None,
     ) -> None:
-        self.by_domain: dict[str, list[SigningKey]] = {}
-        for key in keys:
+        self.by_domain: dict[str, list[tuple[int, SigningKey]]] = {}
+        for index, key in enumerate(keys):
+            self.by_domain.setdefault(key.domain, []).append((index, key))
+        for entries in self.by_domain.values():
             # RSA first: the signature every verifier understands goes on top.
-            self.by_domain.setdefault(key.domain, []).append(key)
-            self.by_domain[key.domain].sort(key=lambda k: k.algorithm != "rsa-sha256")
+            entries.sort(key=lambda e: e[1].algorithm != "rsa-sha256")
         self.headers = frozenset(h.lower().encode("ascii") for h in headers)
         self.clock = clock
+        self.process = process
         # The live relay sends one message to several remotes at once: sign it once.
-        self._last: tuple[bytes, bytes] | None = None
+        self._last: tuple[bytes, asyncio.Future[bytes]] | None = None
 
-    def keys_for(self, domain: str) -> list[SigningKey]:
-        """The keys for `domain` or its closest parent that has any."""
+    def keys_for(self, domain: str) -> list[tuple[int, SigningKey]]:
+        """The keys (with their index) for `domain` or its closest parent that has any."""
         labels = domain.lower().rstrip(".").split(".")
         for n in range(len(labels) - 1):
             keys = self.by_domain.get(".".join(labels[n:]))
@@ -145,12 +156,17 @@ class DkimSigner:
                 return keys
         return []
 
-    def sign(self, message: bytes) -> bytes:
+    async def sign(self, message: bytes) -> bytes:
         """`message` with a DKIM-Signature header per key of its From: domain prepended,
         or `message` itself when no key applies or the header cannot be parsed."""
         last = self._last
         if last is not None and last[0] is message:
-            return last[1]
+            return await asyncio.shield(last[1])
+        task = asyncio.ensure_future(self._sign(message))
+        self._last = (message, task)
+        return await asyncio.shield(task)
+
+    async def _sign(self, message: bytes) -> bytes:
         end = _HEADER_END.search(message)
         if end is None:
             return message
@@ -168,10 +184,22 @@ class DkimSigner:
         include.append(b"from")  # oversign: no second From: can be added (RFC 6376 §8.15)
         canonical = _RELAXED.canonicalize_headers(headers)
         stamp = str(int(self.clock())).encode("ascii")
-        signatures = b"".join(_signature(key, include, canonical, body_hash, stamp) for key in keys)
-        signed = signatures + bytes(message)
-        self._last = (message, signed)
-        return signed
+        out = []
+        for index, key in keys:
+            value, digest = _unsigned(key, include, canonical, body_hash, stamp)
+            signature = None
+            if self.process is not None:
+                signature = await self.process.sign(index, digest)
+            if signature is None:
+                signature = key.sign_digest(digest)
+            # b= last and on its own folded lines: what was hashed (b= empty) stays as it was.
+            b = _fold_b(base64.b64encode(signature))
+            out.append(b"DKIM-Signature: " + value + b"\r\n\t" + b + b"\r\n")
+        return b"".join(out) + bytes(message)
+
+    async def close(self) -> None:
+        if self.process is not None:
+            await self.process.close()
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -186,13 +214,14 @@ def relaxed_body(body: bytes) -> bytes:
     return trimmed + b"\r\n" if trimmed else b""
 
 
-def _signature(
+def _unsigned(
     key: SigningKey,
     include: list[bytes],
     canonical: list[tuple[bytes, bytes]],
     body_hash: bytes,
     stamp: bytes,
-) -> bytes:
+) -> tuple[bytes, bytes]:
+    """The header's value with an empty b=, and the digest its signature signs."""
     fields = [
         (b"v", b"1"),
         (b"a", key.algorithm.encode("ascii")),
@@ -209,9 +238,7 @@ def _signature(
     )
     hasher = hashlib.sha256()
     dkim.hash_headers(hasher, _RELAXED, canonical, include, (b"DKIM-Signature", b" " + value), {})
-    b = base64.b64encode(key.sign_digest(hasher.digest()))
-    # b= last and on its own folded lines: what was hashed (b= empty) stays as it was.
-    return b"DKIM-Signature: " + value + b"\r\n\t" + _fold_b(b) + b"\r\n"
+    return value, hasher.digest()
 
 
 def _fold_b(b: bytes, width: int = 72) -> bytes:

@@ -94,11 +94,11 @@ def _records(signer: DkimSigner) -> dict[bytes, bytes]:
     return {
         f"{k.selector}._domainkey.{k.domain}.".encode(): k.dns_record().encode()
         for keys in signer.by_domain.values()
-        for k in keys
+        for _, k in keys
     }
 
 
-def test_rsa_and_ed25519_signatures_verify_and_a_body_change_breaks_both(
+async def test_rsa_and_ed25519_signatures_verify_and_a_body_change_breaks_both(
     signer: DkimSigner,
 ) -> None:
     records = _records(signer)
@@ -106,7 +106,7 @@ def test_rsa_and_ed25519_signatures_verify_and_a_body_change_breaks_both(
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
         return records.get(name)
 
-    signed = signer.sign(MSG)
+    signed = await signer.sign(MSG)
     assert signed.endswith(MSG) and signed.count(b"DKIM-Signature:") == 2
     first = signed.split(b"DKIM-Signature:")[1]
     assert b"a=rsa-sha256" in first and b"c=relaxed/relaxed" in first  # RSA on top
@@ -127,23 +127,51 @@ def test_rsa_and_ed25519_signatures_verify_and_a_body_change_breaks_both(
     assert dkim.verify(signed.replace(b"X-Mailer: app", b"X-Mailer: other"), dnsfunc=dnsfunc)
 
 
-def test_subdomains_use_the_closest_parent_key_and_other_domains_pass_unsigned(
+async def test_subdomains_use_the_closest_parent_key_and_other_domains_pass_unsigned(
     signer: DkimSigner,
 ) -> None:
     sub = MSG.replace(b"news@example.com", b"news@mail.shop.example.com")
-    assert b"d=example.com;" in signer.sign(sub)
+    assert b"d=example.com;" in await signer.sign(sub)
     for other in (b"news@example.org", b"news@notexample.com"):
         message = MSG.replace(b"news@example.com", other)
-        assert signer.sign(message) is message
+        assert await signer.sign(message) is message
     no_from = MSG.replace(b"From: Shop <news@example.com>\r\n", b"")
-    assert signer.sign(no_from) is no_from
+    assert await signer.sign(no_from) is no_from
     no_body = b"From: a@example.com\r\nSubject: x\r\n"  # no header/body separator at all
-    assert signer.sign(no_body) is no_body
+    assert await signer.sign(no_body) is no_body
 
 
-def test_one_message_sent_to_several_remotes_is_signed_once(signer: DkimSigner) -> None:
+async def test_one_message_sent_to_several_remotes_is_signed_once(signer: DkimSigner) -> None:
     message = bytes(MSG)
-    assert signer.sign(message) is signer.sign(message)
+    first, second = await asyncio.gather(signer.sign(message), signer.sign(message))
+    assert first is second
+
+
+async def test_the_signing_child_signs_and_a_dead_child_falls_back_in_process(
+    tmp_path: Path,
+) -> None:
+    key_file = _key(tmp_path, "r.pem")
+    entry = config_from_dict(
+        {"dkim": {"keys": [{"domain": "example.com", "selector": "s1", "key_file": key_file}]}}
+    ).dkim
+    signer = load_signer(entry.keys, entry.headers)
+    assert signer is not None and signer.process is not None
+    key = load_key("example.com", "s1", key_file)
+    records = {b"s1._domainkey.example.com.": key.dns_record().encode()}
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        return records.get(name)
+
+    try:
+        signed = await asyncio.gather(*(signer.sign(MSG + b"%d\r\n" % i) for i in range(20)))
+        assert signer.process.proc is not None  # the child answered them
+        assert all(dkim.verify(m, dnsfunc=dnsfunc) for m in signed)
+        signer.process.proc.kill()
+        await signer.process.proc.wait()
+        again = await signer.sign(MSG + b"after\r\n")
+        assert signer.process.failed and dkim.verify(again, dnsfunc=dnsfunc)
+    finally:
+        await signer.close()
 
 
 def test_unreadable_or_wrong_keys_are_check_config_problems(tmp_path: Path) -> None:
