@@ -111,8 +111,9 @@ def load_signer(
     keys: Sequence[DkimKeyConfig], headers: Sequence[str], in_process: bool = False
 ) -> DkimSigner | None:
     """The signer for the [[dkim.keys]] entries (None without any); raises DkimKeyError
-    naming the entry whose file cannot be used. The private-key operations go to a child
-    process (relay/outbound/signer_process.py) unless `in_process`."""
+    naming the entry whose file cannot be used. The signing work (canonicalisation, hashes
+    and the private-key operation) goes to a child process (relay/outbound/signer_process.py)
+    unless `in_process`."""
     loaded = []
     for n, entry in enumerate(keys):
         try:
@@ -121,7 +122,7 @@ def load_signer(
             raise DkimKeyError(f"dkim.keys[{n}].key_file: {exc}") from exc
     if not loaded:
         return None
-    child = None if in_process else SignerProcess([(k.key_file, k.algorithm) for k in keys])
+    child = None if in_process else SignerProcess(keys, headers)
     return DkimSigner(loaded, headers, process=child)
 
 
@@ -135,20 +136,20 @@ class DkimSigner:
         clock: Callable[[], float] = time.time,
         process: SignerProcess | None = None,
     ) -> None:
-        self.by_domain: dict[str, list[tuple[int, SigningKey]]] = {}
-        for index, key in enumerate(keys):
-            self.by_domain.setdefault(key.domain, []).append((index, key))
+        self.by_domain: dict[str, list[SigningKey]] = {}
+        for key in keys:
+            self.by_domain.setdefault(key.domain, []).append(key)
         for entries in self.by_domain.values():
             # RSA first: the signature every verifier understands goes on top.
-            entries.sort(key=lambda e: e[1].algorithm != "rsa-sha256")
+            entries.sort(key=lambda k: k.algorithm != "rsa-sha256")
         self.headers = frozenset(h.lower().encode("ascii") for h in headers)
         self.clock = clock
         self.process = process
         # The live relay sends one message to several remotes at once: sign it once.
         self._last: tuple[bytes, asyncio.Future[bytes]] | None = None
 
-    def keys_for(self, domain: str) -> list[tuple[int, SigningKey]]:
-        """The keys (with their index) for `domain` or its closest parent that has any."""
+    def keys_for(self, domain: str) -> list[SigningKey]:
+        """The keys for `domain` or its closest parent that has any."""
         labels = domain.lower().rstrip(".").split(".")
         for n in range(len(labels) - 1):
             keys = self.by_domain.get(".".join(labels[n:]))
@@ -170,32 +171,44 @@ class DkimSigner:
         end = _HEADER_END.search(message)
         if end is None:
             return message
+        # A first look at From: only, so unsigned mail costs one search (no header parse).
+        line = _FROM_LINE.search(message, 0, end.start() + 2)
+        if line is None or not self.keys_for(_domain_of_from(line.group(1))):
+            return message
+        block = None
+        if self.process is not None:
+            block = await self.process.sign(message)
+        if block is None:
+            block = self.signatures(message)
+        return block + bytes(message) if block else message
+
+    def signatures(self, message: bytes) -> bytes:
+        """The DKIM-Signature header lines for `message` (b"" when none applies)."""
+        end = _HEADER_END.search(message)
+        if end is None:
+            return b""
         head = bytes(message[: end.start()]) + b"\r\n"
         try:
             headers, _ = dkim.rfc822_parse(head)
         except dkim.MessageFormatError:
-            return message
+            return b""
         keys = self.keys_for(_from_domain(headers))
         if not keys:
-            return message
+            return b""
         body = relaxed_body(bytes(message[end.end() :]))
         body_hash = base64.b64encode(hashlib.sha256(body).digest())
         include = [n.lower() for n, _ in headers if n.lower() in self.headers]
         include.append(b"from")  # oversign: no second From: can be added (RFC 6376 §8.15)
-        canonical = _RELAXED.canonicalize_headers(headers)
+        # Only the signed headers are canonicalised, in the order h= lists them (§5.4.2).
+        canonical = _RELAXED.canonicalize_headers(dkim.select_headers(headers, include))
         stamp = str(int(self.clock())).encode("ascii")
         out = []
-        for index, key in keys:
+        for key in keys:
             value, digest = _unsigned(key, include, canonical, body_hash, stamp)
-            signature = None
-            if self.process is not None:
-                signature = await self.process.sign(index, digest)
-            if signature is None:
-                signature = key.sign_digest(digest)
             # b= last and on its own folded lines: what was hashed (b= empty) stays as it was.
-            b = _fold_b(base64.b64encode(signature))
+            b = _fold_b(base64.b64encode(key.sign_digest(digest)))
             out.append(b"DKIM-Signature: " + value + b"\r\n\t" + b + b"\r\n")
-        return b"".join(out) + bytes(message)
+        return b"".join(out)
 
     async def close(self) -> None:
         if self.process is not None:
@@ -246,12 +259,24 @@ def _fold_b(b: bytes, width: int = 72) -> bytes:
     return b"\r\n\t".join(b[i : i + width] for i in range(0, len(b), width))
 
 
+_PLAIN_FROM = re.compile(rb"^\s*(?:[^\"(),:;<>@]*<)?[^\s\"(),:;<>@]+@([A-Za-z0-9.-]+)>?\s*$")
+
+
+_FROM_LINE = re.compile(rb"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+
+
 def _from_domain(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name.lower() == b"from":
-            text = value.decode("utf-8", "replace")
-            for _, address in getaddresses([text]):
-                if "@" in address:
-                    return address.rpartition("@")[2].strip().lower()
-            return ""
+            return _domain_of_from(value)
+    return ""
+
+
+def _domain_of_from(value: bytes) -> str:
+    plain = _PLAIN_FROM.match(value)  # `Name <a@b>` or `a@b`: most From: lines
+    if plain:
+        return plain.group(1).decode("ascii").lower()
+    for _, address in getaddresses([value.decode("utf-8", "replace")]):
+        if "@" in address:
+            return address.rpartition("@")[2].strip().lower()
     return ""

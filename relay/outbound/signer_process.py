@@ -1,44 +1,48 @@
-# The DKIM private-key operation runs in a child process, not on the event loop and not in
-# a thread: an RSA-2048 signature costs about as much CPU as relaying the message itself,
-# and a thread would not help (the loop holds the GIL; a thread waiting to take it back
-# after OpenSSL returns stalls for the 5 ms switch interval, measured slower than inline).
-# The child reads the key files once and answers digests in order; it never touches mail.
-"""A child process that signs SHA-256 digests with the DKIM keys (relay/outbound/dkim.py).
+# DKIM signing runs in a child process, not on the event loop and not in a thread: an
+# RSA-2048 signature plus canonicalisation costs about as much CPU as relaying the message
+# itself, and a thread would not help (the loop holds the GIL; a thread waiting to take it
+# back after OpenSSL returns stalls for the 5 ms switch interval: measured slower than
+# signing inline). The child reads the key files once, answers in order, and keeps nothing.
+"""A child process that computes DKIM-Signature headers (relay/outbound/dkim.py).
 
-Wire format, both ways over pipes: a request is the key's index (1 byte) and the digest
-(32 bytes); an answer is the signature's length (2 bytes, big-endian) and the signature.
-Answers come in request order. The child exits when its stdin closes. If it dies, the
-parent signs in its own process from then on (slower, never unsigned).
+Wire format, both ways over pipes: a request is the message's length (4 bytes, big-endian)
+and the message; an answer is the length of the header block and the block (the
+DKIM-Signature lines, empty when no key applies). Answers come in request order. The
+child exits when its stdin closes. If it dies, the parent signs in its own process from
+then on (slower, never unsigned).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import struct
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+
+from relay.config.schema import DkimKeyConfig
 
 log = logging.getLogger(__name__)
 
-_REQUEST = struct.Struct(">B32s")
-_ANSWER = struct.Struct(">H")
+_LENGTH = struct.Struct(">I")
 
 
 class SignerProcess:
     """The parent's side: `await sign(index, digest)`; started on first use."""
 
-    def __init__(self, key_specs: Sequence[tuple[str, str]]) -> None:
-        self.key_specs = list(key_specs)  # (key_file, algorithm), indexed as the keys are
+    def __init__(self, keys: Sequence[DkimKeyConfig], headers: Sequence[str]) -> None:
+        self.spec = json.dumps({"keys": [asdict(k) for k in keys], "headers": list(headers)})
         self.proc: asyncio.subprocess.Process | None = None
         self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
         self.reader: asyncio.Task[None] | None = None
         self.failed = False
         self._starting: asyncio.Future[None] | None = None
 
-    async def sign(self, index: int, digest: bytes) -> bytes | None:
-        """The signature, or None when the child is gone (the caller signs itself)."""
+    async def sign(self, message: bytes) -> bytes | None:
+        """The DKIM-Signature lines, or None when the child is gone (the caller signs)."""
         if self.failed:
             return None
         if self.proc is None:
@@ -48,7 +52,8 @@ class SignerProcess:
         assert self.proc is not None and self.proc.stdin is not None
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:
-            self.proc.stdin.write(_REQUEST.pack(index, digest))
+            self.proc.stdin.write(_LENGTH.pack(len(message)))
+            self.proc.stdin.write(message)
         except (RuntimeError, OSError):  # the child's end is closed: it is gone
             self.failed = True
             return None
@@ -63,13 +68,12 @@ class SignerProcess:
             await asyncio.shield(self._starting)
             return
         self._starting = asyncio.get_running_loop().create_future()
-        args = [f"{algorithm}:{path}" for path, algorithm in self.key_specs]
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "relay.outbound.signer_process",
-                *args,
+                self.spec,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
@@ -85,11 +89,11 @@ class SignerProcess:
         stdout = self.proc.stdout
         try:
             while True:
-                (length,) = _ANSWER.unpack(await stdout.readexactly(_ANSWER.size))
-                signature = await stdout.readexactly(length)
+                (length,) = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))
+                block = await stdout.readexactly(length) if length else b""
                 future = self.waiting.popleft()
                 if not future.done():
-                    future.set_result(signature)
+                    future.set_result(block)
         except (asyncio.IncompleteReadError, IndexError, ConnectionError) as exc:
             if not self.failed:
                 log.warning("DKIM signing process ended (%r); signing in-process", exc)
@@ -117,23 +121,27 @@ class SignerProcess:
             await self.reader
 
 
-def _serve(specs: Sequence[str]) -> int:
-    from relay.outbound.dkim import load_key
+def _serve(spec: str) -> int:
+    from relay.outbound.dkim import DkimSigner, load_key
 
-    keys = []
-    for spec in specs:
-        algorithm, _, path = spec.partition(":")
-        keys.append(load_key("-", "-", path, algorithm))
+    table = json.loads(spec)
+    keys = [
+        load_key(k["domain"], k["selector"], k["key_file"], k["algorithm"]) for k in table["keys"]
+    ]
+    signer = DkimSigner(keys, table["headers"])
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    while request := stdin.read(_REQUEST.size):
-        if len(request) != _REQUEST.size:
+    while header := stdin.read(_LENGTH.size):
+        if len(header) != _LENGTH.size:
             return 1
-        index, digest = _REQUEST.unpack(request)
-        signature = keys[index].sign_digest(digest)
-        stdout.write(_ANSWER.pack(len(signature)) + signature)
+        (length,) = _LENGTH.unpack(header)
+        message = stdin.read(length)
+        if len(message) != length:
+            return 1
+        block = signer.signatures(message)
+        stdout.write(_LENGTH.pack(len(block)) + block)
         stdout.flush()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_serve(sys.argv[1:]))
+    sys.exit(_serve(sys.argv[1]))

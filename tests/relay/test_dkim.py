@@ -94,7 +94,7 @@ def _records(signer: DkimSigner) -> dict[bytes, bytes]:
     return {
         f"{k.selector}._domainkey.{k.domain}.".encode(): k.dns_record().encode()
         for keys in signer.by_domain.values()
-        for _, k in keys
+        for k in keys
     }
 
 
