@@ -163,9 +163,15 @@ class DkimSigner:
         last = self._last
         if last is not None and last[0] is message:
             return await asyncio.shield(last[1])
-        task = asyncio.ensure_future(self._sign(message))
-        self._last = (message, task)
-        return await asyncio.shield(task)
+        future = asyncio.get_running_loop().create_future()
+        self._last = (message, future)
+        try:
+            signed = await self._sign(message)
+        except BaseException:
+            future.cancel()  # the sends sharing it were cancelled together (client gone)
+            raise
+        future.set_result(signed)
+        return signed
 
     async def _sign(self, message: bytes) -> bytes:
         end = _HEADER_END.search(message)

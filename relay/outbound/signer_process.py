@@ -19,9 +19,11 @@ import collections
 import json
 import logging
 import struct
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import cast
 
 from relay.config.schema import DkimKeyConfig
 
@@ -30,32 +32,62 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
 
 
+class _Answers(asyncio.SubprocessProtocol):
+    """Reads the child's answers as they arrive and resolves the oldest waiting request."""
+
+    def __init__(self, owner: SignerProcess) -> None:
+        self.owner = owner
+        self.buffer = bytearray()
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        waiting = self.owner.waiting
+        while len(buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer)
+            if len(buffer) < _LENGTH.size + length:
+                return
+            block = bytes(buffer[_LENGTH.size : _LENGTH.size + length])
+            del buffer[: _LENGTH.size + length]
+            if waiting:
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_result(block)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.owner.gone(f"its output closed ({exc or 'end of file'})")
+
+    def process_exited(self) -> None:
+        self.owner.gone("it exited")
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class SignerProcess:
-    """The parent's side: `await sign(index, digest)`; started on first use."""
+    """The parent's side: `await sign(message)`; the child starts on first use."""
 
     def __init__(self, keys: Sequence[DkimKeyConfig], headers: Sequence[str]) -> None:
         self.spec = json.dumps({"keys": [asdict(k) for k in keys], "headers": list(headers)})
-        self.proc: asyncio.subprocess.Process | None = None
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.protocol: _Answers | None = None
+        self.stdin: asyncio.WriteTransport | None = None
         self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        self.reader: asyncio.Task[None] | None = None
         self.failed = False
         self._starting: asyncio.Future[None] | None = None
 
     async def sign(self, message: bytes) -> bytes | None:
         """The DKIM-Signature lines, or None when the child is gone (the caller signs)."""
-        if self.failed:
-            return None
-        if self.proc is None:
+        if self.stdin is None and not self.failed:
             await self._start()
-            if self.failed:
-                return None
-        assert self.proc is not None and self.proc.stdin is not None
+        if self.failed or self.stdin is None:
+            return None
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:
-            self.proc.stdin.write(_LENGTH.pack(len(message)))
-            self.proc.stdin.write(message)
+            self.stdin.write(_LENGTH.pack(len(message)) + message)
         except (RuntimeError, OSError):  # the child's end is closed: it is gone
-            self.failed = True
+            self.gone("its input closed")
             return None
         self.waiting.append(future)
         try:
@@ -67,58 +99,49 @@ class SignerProcess:
         if self._starting is not None:
             await asyncio.shield(self._starting)
             return
-        self._starting = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._starting = loop.create_future()
         try:
-            self.proc = await asyncio.create_subprocess_exec(
+            self.transport, self.protocol = await loop.subprocess_exec(
+                lambda: _Answers(self),
                 sys.executable,
                 "-m",
                 "relay.outbound.signer_process",
                 self.spec,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
             )
+            self.stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
         except OSError as exc:
             log.warning("DKIM signing process did not start (%s); signing in-process", exc)
             self.failed = True
-        else:
-            self.reader = asyncio.create_task(self._read())
         self._starting.set_result(None)
 
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        stdout = self.proc.stdout
-        try:
-            while True:
-                (length,) = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))
-                block = await stdout.readexactly(length) if length else b""
-                future = self.waiting.popleft()
-                if not future.done():
-                    future.set_result(block)
-        except (asyncio.IncompleteReadError, IndexError, ConnectionError) as exc:
-            if not self.failed:
-                log.warning("DKIM signing process ended (%r); signing in-process", exc)
-        finally:
-            self.failed = True
-            while self.waiting:
-                future = self.waiting.popleft()
-                if not future.done():
-                    future.set_exception(ConnectionError("DKIM signing process ended"))
+    def gone(self, why: str) -> None:
+        """The child cannot answer any more: the waiting requests sign in-process."""
+        if not self.failed:
+            log.warning("DKIM signing process ended (%s); signing in-process", why)
+        self.failed = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("DKIM signing process ended"))
 
     async def close(self) -> None:
         """Close the child's stdin (it exits) and wait for it."""
         self.failed = True
-        proc, self.proc = self.proc, None
-        if proc is None:
+        transport, self.transport = self.transport, None
+        if transport is None or self.protocol is None:
             return
-        if proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()
+        if self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.close()
         try:
-            await asyncio.wait_for(proc.wait(), 5)
+            await asyncio.wait_for(asyncio.shield(self.protocol.exited), 5)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self.reader is not None:
-            await self.reader
+            transport.kill()
+            await self.protocol.exited
+        transport.close()
 
 
 def _serve(spec: str) -> int:

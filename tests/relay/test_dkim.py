@@ -164,10 +164,11 @@ async def test_the_signing_child_signs_and_a_dead_child_falls_back_in_process(
 
     try:
         signed = await asyncio.gather(*(signer.sign(MSG + b"%d\r\n" % i) for i in range(20)))
-        assert signer.process.proc is not None  # the child answered them
+        assert signer.process.transport is not None  # the child answered them
         assert all(dkim.verify(m, dnsfunc=dnsfunc) for m in signed)
-        signer.process.proc.kill()
-        await signer.process.proc.wait()
+        assert signer.process.protocol is not None
+        signer.process.transport.kill()
+        await signer.process.protocol.exited
         again = await signer.sign(MSG + b"after\r\n")
         assert signer.process.failed and dkim.verify(again, dnsfunc=dnsfunc)
     finally:
