@@ -35,7 +35,7 @@ from relay.outbound.delivery import Delivery
 from relay.outbound.dkim import load_signer
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
-from relay.outbound.session import OutboundSettings, open_session
+from relay.outbound.session import OutboundSettings, open_session, verify_context
 from relay.outbound.values import Route, identity_sender
 from relay.pipeline import Pipeline, utcnow
 from relay.queue.queue import DsnSettings, Spool
@@ -256,7 +256,12 @@ class Service:
 def build_delivery(cfg: Config) -> Delivery:
     """The resolver, route table, session pool and remote sender (VERP plugs in here)."""
     d = cfg.delivery
-    settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls)
+    settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls, d.ca_file)
+    if d.starttls == "verify":
+        try:
+            verify_context(d.ca_file)  # read the CAs now: a bad file stops startup
+        except OSError as exc:
+            raise ValueError(f"delivery.ca_file: cannot load CAs: {exc}") from exc
     resolver = MXResolver(
         build_resolver(cfg.dns.nameservers, cfg.dns.timeout),
         routes=d.routes,

@@ -76,7 +76,8 @@ class DeliveryConfig:
     helo: str = field(default_factory=host_fqdn)
     connect_timeout: float = 30.0
     command_timeout: float = 60.0
-    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    starttls: Literal["opportunistic", "required", "verify", "off"] = "opportunistic"
+    ca_file: str = ""  # starttls = "verify": PEM CAs to trust instead of the system's
     port: int = 25  # the port MX hosts are reached on
     max_sessions_per_destination: int = 10
     session_idle_timeout: float = 30.0

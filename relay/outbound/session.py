@@ -9,7 +9,10 @@ connection failure or a non-2xx greeting moves on to the next target (RFC 5321
 §5.1). STARTTLS levels: "opportunistic" tries it without certificate checks (MX
 certificates rarely match; Postfix's "may") and reconnects in clear text when the
 handshake fails; "required" refuses a target without TLS with `451 4.7.4` (Postfix's
-"encrypt": soft, so the message is retried, not lost); "off" never tries.
+"encrypt": soft, so the message is retried, not lost); "verify" also checks the
+certificate chain (system CAs, or `ca_file`) and that it names the MX host (Postfix's
+"secure"), and refuses a failure with `451 4.7.5` naming the reason, never falling back
+to clear text; "off" never tries.
 
 aiosmtplib opens the session (connect, greeting, EHLO, STARTTLS); then the transport
 goes to `Wire` (relay/outbound/wire.py), our own small reply reader, because aiosmtplib
@@ -22,6 +25,7 @@ remote that advertises PIPELINING, MAIL FROM and the first RCPT TO go in one wri
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import ssl
@@ -44,7 +48,25 @@ class OutboundSettings:
     helo: str
     connect_timeout: float
     command_timeout: float
-    starttls: str  # "opportunistic" | "required" | "off"
+    starttls: str  # "opportunistic" | "required" | "verify" | "off"
+    ca_file: str = ""  # "verify": trust these CAs instead of the system's
+
+
+@functools.cache
+def verify_context(ca_file: str = "") -> ssl.SSLContext:
+    """Authenticated MX TLS (RFC 7672 §1.3's "secure channel" without DANE): the chain must
+    reach a trusted CA and the certificate must name the host (RFC 6125). Built once."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
+
+
+def _why(exc: BaseException) -> str:
+    """The certificate check's own words ("Hostname mismatch, ...", "self-signed ...")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate not trusted: {seen.verify_message}"
+        seen = seen.__cause__ or seen.__context__
+    return f"handshake failed: {exc}"
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -293,18 +315,25 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
     if settings.starttls == "off":
         return RemoteSession(smtp, target, key, False, settings.command_timeout)
     if not smtp.supports_extension("starttls"):
-        if settings.starttls == "required":
+        if settings.starttls in ("required", "verify"):
             smtp.close()
             raise SessionError(
                 _synthetic("4.7.4", f"TLS is required, but was not offered by host {host}")
             )
         return RemoteSession(smtp, target, key, False, settings.command_timeout)
+    verify = settings.starttls == "verify"
+    context = verify_context(settings.ca_file) if verify else _TLS
     try:
-        await smtp.starttls(tls_context=_TLS, server_hostname=target.name)
+        await smtp.starttls(tls_context=context, server_hostname=target.name)
         await _hello(smtp, settings)
         return RemoteSession(smtp, target, key, True, settings.command_timeout)
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
         smtp.close()
+        if verify:
+            # Never clear text after a failed check: that is what an attacker would cause.
+            why = _why(exc)
+            log.warning("TLS with %s refused: %s", host, why)
+            raise SessionError(_synthetic("4.7.5", f"TLS with {host} refused: {why}")) from exc
         if settings.starttls == "required":
             raise SessionError(
                 _synthetic("4.7.5", f"Cannot start TLS with {host}: handshake failed: {exc}")
