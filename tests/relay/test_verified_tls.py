@@ -138,3 +138,19 @@ def test_check_config_names_an_unreadable_ca_file(
         )
         assert main(["check-config", "--config", str(conf)]) != 0
         assert "delivery.ca_file" in capsys.readouterr().err
+
+
+async def test_requiretls_is_not_advertised_nor_accepted(relay_service: Any) -> None:
+    # RFC 8689: a relay that offers REQUIRETLS promises verified TLS on every later hop;
+    # bouncer does not make that promise, so it neither offers nor takes the parameter.
+    svc = await relay_service()
+    host, port = svc.addresses[0]
+
+    def run() -> tuple[dict[str, str], tuple[int, bytes]]:
+        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=20) as client:
+            client.ehlo()
+            return dict(client.esmtp_features), client.docmd("MAIL FROM:<a@x.test> REQUIRETLS")
+
+    features, (code, text) = await asyncio.to_thread(run)
+    assert "requiretls" not in features and "pipelining" in features
+    assert code == 555, text  # "unrecognised parameter"
