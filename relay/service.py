@@ -33,6 +33,7 @@ from relay.intake.listener import verp_sender
 from relay.observe.events import EventBus
 from relay.outbound.delivery import Delivery
 from relay.outbound.dkim import load_signer
+from relay.outbound.mta_sts import StsPolicies
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.session import OutboundSettings, open_session, verify_context
@@ -134,7 +135,7 @@ class Service:
             security = smtp_security_kwargs(
                 cfg.server.tls_cert, cfg.server.tls_key, cfg.server.users_file
             )
-            self.delivery = build_delivery(cfg)  # DKIM keys are read here, once
+            self.delivery = build_delivery(cfg, self.env, self.writer)  # DKIM keys read here
         except (StateError, StoreError, AuthConfigError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
         self.pipeline = Pipeline(
@@ -227,6 +228,8 @@ class Service:
             await self.delivery.pool.close()
             if self.delivery.signer is not None:
                 await self.delivery.signer.close()
+            if self.delivery.sts is not None:
+                await self.delivery.sts.close()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         if self.env is not None:
             self.env.close()
@@ -253,7 +256,9 @@ class Service:
         return EXIT_OK
 
 
-def build_delivery(cfg: Config) -> Delivery:
+def build_delivery(
+    cfg: Config, env: lmdb.Environment | None = None, writer: Writer | None = None
+) -> Delivery:
     """The resolver, route table, session pool and remote sender (VERP plugs in here)."""
     d = cfg.delivery
     settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls, d.ca_file)
@@ -262,8 +267,9 @@ def build_delivery(cfg: Config) -> Delivery:
             verify_context(d.ca_file)  # read the CAs now: a bad file stops startup
         except OSError as exc:
             raise ValueError(f"delivery.ca_file: cannot load CAs: {exc}") from exc
+    dns_resolver = build_resolver(cfg.dns.nameservers, cfg.dns.timeout)
     resolver = MXResolver(
-        build_resolver(cfg.dns.nameservers, cfg.dns.timeout),
+        dns_resolver,
         routes=d.routes,
         port=d.port,
         literal_networks=cfg.literal_networks,
@@ -280,4 +286,14 @@ def build_delivery(cfg: Config) -> Delivery:
     )
     sender = verp_sender(cfg) or identity_sender  # [verp] enabled: signed return paths
     signer = load_signer(cfg.dkim.keys, cfg.dkim.headers)
-    return Delivery(resolver, pool, sender, signer=signer)
+    sts = None
+    if cfg.mta_sts.enabled:  # policies cached in the state's LMDB (without one: in memory)
+        sts = StsPolicies(
+            dns_resolver,
+            env,
+            writer,
+            port=cfg.mta_sts.port,
+            timeout=cfg.mta_sts.timeout,
+            ca_file=d.ca_file,
+        )
+    return Delivery(resolver, pool, sender, signer=signer, sts=sts)

@@ -236,6 +236,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         "policy.permanent_after_hard": cfg.policy.permanent_after_hard,
         "server.idle_timeout": cfg.server.idle_timeout,
         "queue.poll_interval": cfg.queue.poll_interval,
+        "mta_sts.timeout": cfg.mta_sts.timeout,
     }
     for name, value in positive.items():
         if not 0 < value < float("inf"):  # also refuses TOML's nan and inf
@@ -262,6 +263,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     _validate_admission(cfg.server, problems)
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
+    if not 0 < cfg.mta_sts.port <= 65535:
+        problems.append(f"mta_sts.port: not a TCP port: {cfg.mta_sts.port}")
     try:
         suppression_rules(cfg.policy)
     except ValueError as exc:

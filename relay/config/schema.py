@@ -118,6 +118,13 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class MtaStsConfig:
+    enabled: bool = False
+    port: int = 443  # where mta-sts.<domain> serves the policy (RFC 8461 §3.3: 443)
+    timeout: float = 10.0  # seconds for the whole policy fetch
+
+
+@dataclass(frozen=True)
 class DNSConfig:
     nameservers: tuple[str, ...] = ()
     timeout: float = 5.0
@@ -188,6 +195,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)

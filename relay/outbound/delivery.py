@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from policy.address import domain_of
+from policy.mta_sts import StsPolicy
 from policy.reply import Reply
+from relay.outbound.mta_sts import StsPolicies
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver
 from relay.outbound.session import RemoteSession
@@ -104,14 +106,25 @@ class Delivery:
         pool: SessionPool,
         remote_sender: RemoteSender = identity_sender,
         signer: Signer | None = None,
+        sts: StsPolicies | None = None,
     ) -> None:
         self.resolver = resolver
         self.pool = pool
         self.remote_sender = remote_sender
         self.signer = signer
+        self.sts = sts
 
     async def route(self, domain: str) -> Route | Reply:
-        return await self.resolver.route(domain)
+        route = await self.resolver.route(domain)
+        if (
+            self.sts is None
+            or isinstance(route, Reply)
+            or route.key != domain.lower()
+            or domain.startswith("[")
+        ):
+            return route  # static routes and address literals: the operator's choice
+        policy = await self.sts.lookup(domain)
+        return route if policy is None else apply_sts(policy, route, self.sts)
 
     async def open_transaction(
         self,
@@ -209,6 +222,27 @@ class Delivery:
 
         await asyncio.gather(*(one(r, s, rc) for (_, s), (r, rc) in groups.items()))
         return outcomes
+
+
+def apply_sts(policy: StsPolicy, route: Route, sts: StsPolicies) -> Route | Reply:
+    """RFC 8461 §5: under `enforce` only MX hosts the policy names, each over verified TLS
+    (a route of its own in the pool); under `testing` the route as it is, mismatches logged."""
+    allowed = tuple(t for t in route.targets if policy.allows(t.name))
+    refused = sorted({t.name for t in route.targets} - {t.name for t in allowed})
+    for name in refused:
+        log.warning(
+            "MTA-STS (%s) for %s: MX host %s is not in the policy", policy.mode, route.key, name
+        )
+        sts.record_failure(
+            route.key, "validation-failure", receiving_mx_hostname=name, policy_mode=policy.mode
+        )
+    if policy.mode != "enforce":
+        return route
+    if not allowed:
+        return Reply(
+            451, "4.7.5", f"MTA-STS policy of {route.key} allows none of its MX hosts", None
+        )
+    return Route(f"{route.key} (mta-sts)", allowed, "verify")
 
 
 def _mail_options(session: RemoteSession, options: Sequence[str]) -> list[str]:

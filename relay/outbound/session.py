@@ -25,6 +25,7 @@ remote that advertises PIPELINING, MAIL FROM and the first RCPT TO go in one wri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -356,6 +357,8 @@ async def open_session(route: Route, settings: OutboundSettings) -> RemoteSessio
     synthetic 4.4.x for connection failures and timeouts).
     """
     last = _synthetic("4.4.4", f"no targets for {route.key}")
+    if route.tls and route.tls != settings.starttls:
+        settings = dataclasses.replace(settings, starttls=route.tls)
     for target in route.targets:
         try:
             return await _open_target(target, route.key, settings)

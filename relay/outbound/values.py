@@ -44,6 +44,7 @@ class Route:
 
     key: str  # the destination: the domain (MX lookup) or "[host]:port" (static route)
     targets: tuple[Target, ...]
+    tls: str = ""  # a [delivery] starttls level this route must use ("verify": MTA-STS)
 
 
 @dataclass(frozen=True, slots=True)

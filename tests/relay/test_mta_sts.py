@@ -1,0 +1,262 @@
+"""MTA-STS (RFC 8461): the record and policy parsers, then real lookups: the loopback DNS
+server serves `_mta-sts` TXT and the MX records, an aiohttp HTTPS server with the test's
+CA serves the policy, and the fake MX presents a certificate (or not) for its name."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import smtplib
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from policy.mta_sts import StsPolicy, parse_policy, record_id
+from relay.outbound.mta_sts import StsPolicies
+from relay.outbound.routes import build_resolver
+from relay.service import Service
+from relay.store.env import open_state
+from relay.store.writer import Writer
+from tests.support.certs import TestCA, self_signed, server_context
+from tests.support.dns_server import DNSServer
+from tests.support.fake_mx import FakeMX
+
+DOMAIN = "dest.test"
+MX = "mx.dest.test"
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        (["v=STSv1; id=20260101T1"], "20260101T1"),
+        (["v=STSv1;id=abc;"], "abc"),
+        (["v=spf1 -all", "v=STSv1; id=x1"], "x1"),
+        (["v=STSv1; id=a", "v=STSv1; id=b"], None),  # §3.1: several records: none
+        (["v=STSv1; id=not-alnum"], None),
+        (["v=STSv2; id=a"], None),
+        ([], None),
+    ],
+)
+def test_record_id(records: list[str], expected: str | None) -> None:
+    assert record_id(records) == expected
+
+
+def test_policy_parsing_and_mx_matching() -> None:
+    policy = parse_policy(
+        "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.mail.example.com\r\n"
+        "max_age: 86400\r\n"
+    )
+    assert (policy.mode, policy.max_age) == ("enforce", 86400)
+    assert policy.allows("MX1.example.com.") and policy.allows("a.mail.example.com")
+    assert not policy.allows("a.b.mail.example.com")  # "*" is exactly one label (§4.1)
+    assert not policy.allows("mail.example.com") and not policy.allows("mx2.example.com")
+    assert parse_policy("version: STSv1\nmode: testing\nmx: x\nmax_age: 9999999999").max_age
+    for bad, why in [
+        ("mode: enforce\nmx: x\nmax_age: 1", "version"),
+        ("version: STSv1\nmode: strict\nmx: x\nmax_age: 1", "mode"),
+        ("version: STSv1\nmode: enforce\nmx: x\nmax_age: soon", "max_age"),
+        ("version: STSv1\nmode: enforce\nmax_age: 1", "no mx"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_policy(bad)
+    assert parse_policy("version: STSv1\nmode: enforce\nmx: x\nmax_age: 2000000000").max_age == (
+        31_557_600
+    )
+
+
+class PolicyServer:
+    """HTTPS on loopback serving /.well-known/mta-sts.txt (the test's CA signs its cert)."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.body = ""
+        self.content_type = "text/plain"
+        self.status = 200
+        self.hits = 0
+        self.port = 0
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        if self.status in (301, 302):
+            raise web.HTTPFound("https://elsewhere.test/.well-known/mta-sts.txt")
+        return web.Response(text=self.body, status=self.status, content_type=self.content_type)
+
+    async def start(self) -> PolicyServer:
+        app = web.Application()
+        app.router.add_get("/.well-known/mta-sts.txt", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ctx)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def policy_text(mode: str, *mx: str, max_age: int = 86400) -> str:
+    lines = ["version: STSv1", f"mode: {mode}", *(f"mx: {m}" for m in mx), f"max_age: {max_age}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path)
+
+
+@pytest.fixture
+async def policy_server(ca: TestCA, dns_server: DNSServer) -> AsyncIterator[PolicyServer]:
+    server = await PolicyServer(server_context(*ca.issue(f"mta-sts.{DOMAIN}"))).start()
+    dns_server.add(f"_mta-sts.{DOMAIN}", "TXT", '"v=STSv1; id=one"')
+    dns_server.a(f"mta-sts.{DOMAIN}", "127.0.0.1")
+    dns_server.mx(DOMAIN, (10, MX))
+    dns_server.a(MX, "127.0.0.1")
+    yield server
+    await server.stop()
+
+
+async def _send(svc: Service) -> tuple[int, bytes]:
+    host, port = svc.addresses[0]
+
+    def run() -> tuple[int, bytes]:
+        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=20) as client:
+            client.ehlo()
+            client.mail("a@sender.test")
+            code, text = client.rcpt(f"b@{DOMAIN}")  # the remote is reached at RCPT
+            if code != 250:
+                return code, text
+            return client.data(b"From: a@sender.test\r\nSubject: t\r\n\r\nhi\r\n")
+
+    return await asyncio.to_thread(run)
+
+
+async def _relay(
+    relay_service: Any, dns_server: DNSServer, server: PolicyServer, ca: TestCA, mx: FakeMX
+) -> Service:
+    return await relay_service(
+        {
+            # opportunistic: only the policy makes TLS verified and mandatory here
+            "delivery": {"starttls": "opportunistic", "ca_file": ca.cert_file, "port": mx.port},
+            "dns": {"nameservers": [dns_server.nameserver]},
+            "mta_sts": {"enabled": True, "port": server.port, "timeout": 5.0},
+            "policy": {"soft_bounce": "pass"},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "policy_mx", "cert", "delivered", "why"),
+    [
+        ("enforce", MX, "trusted", True, ""),
+        ("enforce", "*.dest.test", "trusted", True, ""),
+        ("enforce", "mx.other.test", "trusted", False, b"allows none of its MX hosts"),
+        ("enforce", MX, "self-signed", False, b"self-signed certificate"),
+        ("testing", "mx.other.test", "self-signed", True, ""),
+    ],
+    ids=["enforce-ok", "enforce-wildcard", "enforce-mx-mismatch", "enforce-bad-cert", "testing"],
+)
+async def test_policies_through_bouncer(
+    tmp_path: Path,
+    ca: TestCA,
+    dns_server: DNSServer,
+    policy_server: PolicyServer,
+    relay_service: Any,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+    policy_mx: str,
+    cert: str,
+    delivered: bool,
+    why: bytes,
+) -> None:
+    policy_server.body = policy_text(mode, policy_mx)
+    pair = ca.issue(MX) if cert == "trusted" else self_signed(tmp_path, MX)
+    async with FakeMX(tls_context=server_context(*pair)) as mx:
+        svc = await _relay(relay_service, dns_server, policy_server, ca, mx)
+        with caplog.at_level(logging.INFO):
+            code, text = await _send(svc)
+        assert policy_server.hits == 1
+        if delivered:
+            assert code == 250 and len(mx.messages) == 1
+        else:
+            assert (code, text[:5]) == (451, b"4.7.5") and why in text, text
+            assert mx.messages == [] and mx.commands.count("MAIL") == 0
+        if mode == "testing":
+            assert "MX host mx.dest.test is not in the policy" in caplog.text
+            failures = svc.delivery.sts.failures  # type: ignore[union-attr]
+            assert failures[-1]["result-type"] == "validation-failure"
+            assert failures[-1]["receiving-mx-hostname"] == MX
+
+
+async def test_no_record_means_no_policy(
+    ca: TestCA, dns_server: DNSServer, policy_server: PolicyServer, relay_service: Any
+) -> None:
+    dns_server.records.pop((f"_mta-sts.{DOMAIN}.", "TXT"))
+    policy_server.body = policy_text("enforce", "mx.other.test")
+    async with FakeMX() as mx:  # no TLS at all: delivered in clear, as opportunistic says
+        svc = await _relay(relay_service, dns_server, policy_server, ca, mx)
+        code, _ = await _send(svc)
+    assert code == 250 and policy_server.hits == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body"),
+    [(302, "text/plain", ""), (404, "text/plain", ""), (200, "text/html", "x"),
+     (200, "text/plain", "version: STSv1\nmode: enforce\nmx: m\nmax_age: 1\n" + "#" * 70000)],
+    ids=["redirect", "not-found", "html", "too-large"],
+)  # fmt: skip
+async def test_bad_fetches_are_no_policy_and_are_recorded(
+    ca: TestCA, dns_server: DNSServer, policy_server: PolicyServer,
+    status: int, content_type: str, body: str,
+) -> None:  # fmt: skip
+    policy_server.status, policy_server.content_type = status, content_type
+    policy_server.body = body
+    sts = StsPolicies(
+        build_resolver([dns_server.nameserver], 2), None, None,
+        port=policy_server.port, timeout=5, ca_file=ca.cert_file,
+    )  # fmt: skip
+    try:
+        assert await sts.lookup(DOMAIN) is None
+        assert sts.failures[-1]["result-type"] == "sts-policy-fetch-error"
+    finally:
+        await sts.close()
+
+
+async def test_the_cache_survives_a_restart_and_outlives_an_outage(
+    tmp_path: Path, ca: TestCA, dns_server: DNSServer, policy_server: PolicyServer
+) -> None:
+    policy_server.body = policy_text("enforce", MX, max_age=3600)
+    now = [1_000_000.0]
+
+    async def lookup() -> StsPolicy | None:
+        env = open_state(tmp_path / "state", 1 << 24)
+        writer = Writer()
+        sts = StsPolicies(
+            build_resolver([dns_server.nameserver], 1), env, writer,
+            port=policy_server.port, timeout=5, ca_file=ca.cert_file, clock=lambda: now[0],
+        )  # fmt: skip
+        try:
+            return await sts.lookup(DOMAIN)
+        finally:
+            await sts.close()
+            await asyncio.get_running_loop().run_in_executor(None, writer.close)
+            env.close()
+
+    first = await lookup()
+    assert first is not None and first.mode == "enforce" and policy_server.hits == 1
+    # A restart, with the policy host and the TXT record gone (an attacker's outage):
+    await policy_server.stop()
+    dns_server.records.pop((f"_mta-sts.{DOMAIN}.", "TXT"))
+    now[0] += 3000
+    assert await lookup() == first  # still in force, from the LMDB cache
+    now[0] += 700  # past max_age: expired, and nothing to fetch
+    assert await lookup() is None
