@@ -31,6 +31,7 @@ from relay.inbound.auth import AuthConfigError, smtp_security_kwargs
 from relay.inbound.server import InboundServer
 from relay.intake.listener import verp_sender
 from relay.observe.events import EventBus
+from relay.outbound.dane import DaneLookup
 from relay.outbound.delivery import Delivery
 from relay.outbound.dkim import load_signer
 from relay.outbound.mta_sts import StsPolicies
@@ -138,6 +139,13 @@ class Service:
             self.delivery = build_delivery(cfg, self.env, self.writer)  # DKIM keys read here
         except (StateError, StoreError, AuthConfigError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
+        dane = self.delivery.dane
+        if dane is not None and not await dane.validating():
+            # DANE on records nobody validated would trust whoever forges DNS (RFC 7672 §1.3).
+            raise StartupError(
+                f"dane.enabled: the [dns] resolver does not validate DNSSEC (no AD bit on the "
+                f"answer for {dane.check_name!r}); use a validating resolver or turn DANE off"
+            )
         self.pipeline = Pipeline(
             self.delivery,
             classify,
@@ -296,4 +304,7 @@ def build_delivery(
             timeout=cfg.mta_sts.timeout,
             ca_file=d.ca_file,
         )
-    return Delivery(resolver, pool, sender, signer=signer, sts=sts)
+    dane = None
+    if cfg.dane.enabled:  # startup() checks that the resolver validates
+        dane = DaneLookup(cfg.dns.nameservers, cfg.dns.timeout, cfg.dane.check_name)
+    return Delivery(resolver, pool, sender, signer=signer, sts=sts, dane=dane)

@@ -263,6 +263,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     _validate_admission(cfg.server, problems)
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
+    if cfg.dane.check_name != "." and not is_valid_domain(cfg.dane.check_name.rstrip(".")):
+        problems.append(f"dane.check_name: not a domain name: {cfg.dane.check_name!r}")
     if not 0 < cfg.mta_sts.port <= 65535:
         problems.append(f"mta_sts.port: not a TCP port: {cfg.mta_sts.port}")
     try:

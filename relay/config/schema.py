@@ -125,6 +125,12 @@ class MtaStsConfig:
 
 
 @dataclass(frozen=True)
+class DaneConfig:
+    enabled: bool = False  # needs a DNSSEC-validating resolver in [dns] (checked at start)
+    check_name: str = "."  # a signed name the resolver must answer with the AD bit
+
+
+@dataclass(frozen=True)
 class DNSConfig:
     nameservers: tuple[str, ...] = ()
     timeout: float = 5.0
@@ -196,6 +202,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    dane: DaneConfig = field(default_factory=DaneConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)

@@ -15,6 +15,7 @@ from typing import Protocol
 from policy.address import domain_of
 from policy.mta_sts import StsPolicy
 from policy.reply import Reply
+from relay.outbound.dane import DaneLookup
 from relay.outbound.mta_sts import StsPolicies
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver
@@ -107,24 +108,42 @@ class Delivery:
         remote_sender: RemoteSender = identity_sender,
         signer: Signer | None = None,
         sts: StsPolicies | None = None,
+        dane: DaneLookup | None = None,
     ) -> None:
         self.resolver = resolver
         self.pool = pool
         self.remote_sender = remote_sender
         self.signer = signer
         self.sts = sts
+        self.dane = dane
 
     async def route(self, domain: str) -> Route | Reply:
         route = await self.resolver.route(domain)
         if (
-            self.sts is None
+            (self.sts is None and self.dane is None)
             or isinstance(route, Reply)
             or route.key != domain.lower()
             or domain.startswith("[")
         ):
             return route  # static routes and address literals: the operator's choice
+        if self.dane is not None:
+            secured = await self._dane(route)
+            if secured.tlsa:
+                return secured  # RFC 8461 §2: DANE, where it applies, goes before MTA-STS
+        if self.sts is None:
+            return route
         policy = await self.sts.lookup(domain)
         return route if policy is None else apply_sts(policy, route, self.sts)
+
+    async def _dane(self, route: Route) -> Route:
+        """The route with the TLSA records of its MX hosts (RFC 7672 §2.2)."""
+        assert self.dane is not None
+        names = sorted({(t.name, t.port) for t in route.targets})
+        found = await asyncio.gather(*(self.dane.tlsa(n, p) for n, p in names))
+        tlsa = tuple((n, r) for (n, _), r in zip(names, found, strict=True) if r != ())
+        if not tlsa:
+            return route
+        return Route(f"{route.key} (dane)", route.targets, route.tls, tlsa)
 
     async def open_transaction(
         self,

@@ -36,6 +36,8 @@ from typing import cast
 
 import aiosmtplib
 
+from policy.dane import Tlsa
+from policy.dane import matches as dane_matches
 from policy.reply import Reply
 from relay.outbound.reply_reader import make_reply
 from relay.outbound.values import Route, Target
@@ -298,9 +300,17 @@ async def _hello(smtp: aiosmtplib.SMTP, settings: OutboundSettings) -> None:
         await smtp.helo(hostname=settings.helo)  # RFC 5321 §3.2: fall back for old servers
 
 
-async def _open_target(target: Target, key: str, settings: OutboundSettings) -> RemoteSession:
-    """Connect to one target and apply the STARTTLS level; raises SessionError."""
+async def _open_target(
+    target: Target,
+    key: str,
+    settings: OutboundSettings,
+    tlsa: tuple[Tlsa, ...] | None = (),
+) -> RemoteSession:
+    """Connect to one target and apply the STARTTLS level (or DANE, when `tlsa` holds
+    records for it); raises SessionError."""
     host = target.host
+    if tlsa is None:  # RFC 7672 §2.2.2: a failed TLSA lookup makes the host unusable
+        raise SessionError(_synthetic("4.7.5", f"DANE: TLSA lookup for {host} failed"))
     try:
         smtp = await _connect(target, settings)
     except aiosmtplib.SMTPConnectResponseError as exc:
@@ -313,6 +323,8 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
         raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: timed out")) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: {exc}")) from exc
+    if tlsa:
+        return await _dane(smtp, target, key, settings, tlsa)
     if settings.starttls == "off":
         return RemoteSession(smtp, target, key, False, settings.command_timeout)
     if not smtp.supports_extension("starttls"):
@@ -350,6 +362,42 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
     return await _open_target(target, key, plain)
 
 
+async def _dane(
+    smtp: aiosmtplib.SMTP,
+    target: Target,
+    key: str,
+    settings: OutboundSettings,
+    tlsa: tuple[Tlsa, ...],
+) -> RemoteSession:
+    """DANE-EE(3) (RFC 7672 §3.1.1): TLS is mandatory and the certificate must match a
+    TLSA record; its chain and names are not checked. Failures are soft, never clear text."""
+    host = target.host
+    if not smtp.supports_extension("starttls"):
+        smtp.close()
+        raise SessionError(
+            _synthetic("4.7.4", f"DANE: TLS is required, but was not offered by host {host}")
+        )
+    try:
+        await smtp.starttls(tls_context=_TLS, server_hostname=target.name)
+        ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der or not dane_matches(tlsa, der):
+            log.warning("DANE: certificate of %s matches none of its TLSA records", host)
+            raise SessionError(
+                _synthetic("4.7.5", f"DANE: certificate of {host} matches no TLSA record")
+            )
+        await _hello(smtp, settings)
+        return RemoteSession(smtp, target, key, True, settings.command_timeout)
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+        smtp.close()
+        raise SessionError(
+            _synthetic("4.7.5", f"DANE: TLS with {host} failed: {_why(exc)}")
+        ) from exc
+    except BaseException:
+        smtp.close()
+        raise
+
+
 async def open_session(route: Route, settings: OutboundSettings) -> RemoteSession | Reply:
     """Try the route's targets in order, once each; the first greeted session wins.
 
@@ -359,9 +407,10 @@ async def open_session(route: Route, settings: OutboundSettings) -> RemoteSessio
     last = _synthetic("4.4.4", f"no targets for {route.key}")
     if route.tls and route.tls != settings.starttls:
         settings = dataclasses.replace(settings, starttls=route.tls)
+    tlsa = dict(route.tlsa)
     for target in route.targets:
         try:
-            return await _open_target(target, route.key, settings)
+            return await _open_target(target, route.key, settings, tlsa.get(target.name, ()))
         except SessionError as exc:
             log.info("%s: %s", target.relay, exc.reply.line())
             last = exc.reply

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from policy.dane import Tlsa
 from policy.reply import Reply
 from policy.verdict import Verdict
 
@@ -45,6 +46,9 @@ class Route:
     key: str  # the destination: the domain (MX lookup) or "[host]:port" (static route)
     targets: tuple[Target, ...]
     tls: str = ""  # a [delivery] starttls level this route must use ("verify": MTA-STS)
+    # DANE (relay/outbound/dane.py): MX host name -> its usable TLSA records, or None when
+    # the lookup failed; hosts not listed have no DANE.
+    tlsa: tuple[tuple[str, tuple[Tlsa, ...] | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
