@@ -3,9 +3,7 @@ DNSSEC-signed zone (NSD) behind a real validating resolver (Unbound) on loopback
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import smtplib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from tests.support import dnssec
 from tests.support.certs import TestCA, self_signed, server_context
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
+from tests.support.relay_client import send_one
 
 ZONE = "dane.test"
 MX = f"mx.{ZONE}"
@@ -64,18 +63,7 @@ async def test_dane_refuses_to_start_without_a_validating_resolver(
 
 
 async def _send(svc: Service) -> tuple[int, bytes]:
-    host, port = svc.addresses[0]
-
-    def run() -> tuple[int, bytes]:
-        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=20) as client:
-            client.ehlo()
-            client.mail("a@sender.test")
-            code, text = client.rcpt(f"b@{ZONE}")  # the remote is reached at RCPT
-            if code != 250:
-                return code, text
-            return client.data(b"From: a@sender.test\r\nSubject: t\r\n\r\nhi\r\n")
-
-    return await asyncio.to_thread(run)
+    return await send_one(svc, f"b@{ZONE}")
 
 
 @pytest.mark.skipif(dnssec.skip_reason() is not None, reason=str(dnssec.skip_reason()))

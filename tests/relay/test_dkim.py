@@ -8,7 +8,6 @@ import asyncio
 import os
 import random
 import shutil
-import smtplib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from relay.outbound.dkim import (
 from relay.service import Service
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
+from tests.support.relay_client import send_one
 
 MSG = (
     b"From: Shop <news@example.com>\r\n"
@@ -252,21 +252,22 @@ def test_keygen_writes_a_key_and_prints_its_record(
 
 
 async def _send(svc: Service, message: bytes) -> None:
-    host, port = svc.addresses[0]
+    code, text = await send_one(svc, "b@dest.test", "news@example.com", message)
+    assert code == 250, text
 
-    def run() -> None:
-        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=20) as client:
-            client.sendmail("news@example.com", ["b@dest.test"], message)
 
-    await asyncio.to_thread(run)
+def _published_key(tmp_path: Path, dns_server: DNSServer) -> str:
+    """A new RSA key for example.com, selector "sel", its record served by `dns_server`."""
+    key_file = _key(tmp_path, "r.pem")
+    key = load_key("example.com", "sel", key_file)
+    dns_server.add("sel._domainkey.example.com", "TXT", _txt(key.dns_record()))
+    return key_file
 
 
 async def test_mail_through_bouncer_arrives_signed_and_verifies_against_dns(
     tmp_path: Path, fake_mx: FakeMX, dns_server: DNSServer, relay_service: Any
 ) -> None:
-    key_file = _key(tmp_path, "r.pem")
-    key = load_key("example.com", "sel", key_file)
-    dns_server.add("sel._domainkey.example.com", "TXT", _txt(key.dns_record()))
+    key_file = _published_key(tmp_path, dns_server)
     svc = await relay_service(
         {
             "delivery": {"routes": {"dest.test": fake_mx.address}},
@@ -290,9 +291,7 @@ async def test_queue_retries_are_signed_too(
 ) -> None:
     from tests.support.wait import until
 
-    key_file = _key(tmp_path, "r.pem")
-    key = load_key("example.com", "sel", key_file)
-    dns_server.add("sel._domainkey.example.com", "TXT", _txt(key.dns_record()))
+    key_file = _published_key(tmp_path, dns_server)
     mx = await make_fake_mx()
     mx.data_reply = "451 4.3.0 try later"
     svc = await relay_service(

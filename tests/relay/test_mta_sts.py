@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import smtplib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from relay.store.writer import Writer
 from tests.support.certs import TestCA, self_signed, server_context
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
+from tests.support.relay_client import send_one
 
 DOMAIN = "dest.test"
 MX = "mx.dest.test"
@@ -126,18 +126,7 @@ async def policy_server(ca: TestCA, dns_server: DNSServer) -> AsyncIterator[Poli
 
 
 async def _send(svc: Service) -> tuple[int, bytes]:
-    host, port = svc.addresses[0]
-
-    def run() -> tuple[int, bytes]:
-        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=20) as client:
-            client.ehlo()
-            client.mail("a@sender.test")
-            code, text = client.rcpt(f"b@{DOMAIN}")  # the remote is reached at RCPT
-            if code != 250:
-                return code, text
-            return client.data(b"From: a@sender.test\r\nSubject: t\r\n\r\nhi\r\n")
-
-    return await asyncio.to_thread(run)
+    return await send_one(svc, f"b@{DOMAIN}")
 
 
 async def _relay(

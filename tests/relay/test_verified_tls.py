@@ -19,6 +19,7 @@ from relay.service import Service
 from tests.support.certs import TestCA, self_signed, server_context
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
+from tests.support.relay_client import send_one
 
 MX_NAME = "mx.verify.test"
 
@@ -88,18 +89,7 @@ async def test_a_host_without_starttls_is_refused_softly(make_fake_mx: Any) -> N
 
 
 async def _send(svc: Service) -> tuple[int, bytes]:
-    host, port = svc.addresses[0]
-
-    def run() -> tuple[int, bytes]:
-        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=20) as client:
-            client.ehlo()
-            client.mail("a@sender.test")
-            code, text = client.rcpt("b@dest.test")  # the remote is reached at RCPT
-            if code != 250:
-                return code, text
-            return client.data(b"From: a@sender.test\r\nSubject: t\r\n\r\nhi\r\n")
-
-    return await asyncio.to_thread(run)
+    return await send_one(svc, "b@dest.test")
 
 
 @pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
