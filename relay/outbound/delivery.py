@@ -161,6 +161,8 @@ class Delivery:
         for attempt in range(2):
             session = await self.pool.acquire(route, wait=wait)
             if isinstance(session, Reply):
+                if self.sts is not None and route.key.endswith(STS_SUFFIX):
+                    self.sts.record_session_failure(route.key.removesuffix(STS_SUFFIX), session)
                 return RemoteTransaction(
                     self.pool, route, sender, failure=Outcome(session, "none", "connect")
                 )
@@ -243,6 +245,9 @@ class Delivery:
         return outcomes
 
 
+STS_SUFFIX = " (mta-sts)"  # the pool key of a route under an enforced policy
+
+
 def apply_sts(policy: StsPolicy, route: Route, sts: StsPolicies) -> Route | Reply:
     """RFC 8461 §5: under `enforce` only MX hosts the policy names, each over verified TLS
     (a route of its own in the pool); under `testing` the route as it is, mismatches logged."""
@@ -261,7 +266,7 @@ def apply_sts(policy: StsPolicy, route: Route, sts: StsPolicies) -> Route | Repl
         return Reply(
             451, "4.7.5", f"MTA-STS policy of {route.key} allows none of its MX hosts", None
         )
-    return Route(f"{route.key} (mta-sts)", allowed, "verify")
+    return Route(route.key + STS_SUFFIX, allowed, "verify")
 
 
 def _mail_options(session: RemoteSession, options: Sequence[str]) -> list[str]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +33,7 @@ import lmdb
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from policy.mta_sts import MAX_POLICY_BYTES, StsPolicy, parse_policy, record_id
+from policy.reply import Reply
 from relay.outbound.session import verify_context
 from relay.store.writer import Writer
 
@@ -100,14 +103,39 @@ class StsPolicies:
         if cached is not None and cached.id == ident:
             return _active(cached)
         try:
-            policy = parse_policy(await self._fetch(domain), ident)
+            body = await self._fetch(domain)
         except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("MTA-STS policy for %s not fetched: %s", domain, exc)
-            self.record_failure(domain, "sts-policy-fetch-error", reason=str(exc))
+            webpki = isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError)
+            result = "sts-webpki-invalid" if webpki else "sts-policy-fetch-error"
+            self.record_failure(domain, result, failure_reason_code=str(exc)[:200])
+            return _active(cached)
+        try:
+            policy = parse_policy(body, ident)
+        except ValueError as exc:
+            log.warning("MTA-STS policy for %s not valid: %s", domain, exc)
+            self.record_failure(domain, "sts-policy-invalid", failure_reason_code=str(exc))
             return _active(cached)
         await self._store(domain, policy, now)
         log.info("MTA-STS policy for %s: mode %s, max_age %d", domain, policy.mode, policy.max_age)
         return _active(policy)
+
+    def record_session_failure(self, domain: str, reply: Reply) -> None:
+        """A refused TLS session under `enforce`, in TLS-RPT's words (RFC 8460 §4.3)."""
+        text = reply.text
+        if reply.enhanced == "4.7.4":
+            result = "starttls-not-supported"
+        elif "Hostname mismatch" in text:
+            result = "certificate-host-mismatch"
+        elif "expired" in text:
+            result = "certificate-expired"
+        elif "certificate not trusted" in text:
+            result = "certificate-not-trusted"
+        else:
+            result = "validation-failure"
+        mx = re.search(r"with ([^\s\[]+)\[", text)
+        details = {"receiving_mx_hostname": mx.group(1)} if mx else {}
+        self.record_failure(domain, result, failure_reason_code=text[:200], **details)
 
     def record_failure(self, domain: str, result: str, **details: Any) -> None:
         """Keep one TLS-RPT failure-details record (RFC 8460 §4.4) for a later report."""

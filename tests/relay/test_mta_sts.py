@@ -179,6 +179,10 @@ async def test_policies_through_bouncer(
         else:
             assert (code, text[:5]) == (451, b"4.7.5") and why in text, text
             assert mx.messages == [] and mx.commands.count("MAIL") == 0
+        if why == b"self-signed certificate":  # kept for a TLS-RPT report too
+            failure = svc.delivery.sts.failures[-1]  # type: ignore[union-attr]
+            assert failure["result-type"] == "certificate-not-trusted"
+            assert failure["receiving-mx-hostname"] == MX
         if mode == "testing":
             assert "MX host mx.dest.test is not in the policy" in caplog.text
             failures = svc.delivery.sts.failures  # type: ignore[union-attr]
@@ -197,15 +201,22 @@ async def test_no_record_means_no_policy(
     assert code == 250 and policy_server.hits == 0
 
 
+FETCH = "sts-policy-fetch-error"
+
+
 @pytest.mark.parametrize(
-    ("status", "content_type", "body"),
-    [(302, "text/plain", ""), (404, "text/plain", ""), (200, "text/html", "x"),
-     (200, "text/plain", "version: STSv1\nmode: enforce\nmx: m\nmax_age: 1\n" + "#" * 70000)],
-    ids=["redirect", "not-found", "html", "too-large"],
+    ("status", "content_type", "body", "result"),
+    [(302, "text/plain", "", FETCH), (404, "text/plain", "", FETCH),
+     (200, "text/html", "x", FETCH),
+     (200, "text/plain", "version: STSv1\nmode: enforce\nmx: m\nmax_age: 1\n" + "#" * 70000,
+      FETCH),
+     (200, "text/plain", "version: STSv9\nmode: enforce\nmx: m\nmax_age: 1\n",
+      "sts-policy-invalid")],
+    ids=["redirect", "not-found", "html", "too-large", "invalid"],
 )  # fmt: skip
 async def test_bad_fetches_are_no_policy_and_are_recorded(
     ca: TestCA, dns_server: DNSServer, policy_server: PolicyServer,
-    status: int, content_type: str, body: str,
+    status: int, content_type: str, body: str, result: str,
 ) -> None:  # fmt: skip
     policy_server.status, policy_server.content_type = status, content_type
     policy_server.body = body
@@ -215,7 +226,7 @@ async def test_bad_fetches_are_no_policy_and_are_recorded(
     )  # fmt: skip
     try:
         assert await sts.lookup(DOMAIN) is None
-        assert sts.failures[-1]["result-type"] == "sts-policy-fetch-error"
+        assert sts.failures[-1]["result-type"] == result
     finally:
         await sts.close()
 
