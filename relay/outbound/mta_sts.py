@@ -5,7 +5,9 @@
 
 `StsPolicies.lookup(domain)` returns the policy to apply, or None. A cached policy is
 used until its max_age runs out; the TXT record is still asked each time (dnspython's
-cache honours its TTL), and a changed id fetches the policy again. When the record or the
+cache honours its TTL), and a changed id fetches the policy again. A policy in use is
+fetched again in the background once a day (or at half its max_age), so it does not
+expire while the domain still publishes it. When the record or the
 fetch fails, a cached policy that has not expired stays in force (§5.1: an attacker who
 blocks DNS or HTTPS must not turn a policy off). The fetch follows no redirect, reads at
 most 64 KB, gives up after `timeout`, and checks the certificate of
@@ -18,6 +20,7 @@ Failures are kept in TLS-RPT's shape (RFC 8460 §4.4): `failures` lists records 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CACHE_DB = b"mta_sts_policies"
 MAX_FAILURES = 1000  # TLS-RPT records kept in memory for a report
+REFRESH_AFTER = 86400.0  # seconds: a policy in use is fetched again daily (RFC 8461 §5.1)
 
 
 class _BouncerResolver(AbstractResolver):
@@ -90,6 +94,7 @@ class StsPolicies:
         self.clock = clock
         self.memory: dict[str, tuple[StsPolicy, float]] = {}
         self.failures: list[dict[str, Any]] = []
+        self.refreshing: dict[str, asyncio.Task[StsPolicy | None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def lookup(self, domain: str) -> StsPolicy | None:
@@ -101,7 +106,23 @@ class StsPolicies:
         if ident is None:
             return _active(cached)
         if cached is not None and cached.id == ident:
+            if self._due(domain, cached, now) and domain not in self.refreshing:
+                # §5.1: refresh before expiry, off the delivery's path
+                task = asyncio.create_task(self._fetch_policy(domain, ident, cached, now))
+                self.refreshing[domain] = task
+                task.add_done_callback(lambda _: self.refreshing.pop(domain, None))
             return _active(cached)
+        return await self._fetch_policy(domain, ident, cached, now)
+
+    def _due(self, domain: str, policy: StsPolicy, now: float) -> bool:
+        expires = self.memory[domain][1]
+        fetched = expires - policy.max_age
+        return now - fetched >= min(REFRESH_AFTER, policy.max_age / 2)
+
+    async def _fetch_policy(
+        self, domain: str, ident: str, cached: StsPolicy | None, now: float
+    ) -> StsPolicy | None:
+        """Fetch, parse and cache; on failure the cached policy (if any) stays in force."""
         try:
             body = await self._fetch(domain)
         except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
@@ -211,6 +232,10 @@ class StsPolicies:
             log.warning("MTA-STS policy for %s not cached: %s", domain, exc)
 
     async def close(self) -> None:
+        for task in list(self.refreshing.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -24,6 +24,7 @@ from tests.support.certs import TestCA, self_signed, server_context
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
 from tests.support.relay_client import send_one
+from tests.support.wait import until
 
 DOMAIN = "dest.test"
 MX = "mx.dest.test"
@@ -260,3 +261,29 @@ async def test_the_cache_survives_a_restart_and_outlives_an_outage(
     assert await lookup() == first  # still in force, from the LMDB cache
     now[0] += 700  # past max_age: expired, and nothing to fetch
     assert await lookup() is None
+
+
+async def test_a_policy_in_use_is_refreshed_in_the_background(
+    ca: TestCA, dns_server: DNSServer, policy_server: PolicyServer
+) -> None:
+    policy_server.body = policy_text("enforce", MX, max_age=86400 * 7)
+    now = [1_000_000.0]
+    sts = StsPolicies(
+        build_resolver([dns_server.nameserver], 1), None, None,
+        port=policy_server.port, timeout=5, ca_file=ca.cert_file, clock=lambda: now[0],
+    )  # fmt: skip
+    try:
+        first = await sts.lookup(DOMAIN)
+        assert first is not None and policy_server.hits == 1
+        now[0] += 3600
+        assert await sts.lookup(DOMAIN) == first and policy_server.hits == 1  # fresh enough
+        policy_server.body = policy_text("enforce", MX, "mx2.dest.test", max_age=86400 * 7)
+        now[0] += 86400  # a day after the fetch: the same id, fetched again meanwhile
+        assert await sts.lookup(DOMAIN) == first  # answered from the cache at once
+        await until(lambda: not sts.refreshing, "the background refresh")
+        assert policy_server.hits == 2
+        renewed = await sts.lookup(DOMAIN)
+        assert renewed is not None and renewed.mx == (MX, "mx2.dest.test")
+        assert sts.memory[DOMAIN][1] == now[0] + 86400 * 7  # the expiry moved on
+    finally:
+        await sts.close()
