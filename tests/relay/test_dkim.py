@@ -24,6 +24,7 @@ from relay.config.preflight import problems
 from relay.outbound.dkim import (
     DkimKeyError,
     DkimSigner,
+    _domain_of_from,
     load_key,
     load_signer,
     new_key,
@@ -374,3 +375,18 @@ def test_fast_relaxed_body_matches_dkimpy(pieces: list[bytes]) -> None:
     assert relaxed_body(body) == dkim.CanonicalizationPolicy.from_c_value(
         b"relaxed/relaxed"
     ).canonicalize_body(body)
+
+
+@pytest.mark.parametrize(
+    ("value", "domain"),
+    [
+        (b" Shop <news@Example.COM>\r\n", "example.com"),
+        (b" news@example.com\r\n", "example.com"),
+        (b' "Shop, Inc." <news@example.com>\r\n', "example.com"),
+        (b" news@example.com (Shop)\r\n", "example.com"),
+        (b" =?utf-8?q?Caf=C3=A9?= <a@b.example.com>\r\n", "b.example.com"),
+        (b" undisclosed\r\n", ""),
+    ],
+)
+def test_from_domain(value: bytes, domain: str) -> None:
+    assert _domain_of_from(value) == domain
