@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import socket
@@ -43,6 +44,7 @@ from relay.store.writer import Writer
 log = logging.getLogger(__name__)
 
 CACHE_DB = b"mta_sts_policies"
+FAILURES_DB = b"tlsrpt_failures"  # TLS-RPT failure-details records, counted per day
 MAX_FAILURES = 1000  # TLS-RPT records kept in memory for a report
 REFRESH_AFTER = 86400.0  # seconds: a policy in use is fetched again daily (RFC 8461 §5.1)
 
@@ -88,6 +90,7 @@ class StsPolicies:
         self.env = env
         self.writer = writer
         self.db = env.open_db(CACHE_DB, create=True) if env is not None else None
+        self.failures_db = env.open_db(FAILURES_DB, create=True) if env is not None else None
         self.port = port
         self.timeout = timeout
         self.ca_file = ca_file
@@ -95,6 +98,7 @@ class StsPolicies:
         self.memory: dict[str, tuple[StsPolicy, float]] = {}
         self.failures: list[dict[str, Any]] = []
         self.refreshing: dict[str, asyncio.Task[StsPolicy | None]] = {}
+        self.writing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
     async def lookup(self, domain: str) -> StsPolicy | None:
@@ -170,6 +174,40 @@ class StsPolicies:
         record.update({k.replace("_", "-"): v for k, v in details.items()})
         self.failures.append(record)
         del self.failures[:-MAX_FAILURES]
+        if self.env is not None and self.writer is not None:
+            task = asyncio.get_running_loop().create_task(self._count(record))
+            self.writing.add(task)
+            task.add_done_callback(self.writing.discard)
+
+    async def _count(self, record: dict[str, Any]) -> None:
+        """Add the failure to its day's count in LMDB: one record per day, domain, result
+        and MX host, as a TLS-RPT report aggregates them (RFC 8460 §4.4)."""
+        assert self.env is not None and self.writer is not None
+        key = "\x00".join(
+            (record["date"][:10], record["policy-domain"], record["result-type"],
+             str(record.get("receiving-mx-hostname", "")))
+        ).encode()  # fmt: skip
+        env, db = self.env, self.failures_db
+
+        def add() -> None:
+            with env.begin(write=True, db=db) as txn:
+                old = txn.get(key)
+                kept = dict(record) if old is None else json.loads(old)
+                if old is not None:
+                    kept["failed-session-count"] += 1
+                txn.put(key, json.dumps(kept).encode())
+
+        try:
+            await self.writer.run(add)
+        except lmdb.Error as exc:
+            log.warning("TLS-RPT failure record not kept: %s", exc)
+
+    def stored_failures(self) -> list[dict[str, Any]]:
+        """The failure records in LMDB, one per day, domain, result type and MX host."""
+        if self.env is None:
+            return []
+        with self.env.begin(db=self.failures_db) as txn:
+            return [json.loads(value) for _, value in txn.cursor()]
 
     async def _record(self, domain: str) -> str | None:
         try:
@@ -232,6 +270,8 @@ class StsPolicies:
             log.warning("MTA-STS policy for %s not cached: %s", domain, exc)
 
     async def close(self) -> None:
+        if self.writing:
+            await asyncio.gather(*self.writing)  # failure counts already handed over
         for task in list(self.refreshing.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -237,6 +237,7 @@ async def test_the_cache_survives_a_restart_and_outlives_an_outage(
 ) -> None:
     policy_server.body = policy_text("enforce", MX, max_age=3600)
     now = [1_000_000.0]
+    stored: list[list[dict[str, Any]]] = []
 
     async def lookup() -> StsPolicy | None:
         env = open_state(tmp_path / "state", 1 << 24)
@@ -246,9 +247,12 @@ async def test_the_cache_survives_a_restart_and_outlives_an_outage(
             port=policy_server.port, timeout=5, ca_file=ca.cert_file, clock=lambda: now[0],
         )  # fmt: skip
         try:
-            return await sts.lookup(DOMAIN)
+            policy = await sts.lookup(DOMAIN)
+            sts.record_failure(DOMAIN, "validation-failure", receiving_mx_hostname=MX)
+            return policy
         finally:
             await sts.close()
+            stored.append(sts.stored_failures())
             await asyncio.get_running_loop().run_in_executor(None, writer.close)
             env.close()
 
@@ -261,6 +265,10 @@ async def test_the_cache_survives_a_restart_and_outlives_an_outage(
     assert await lookup() == first  # still in force, from the LMDB cache
     now[0] += 700  # past max_age: expired, and nothing to fetch
     assert await lookup() is None
+    # The TLS-RPT records outlive restarts too, counted per day, domain, result and host.
+    (record,) = stored[-1]
+    assert (record["result-type"], record["receiving-mx-hostname"]) == ("validation-failure", MX)
+    assert record["failed-session-count"] == 3 and record["policy-domain"] == DOMAIN
 
 
 async def test_a_policy_in_use_is_refreshed_in_the_background(
