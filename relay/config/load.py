@@ -90,7 +90,7 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     if is_dataclass(hint):
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a table")
-            return hint()  # type: ignore[operator]
+            return None  # a stand-in: the problem above refuses the config anyway
         return _build(hint, value, where, problems)
     if origin is Literal:
         if value not in get_args(hint):

@@ -231,6 +231,11 @@ def test_bad_key_entries_are_config_errors(keys: list[dict[str, str]], why: str)
         config_from_dict({"dkim": {"keys": keys}})
 
 
+def test_a_key_entry_that_is_not_a_table_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"dkim.keys\[0\]: expected a table"):
+        config_from_dict({"dkim": {"keys": ["example.com"]}})
+
+
 def test_headers_must_include_from() -> None:
     with pytest.raises(ConfigError, match="must include From"):
         config_from_dict({"dkim": {"headers": ["To", "Subject"]}})
