@@ -37,7 +37,8 @@ from relay.outbound.dkim import load_signer
 from relay.outbound.mta_sts import StsPolicies
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
-from relay.outbound.session import OutboundSettings, open_session, verify_context
+from relay.outbound.session import OutboundSettings, open_session
+from relay.outbound.tls import verify_context
 from relay.outbound.values import Route, identity_sender
 from relay.pipeline import Pipeline, utcnow
 from relay.queue.queue import DsnSettings, Spool

@@ -20,7 +20,7 @@ from pathlib import Path
 from relay.config.load import Config
 from relay.inbound.auth import AuthConfigError, load_users, make_tls_context
 from relay.outbound.dkim import DkimKeyError, load_signer
-from relay.outbound.session import verify_context
+from relay.outbound.tls import verify_context
 
 
 def problems(cfg: Config) -> list[str]:

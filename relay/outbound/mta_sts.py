@@ -38,7 +38,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from policy.mta_sts import MAX_POLICY_BYTES, StsPolicy, parse_policy, record_id
 from policy.reply import Reply
-from relay.outbound.session import verify_context
+from relay.outbound.tls import verify_context
 from relay.store.writer import Writer
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import re
 import ssl
@@ -40,6 +39,7 @@ from policy.dane import Tlsa
 from policy.dane import matches as dane_matches
 from policy.reply import Reply
 from relay.outbound.reply_reader import make_reply
+from relay.outbound.tls import OPPORTUNISTIC, failure_reason, verify_context
 from relay.outbound.values import Route, Target
 from relay.outbound.wire import Wire, WireLost, data_done_timeout, wire_message
 
@@ -53,34 +53,6 @@ class OutboundSettings:
     command_timeout: float
     starttls: str  # "opportunistic" | "required" | "verify" | "off"
     ca_file: str = ""  # "verify": trust these CAs instead of the system's
-
-
-@functools.cache
-def verify_context(ca_file: str = "") -> ssl.SSLContext:
-    """Authenticated MX TLS (RFC 7672 §1.3's "secure channel" without DANE): the chain must
-    reach a trusted CA and the certificate must name the host (RFC 6125). Built once."""
-    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
-
-
-def _why(exc: BaseException) -> str:
-    """The certificate check's own words ("Hostname mismatch, ...", "self-signed ...")."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return f"certificate not trusted: {seen.verify_message}"
-        seen = seen.__cause__ or seen.__context__
-    return f"handshake failed: {exc}"
-
-
-def _tls_context() -> ssl.SSLContext:
-    # Opportunistic MX TLS: encrypt, but do not authenticate (RFC 7435; Postfix "may"/"encrypt").
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-_TLS = _tls_context()
 
 
 def _synthetic(enhanced: str, text: str, host: str | None = None) -> Reply:
@@ -335,7 +307,7 @@ async def _open_target(
             )
         return RemoteSession(smtp, target, key, False, settings.command_timeout)
     verify = settings.starttls == "verify"
-    context = verify_context(settings.ca_file) if verify else _TLS
+    context = verify_context(settings.ca_file) if verify else OPPORTUNISTIC
     try:
         await smtp.starttls(tls_context=context, server_hostname=target.name)
         await _hello(smtp, settings)
@@ -344,7 +316,7 @@ async def _open_target(
         smtp.close()
         if verify:
             # Never clear text after a failed check: that is what an attacker would cause.
-            why = _why(exc)
+            why = failure_reason(exc)
             log.warning("TLS with %s refused: %s", host, why)
             raise SessionError(_synthetic("4.7.5", f"TLS with {host} refused: {why}")) from exc
         if settings.starttls == "required":
@@ -378,7 +350,7 @@ async def _dane(
             _synthetic("4.7.4", f"DANE: TLS is required, but was not offered by host {host}")
         )
     try:
-        await smtp.starttls(tls_context=_TLS, server_hostname=target.name)
+        await smtp.starttls(tls_context=OPPORTUNISTIC, server_hostname=target.name)
         ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der or not dane_matches(tlsa, der):
@@ -391,7 +363,7 @@ async def _dane(
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
         smtp.close()
         raise SessionError(
-            _synthetic("4.7.5", f"DANE: TLS with {host} failed: {_why(exc)}")
+            _synthetic("4.7.5", f"DANE: TLS with {host} failed: {failure_reason(exc)}")
         ) from exc
     except BaseException:
         smtp.close()
