@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,20 @@ async def policy_server(ca: TestCA, dns_server: DNSServer) -> AsyncIterator[Poli
     await server.stop()
 
 
+def _policies(
+    dns_server: DNSServer,
+    server: PolicyServer,
+    ca: TestCA,
+    clock: Callable[[], float] = time.time,
+    env: Any = None,
+    writer: Writer | None = None,
+) -> StsPolicies:
+    resolver = build_resolver([dns_server.nameserver], 2)
+    return StsPolicies(
+        resolver, env, writer, port=server.port, timeout=5, ca_file=ca.cert_file, clock=clock
+    )
+
+
 async def _send(svc: Service) -> tuple[int, bytes]:
     return await send_one(svc, f"b@{DOMAIN}")
 
@@ -221,10 +236,7 @@ async def test_bad_fetches_are_no_policy_and_are_recorded(
 ) -> None:  # fmt: skip
     policy_server.status, policy_server.content_type = status, content_type
     policy_server.body = body
-    sts = StsPolicies(
-        build_resolver([dns_server.nameserver], 2), None, None,
-        port=policy_server.port, timeout=5, ca_file=ca.cert_file,
-    )  # fmt: skip
+    sts = _policies(dns_server, policy_server, ca)
     try:
         assert await sts.lookup(DOMAIN) is None
         assert sts.failures[-1]["result-type"] == result
@@ -242,10 +254,7 @@ async def test_the_cache_survives_a_restart_and_outlives_an_outage(
     async def lookup() -> StsPolicy | None:
         env = open_state(tmp_path / "state", 1 << 24)
         writer = Writer()
-        sts = StsPolicies(
-            build_resolver([dns_server.nameserver], 1), env, writer,
-            port=policy_server.port, timeout=5, ca_file=ca.cert_file, clock=lambda: now[0],
-        )  # fmt: skip
+        sts = _policies(dns_server, policy_server, ca, lambda: now[0], env, writer)
         try:
             policy = await sts.lookup(DOMAIN)
             sts.record_failure(DOMAIN, "validation-failure", receiving_mx_hostname=MX)
@@ -276,10 +285,7 @@ async def test_a_policy_in_use_is_refreshed_in_the_background(
 ) -> None:
     policy_server.body = policy_text("enforce", MX, max_age=86400 * 7)
     now = [1_000_000.0]
-    sts = StsPolicies(
-        build_resolver([dns_server.nameserver], 1), None, None,
-        port=policy_server.port, timeout=5, ca_file=ca.cert_file, clock=lambda: now[0],
-    )  # fmt: skip
+    sts = _policies(dns_server, policy_server, ca, lambda: now[0])
     try:
         first = await sts.lookup(DOMAIN)
         assert first is not None and policy_server.hits == 1
