@@ -122,9 +122,16 @@ class Service:
             security = smtp_security_kwargs(
                 cfg.server.tls_cert, cfg.server.tls_key, cfg.server.users_file
             )
+            self.delivery = build_delivery(cfg, self.env, self.writer)  # DKIM keys read here
         except (StateError, StoreError, AuthConfigError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
-        self.delivery = build_delivery(cfg)
+        dane = self.delivery.dane
+        if dane is not None and not await dane.validating():
+            # DANE on records nobody validated would trust whoever forges DNS (RFC 7672 §1.3).
+            raise StartupError(
+                f"dane.enabled: the [dns] resolver does not validate DNSSEC (no AD bit on the "
+                f"answer for {dane.check_name!r}); use a validating resolver or turn DANE off"
+            )
         self.pipeline = Pipeline(
             self.delivery,
             classify,
@@ -248,6 +255,10 @@ class Service:
         self._started.clear()
         if self.delivery is not None:
             await self.delivery.pool.close()
+            if self.delivery.signer is not None:
+                await self.delivery.signer.close()
+            if self.delivery.sts is not None:
+                await self.delivery.sts.close()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         if self.env is not None:
             self.env.close()

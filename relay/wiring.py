@@ -35,11 +35,15 @@ from relay.observe.logsink import LogWriter
 from relay.observe.metrics import Metrics
 from relay.observe.probes import gauge_probes, health_checks
 from relay.observe.sdnotify import Notifier
+from relay.outbound.dane import DaneLookup
 from relay.outbound.delivery import Delivery
+from relay.outbound.dkim import load_signer
+from relay.outbound.mta_sts import StsPolicies
 from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.session import OutboundSettings, RemoteSession, open_session
-from relay.outbound.values import Route
+from relay.outbound.tls import verify_context
+from relay.outbound.values import Route, identity_sender
 from relay.queue.component import QueueRunner, runner_settings
 from relay.queue.queue import Spool
 from relay.queue.scheduler import RetryWorker
@@ -72,12 +76,21 @@ class Reloading:
     listen_override: tuple[str, ...] | None
 
 
-def build_delivery(cfg: Config) -> Delivery:
-    """The resolver, route table, session pool and remote sender (VERP plugs in here)."""
+def build_delivery(
+    cfg: Config, env: lmdb.Environment | None = None, writer: Writer | None = None
+) -> Delivery:
+    """The resolver, route table, session pool, remote sender (VERP plugs in here), DKIM
+    signer, MTA-STS policies and DANE look-ups."""
     d = cfg.delivery
-    settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls)
+    settings = OutboundSettings(d.helo, d.connect_timeout, d.command_timeout, d.starttls, d.ca_file)
+    if d.starttls == "verify":
+        try:
+            verify_context(d.ca_file)  # read the CAs now: a bad file stops startup
+        except OSError as exc:
+            raise ValueError(f"delivery.ca_file: cannot load CAs: {exc}") from exc
+    dns_resolver = build_resolver(cfg.dns.servers, cfg.dns.timeout)
     resolver = MXResolver(
-        build_resolver(cfg.dns.servers, cfg.dns.timeout),
+        dns_resolver,
         routes=d.routes,
         port=d.port,
         literal_networks=d.literal_networks,
@@ -92,8 +105,22 @@ def build_delivery(cfg: Config) -> Delivery:
         idle_timeout=d.session_idle_timeout,
         wait_timeout=d.connect_timeout,
     )
-    sender = verp_sender(cfg)  # [verp] enabled: signed per-recipient return paths
-    return Delivery(resolver, pool) if sender is None else Delivery(resolver, pool, sender)
+    sender = verp_sender(cfg) or identity_sender  # [verp] enabled: signed return paths
+    signer = load_signer(cfg.dkim.keys, cfg.dkim.headers)
+    sts = None
+    if cfg.mta_sts.enabled:  # policies cached in the state's LMDB (without one: in memory)
+        sts = StsPolicies(
+            dns_resolver,
+            env,
+            writer,
+            port=cfg.mta_sts.port,
+            timeout=cfg.mta_sts.timeout,
+            ca_file=d.ca_file,
+        )
+    dane = None
+    if cfg.dane.enabled:  # startup() checks that the resolver validates
+        dane = DaneLookup(cfg.dns.servers, cfg.dns.timeout, cfg.dane.check_name)
+    return Delivery(resolver, pool, sender, signer=signer, sts=sts, dane=dane)
 
 
 def log_writer(parts: Parts) -> LogWriter:

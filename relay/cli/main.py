@@ -19,12 +19,12 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
-from relay.cli import classify, parse, passwd, queue, serve, stats, store, suppression
+from relay.cli import classify, dkim, parse, passwd, queue, serve, stats, store, suppression
 from relay.cli.common import EXIT_CONFIG, EXIT_OK, add_config_option, config_name, config_or_exit
 from relay.store.integrity import EXIT_DAMAGED, StoreDamaged
 
 # The modules that contribute subcommands, in the order `bouncer --help` lists them.
-COMMAND_MODULES = (serve, passwd, stats, suppression, queue, parse, classify, store)
+COMMAND_MODULES = (serve, passwd, dkim, stats, suppression, queue, parse, classify, store)
 
 
 def _check_config(args: argparse.Namespace) -> int:

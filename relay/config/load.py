@@ -30,6 +30,8 @@ from relay.config.schema import (
     ApiConfig,
     Config,
     DeliveryConfig,
+    DkimConfig,
+    DkimKeyConfig,
     DNSConfig,
     IntakeConfig,
     IPNetwork,
@@ -52,6 +54,8 @@ __all__ = [
     "ConfigError",
     "DNSConfig",
     "DeliveryConfig",
+    "DkimConfig",
+    "DkimKeyConfig",
     "IPNetwork",
     "IntakeConfig",
     "LogConfig",
@@ -86,7 +90,7 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     if is_dataclass(hint):
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a table")
-            return hint()  # type: ignore[operator]
+            return None  # a stand-in: the problem above refuses the config anyway
         return _build(hint, value, where, problems)
     if origin is Literal:
         if value not in get_args(hint):
@@ -143,6 +147,7 @@ def _build(cls: Any, table: dict[str, Any], where: str, problems: list[str]) -> 
             kwargs[f.name] = _convert(table[f.name], hints[f.name], name, problems)
         elif f.default is MISSING and f.default_factory is MISSING:
             problems.append(f"{where}.{f.name}: missing")
+            kwargs[f.name] = ""  # a stand-in: the problem above refuses the config anyway
     return cls(**kwargs)
 
 
@@ -255,6 +260,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         "policy.permanent_after_hard": cfg.policy.permanent_after_hard,
         "server.idle_timeout": cfg.server.idle_timeout,
         "queue.poll_interval": cfg.queue.poll_interval,
+        "mta_sts.timeout": cfg.mta_sts.timeout,
     }
     for name, value in positive.items():
         if not 0 < value < float("inf"):  # also refuses TOML's nan and inf
@@ -282,6 +288,10 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     _validate_admission(cfg, problems)
     if not 0 < cfg.delivery.port <= 65535:
         problems.append(f"delivery.port: not a TCP port: {cfg.delivery.port}")
+    if cfg.dane.check_name != "." and not is_valid_domain(cfg.dane.check_name.rstrip(".")):
+        problems.append(f"dane.check_name: not a domain name: {cfg.dane.check_name!r}")
+    if not 0 < cfg.mta_sts.port <= 65535:
+        problems.append(f"mta_sts.port: not a TCP port: {cfg.mta_sts.port}")
     try:
         suppression_rules(cfg.policy)
     except ValueError as exc:
@@ -291,6 +301,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     if cfg.verp.enabled and not (cfg.verp.bounce_domain and cfg.verp.secret):
         problems.append("verp.enabled: needs verp.bounce_domain and verp.secret")
     _validate_verp_intake(cfg, problems)
+    _validate_dkim(cfg.dkim, problems)
     if cfg.api.listen and not cfg.api.token:
         problems.append("api.token: required when api.listen is set")
     elif cfg.api.token and len(cfg.api.token) < MIN_API_TOKEN:
@@ -349,6 +360,42 @@ def _validate_verp_intake(cfg: Config, problems: list[str]) -> None:
                     "intake.listen: needs verp.bounce_domain and verp.secret, "
                     "intake.feedback_addresses or intake.consent_address, else it accepts nothing"
                 )
+
+
+SELECTOR_SYNTAX = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
+
+
+def _validate_dkim(dkim: DkimConfig, problems: list[str]) -> None:
+    """[[dkim.keys]]: names that can go in d= and s=, one key per domain and algorithm, and
+    Ed25519 only beside RSA (RFC 8463 §3: many verifiers still ignore Ed25519 signatures)."""
+    seen: dict[tuple[str, str], int] = {}
+    for n, key in enumerate(dkim.keys):
+        where = f"dkim.keys[{n}]"
+        domain = key.domain.lower().rstrip(".")
+        if not is_valid_domain(domain) or domain.startswith("["):
+            problems.append(f"{where}.domain: not a domain name: {key.domain!r}")
+        if not SELECTOR_SYNTAX.match(key.selector):
+            problems.append(f"{where}.selector: letters, digits, '-' and '.': {key.selector!r}")
+        if not key.key_file:
+            problems.append(f"{where}.key_file: missing")
+        if (domain, key.algorithm) in seen:
+            problems.append(f"{where}: a second {key.algorithm} key for {domain}")
+        seen[(domain, key.algorithm)] = n
+    for (domain, algorithm), n in seen.items():
+        if algorithm == "ed25519-sha256" and (domain, "rsa-sha256") not in seen:
+            problems.append(
+                f"dkim.keys[{n}]: an ed25519-sha256 key for {domain} needs an rsa-sha256 key "
+                "beside it (Ed25519 is only an additional signature)"
+            )
+    if "from" not in {h.lower() for h in dkim.headers}:
+        problems.append("dkim.headers: must include From (RFC 6376 §5.4)")
+    for n, name in enumerate(dkim.headers):
+        if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name):
+            problems.append(f"dkim.headers[{n}]: not a header name: {name!r}")
+        elif name.lower() == "dkim-signature":
+            problems.append(f"dkim.headers[{n}]: DKIM-Signature is never signed")
 
 
 def suppression_rules(policy: PolicyConfig) -> SuppressionRules:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 
 from relay.config.load import Config
 from relay.inbound.auth import AuthConfigError, load_users, make_tls_context
+from relay.outbound.dkim import DkimKeyError, load_signer
+from relay.outbound.tls import verify_context
 
 
 def problems(cfg: Config) -> list[str]:
@@ -38,6 +41,15 @@ def problems(cfg: Config) -> list[str]:
             load_users(s.users_file)
         except AuthConfigError as exc:
             out.append(f"server.users_file: {exc}")
+    if cfg.delivery.ca_file:
+        try:
+            verify_context.__wrapped__(cfg.delivery.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            out.append(f"delivery.ca_file: {cfg.delivery.ca_file}: cannot load CAs: {exc}")
+    try:
+        load_signer(cfg.dkim.keys, cfg.dkim.headers, in_process=True)
+    except DkimKeyError as exc:
+        out.append(str(exc))
     if cfg.log.file:
         parent = Path(cfg.log.file).parent
         if Path(cfg.log.file).is_dir():

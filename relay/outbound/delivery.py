@@ -10,15 +10,26 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from policy.address import domain_of
+from policy.mta_sts import StsPolicy
 from policy.reply import Reply
+from relay.outbound.dane import DaneLookup
+from relay.outbound.mta_sts import StsPolicies
 from relay.outbound.pool import Busy, SessionPool
 from relay.outbound.routes import MXResolver
 from relay.outbound.session import RemoteSession
 from relay.outbound.values import Outcome, RemoteSender, Route, identity_sender
 
 log = logging.getLogger(__name__)
+
+
+class Signer(Protocol):
+    """DKIM (relay/outbound/dkim.py): the message as it leaves, signed when a key applies."""
+
+    async def sign(self, message: bytes) -> bytes: ...
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -38,6 +49,7 @@ class RemoteTransaction:
     done: bool = False
     early: tuple[str, Reply] | None = None  # a pipelined first RCPT's reply, not yet asked for
     busy: bool = False  # `failure` is the destination's session cap (pool.Busy), not its answer
+    signer: Signer | None = None  # applied as DATA leaves
 
     @property
     def relay(self) -> str:
@@ -59,6 +71,8 @@ class RemoteTransaction:
     async def data(self, content: bytes) -> Outcome:
         """Send the message to the accepted recipients; the session goes back to the pool."""
         assert self.session is not None and self.accepted
+        if self.signer is not None:
+            content = await self.signer.sign(content)  # after Received:, live or queued
         reply = await self.session.data(content)
         outcome = Outcome(reply, self.relay, "DATA", len(self.accepted))
         if self.session.in_transaction:
@@ -93,13 +107,44 @@ class Delivery:
         resolver: MXResolver,
         pool: SessionPool,
         remote_sender: RemoteSender = identity_sender,
+        signer: Signer | None = None,
+        sts: StsPolicies | None = None,
+        dane: DaneLookup | None = None,
     ) -> None:
         self.resolver = resolver
         self.pool = pool
         self.remote_sender = remote_sender
+        self.signer = signer
+        self.sts = sts
+        self.dane = dane
 
     async def route(self, domain: str) -> Route | Reply:
-        return await self.resolver.route(domain)
+        route = await self.resolver.route(domain)
+        if (
+            (self.sts is None and self.dane is None)
+            or isinstance(route, Reply)
+            or route.key != domain.lower()
+            or domain.startswith("[")
+        ):
+            return route  # static routes and address literals: the operator's choice
+        if self.dane is not None:
+            secured = await self._dane(route)
+            if secured.tlsa:
+                return secured  # RFC 8461 §2: DANE, where it applies, goes before MTA-STS
+        if self.sts is None:
+            return route
+        policy = await self.sts.lookup(domain)
+        return route if policy is None else apply_sts(policy, route, self.sts)
+
+    async def _dane(self, route: Route) -> Route:
+        """The route with the TLSA records of its MX hosts (RFC 7672 §2.2)."""
+        assert self.dane is not None
+        names = sorted({(t.name, t.port) for t in route.targets})
+        found = await asyncio.gather(*(self.dane.tlsa(n, p) for n, p in names))
+        tlsa = tuple((n, r) for (n, _), r in zip(names, found, strict=True) if r != ())
+        if not tlsa:
+            return route
+        return Route(f"{route.key} (dane)", route.targets, route.tls, tlsa)
 
     async def open_transaction(
         self,
@@ -120,12 +165,14 @@ class Delivery:
                 failure = Outcome(session.reply, "none", "connect")
                 return RemoteTransaction(self.pool, route, sender, failure=failure, busy=True)
             if isinstance(session, Reply):
+                if self.sts is not None and route.key.endswith(STS_SUFFIX):
+                    self.sts.record_session_failure(route.key.removesuffix(STS_SUFFIX), session)
                 return RemoteTransaction(
                     self.pool, route, sender, failure=Outcome(session, "none", "connect")
                 )
             reused = session.transactions > 0
             mail_options = _mail_options(session, options)
-            txn = RemoteTransaction(self.pool, route, sender, session=session)
+            txn = RemoteTransaction(self.pool, route, sender, session=session, signer=self.signer)
             try:
                 if first is None:
                     reply = await session.mail(sender, mail_options)
@@ -200,6 +247,30 @@ class Delivery:
 
         await asyncio.gather(*(one(r, s, rc) for (_, s), (r, rc) in groups.items()))
         return outcomes
+
+
+STS_SUFFIX = " (mta-sts)"  # the pool key of a route under an enforced policy
+
+
+def apply_sts(policy: StsPolicy, route: Route, sts: StsPolicies) -> Route | Reply:
+    """RFC 8461 §5: under `enforce` only MX hosts the policy names, each over verified TLS
+    (a route of its own in the pool); under `testing` the route as it is, mismatches logged."""
+    allowed = tuple(t for t in route.targets if policy.allows(t.name))
+    refused = sorted({t.name for t in route.targets} - {t.name for t in allowed})
+    for name in refused:
+        log.warning(
+            "MTA-STS (%s) for %s: MX host %s is not in the policy", policy.mode, route.key, name
+        )
+        sts.record_failure(
+            route.key, "validation-failure", receiving_mx_hostname=name, policy_mode=policy.mode
+        )
+    if policy.mode != "enforce":
+        return route
+    if not allowed:
+        return Reply(
+            451, "4.7.5", f"MTA-STS policy of {route.key} allows none of its MX hosts", None
+        )
+    return Route(route.key + STS_SUFFIX, allowed, "verify")
 
 
 def _mail_options(session: RemoteSession, options: Sequence[str]) -> list[str]:

@@ -9,7 +9,10 @@ connection failure or a non-2xx greeting moves on to the next target (RFC 5321
 §5.1). STARTTLS levels: "opportunistic" tries it without certificate checks (MX
 certificates rarely match; Postfix's "may") and reconnects in clear text when the
 handshake fails; "required" refuses a target without TLS with `451 4.7.4` (Postfix's
-"encrypt": soft, so the message is retried, not lost); "off" never tries.
+"encrypt": soft, so the message is retried, not lost); "verify" also checks the
+certificate chain (system CAs, or `ca_file`) and that it names the MX host (Postfix's
+"secure"), and refuses a failure with `451 4.7.5` naming the reason, never falling back
+to clear text; "off" never tries.
 
 aiosmtplib opens the session (connect, greeting, EHLO, STARTTLS); then the transport
 goes to `Wire` (relay/outbound/wire.py), our own small reply reader, because aiosmtplib
@@ -22,6 +25,7 @@ remote that advertises PIPELINING, MAIL FROM and the first RCPT TO go in one wri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import ssl
@@ -31,9 +35,12 @@ from typing import cast
 
 import aiosmtplib
 
+from policy.dane import Tlsa
+from policy.dane import matches as dane_matches
 from policy.reply import Reply
 from relay.config.schema import StartTLS
 from relay.outbound.reply_reader import make_reply
+from relay.outbound.tls import OPPORTUNISTIC, failure_reason, verify_context
 from relay.outbound.values import Route, Target
 from relay.outbound.wire import Wire, WireLost, data_done_timeout, wire_message
 
@@ -46,17 +53,7 @@ class OutboundSettings:
     connect_timeout: float
     command_timeout: float
     starttls: StartTLS
-
-
-def _tls_context() -> ssl.SSLContext:
-    # Opportunistic MX TLS: encrypt, but do not authenticate (RFC 7435; Postfix "may"/"encrypt").
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-_TLS = _tls_context()
+    ca_file: str = ""  # "verify": trust these CAs instead of the system's
 
 
 def _synthetic(enhanced: str, text: str, host: str | None = None) -> Reply:
@@ -276,9 +273,17 @@ async def _hello(smtp: aiosmtplib.SMTP, settings: OutboundSettings) -> None:
         await smtp.helo(hostname=settings.helo)  # RFC 5321 §3.2: fall back for old servers
 
 
-async def _open_target(target: Target, key: str, settings: OutboundSettings) -> RemoteSession:
-    """Connect to one target and apply the STARTTLS level; raises SessionError."""
+async def _open_target(
+    target: Target,
+    key: str,
+    settings: OutboundSettings,
+    tlsa: tuple[Tlsa, ...] | None = (),
+) -> RemoteSession:
+    """Connect to one target and apply the STARTTLS level (or DANE, when `tlsa` holds
+    records for it); raises SessionError."""
     host = target.host
+    if tlsa is None:  # RFC 7672 §2.2.2: a failed TLSA lookup makes the host unusable
+        raise SessionError(_synthetic("4.7.5", f"DANE: TLSA lookup for {host} failed"))
     try:
         smtp = await _connect(target, settings)
     except aiosmtplib.SMTPConnectResponseError as exc:
@@ -291,21 +296,30 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
         raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: timed out")) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SessionError(_synthetic("4.4.1", f"connect to {target.relay}: {exc}")) from exc
+    if tlsa:
+        return await _dane(smtp, target, key, settings, tlsa)
     if settings.starttls == "off":
         return RemoteSession(smtp, target, key, False, settings.command_timeout)
     if not smtp.supports_extension("starttls"):
-        if settings.starttls == "required":
+        if settings.starttls in ("required", "verify"):
             smtp.close()
             raise SessionError(
                 _synthetic("4.7.4", f"TLS is required, but was not offered by host {host}")
             )
         return RemoteSession(smtp, target, key, False, settings.command_timeout)
+    verify = settings.starttls == "verify"
+    context = verify_context(settings.ca_file) if verify else OPPORTUNISTIC
     try:
-        await smtp.starttls(tls_context=_TLS, server_hostname=target.name)
+        await smtp.starttls(tls_context=context, server_hostname=target.name)
         await _hello(smtp, settings)
         return RemoteSession(smtp, target, key, True, settings.command_timeout)
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
         smtp.close()
+        if verify:
+            # Never clear text after a failed check: that is what an attacker would cause.
+            why = failure_reason(exc)
+            log.warning("TLS with %s refused: %s", host, why)
+            raise SessionError(_synthetic("4.7.5", f"TLS with {host} refused: {why}")) from exc
         if settings.starttls == "required":
             raise SessionError(
                 _synthetic("4.7.5", f"Cannot start TLS with {host}: handshake failed: {exc}")
@@ -321,6 +335,42 @@ async def _open_target(target: Target, key: str, settings: OutboundSettings) -> 
     return await _open_target(target, key, plain)
 
 
+async def _dane(
+    smtp: aiosmtplib.SMTP,
+    target: Target,
+    key: str,
+    settings: OutboundSettings,
+    tlsa: tuple[Tlsa, ...],
+) -> RemoteSession:
+    """DANE-EE(3) (RFC 7672 §3.1.1): TLS is mandatory and the certificate must match a
+    TLSA record; its chain and names are not checked. Failures are soft, never clear text."""
+    host = target.host
+    if not smtp.supports_extension("starttls"):
+        smtp.close()
+        raise SessionError(
+            _synthetic("4.7.4", f"DANE: TLS is required, but was not offered by host {host}")
+        )
+    try:
+        await smtp.starttls(tls_context=OPPORTUNISTIC, server_hostname=target.name)
+        ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der or not dane_matches(tlsa, der):
+            log.warning("DANE: certificate of %s matches none of its TLSA records", host)
+            raise SessionError(
+                _synthetic("4.7.5", f"DANE: certificate of {host} matches no TLSA record")
+            )
+        await _hello(smtp, settings)
+        return RemoteSession(smtp, target, key, True, settings.command_timeout)
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+        smtp.close()
+        raise SessionError(
+            _synthetic("4.7.5", f"DANE: TLS with {host} failed: {failure_reason(exc)}")
+        ) from exc
+    except BaseException:
+        smtp.close()
+        raise
+
+
 async def open_session(route: Route, settings: OutboundSettings) -> RemoteSession | Reply:
     """Try the route's targets in order, once each; the first greeted session wins.
 
@@ -328,9 +378,12 @@ async def open_session(route: Route, settings: OutboundSettings) -> RemoteSessio
     synthetic 4.4.x for connection failures and timeouts).
     """
     last = _synthetic("4.4.4", f"no targets for {route.key}")
+    if route.tls and route.tls != settings.starttls:
+        settings = dataclasses.replace(settings, starttls=route.tls)
+    tlsa = dict(route.tlsa)
     for target in route.targets:
         try:
-            return await _open_target(target, route.key, settings)
+            return await _open_target(target, route.key, settings, tlsa.get(target.name, ()))
         except SessionError as exc:
             log.info("%s: %s", target.relay, exc.reply.line())
             last = exc.reply

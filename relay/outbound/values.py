@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from policy.dane import Tlsa
 from policy.reply import Reply
 from policy.verdict import Verdict
+from relay.config.schema import StartTLS
 
 if TYPE_CHECKING:
     from policy.suppression.store import Refusal
@@ -44,6 +46,10 @@ class Route:
 
     key: str  # the destination: the domain (MX lookup) or "[host]:port" (static route)
     targets: tuple[Target, ...]
+    tls: StartTLS | None = None  # a [delivery] starttls level this route must use (MTA-STS)
+    # DANE (relay/outbound/dane.py): MX host name -> its usable TLSA records, or None when
+    # the lookup failed; hosts not listed have no DANE.
+    tlsa: tuple[tuple[str, tuple[Tlsa, ...] | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,7 @@ class Bouncer:
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bouncer-bench-")))
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_toml: str = ""  # more config, e.g. [[dkim.keys]] (tests/bench/bench_dkim.py)
 
     def start(self) -> None:
         cfg = self.base / "bouncer.toml"
@@ -119,7 +120,7 @@ max_sessions_per_destination = 100
 path = "{self.base / "state"}"
 [log]
 file = "{self.base / "bouncer.log"}"
-"""
+{self.extra_toml}"""
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--config", str(cfg)],

@@ -134,9 +134,11 @@ class DNSServer:
         loop = asyncio.get_running_loop()
         # UDP and TCP must share one port number (the resolver retries over TCP on the
         # same port); bind UDP on port 0, then TCP on that number, retrying on a clash.
-        for _ in range(20):
+        # A port given up front (53, for a tool that only asks the system resolver) is used
+        # as is.
+        for _ in range(1 if self.port else 20):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((self.host, 0))
+            sock.bind((self.host, self.port))
             port = sock.getsockname()[1]
             try:
                 self._tcp = await loop.create_server(lambda: _TCPProtocol(self), self.host, port)
@@ -149,7 +151,7 @@ class DNSServer:
             self._udp = transport
             self.port = port
             return self
-        raise RuntimeError("no free UDP+TCP port pair on loopback")
+        raise RuntimeError(f"no free UDP+TCP port pair on {self.host}")
 
     async def stop(self) -> None:
         if self._udp is not None:
