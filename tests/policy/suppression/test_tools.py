@@ -31,7 +31,7 @@ from relay.store.env import open_state
 from tests.relay.cli.test_suppression import config, run
 
 NOW = datetime.now(UTC)
-__all__ = ["config"]  # the fixture, shared with test_suppression_cli
+__all__ = ["config"]  # the fixture, shared with tests/relay/cli/test_suppression.py
 
 
 def _with_store(tmp_path: Path, work: Any) -> None:
