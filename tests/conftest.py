@@ -29,6 +29,23 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 
 @pytest.fixture
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    """The loop the requesting test runs on (async fixtures share their test's loop)."""
+    return asyncio.get_running_loop()
+
+
+@pytest.fixture(autouse=True)
+def _on_the_loop_its_id_names(request: pytest.FixtureRequest) -> None:
+    """A `both_loops` test whose id says [uvloop] but that ran on asyncio's loop (or the
+    other way round) would prove nothing: check it. Other tests pay nothing."""
+    if request.node.get_closest_marker("both_loops") is None:
+        return
+    loop = request.getfixturevalue("_running_loop")
+    ids = request.node.callspec.id.split("-")
+    assert isinstance(loop, uvloop.Loop) == ("uvloop" in ids), (request.node.nodeid, loop)
+
+
+@pytest.fixture
 async def fake_mx() -> AsyncIterator[FakeMX]:
     """One running fake MX with default (accept everything) script."""
     async with FakeMX() as mx:

@@ -69,3 +69,24 @@ def test_every_behaviour_citation_names_a_section() -> None:
     assert cited, "no citations found: the pattern is wrong"
     missing = sorted(c for c in cited if c[1] not in anchors)
     assert missing == [], missing
+
+
+# A repository path in prose or a comment (a top-level folder, a file name with an
+# extension); not one inside an absolute path such as the unit's place under /etc.
+PATH_CITED = re.compile(
+    r"(?<![/\w.-])(?:relay|policy|tests|docs|conf|systemd|scripts)/[\w./-]*\w"
+    r"\.(?:py|md|toml|sh|json|jsonl|service|pl)\b"
+)
+
+
+def test_every_cited_repository_path_exists() -> None:
+    """Files move (the tree follows the code): a README, doc or comment naming a file
+    that is no longer there sends the reader nowhere."""
+    cited = {
+        (str(path.relative_to(ROOT)), name)
+        for path, text in _texts()
+        for name in PATH_CITED.findall(text)
+    }
+    assert len(cited) > 100, "few citations found: the pattern is wrong"
+    missing = sorted(c for c in cited if not (ROOT / c[1]).exists())
+    assert missing == [], missing

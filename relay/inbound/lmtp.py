@@ -5,7 +5,7 @@
 
 aiosmtpd's `LMTP` class only swaps the greeting verb (LHLO for EHLO, HELO and EHLO
 refused) and still answers DATA once; the per-recipient replies are written here.
-What is relied on from aiosmtpd is pinned by tests/relay/test_lmtp.py.
+What is relied on from aiosmtpd is pinned by tests/relay/inbound/test_lmtp.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 
 `enhance(line)` leaves a line alone when it already has an enhanced code, when it
 is a 3xx or a multi-line part (EHLO's "250-..."), or when nothing below matches.
-The aiosmtpd texts this module matches are pinned by tests/relay/test_aiosmtpd_pins.py.
+The aiosmtpd texts this module matches are pinned by tests/relay/inbound/test_aiosmtpd_pins.py.
 """
 
 from __future__ import annotations

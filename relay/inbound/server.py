@@ -147,7 +147,7 @@ class InboundHandler:
 
     def report_auth_failure(self, mechanism: str) -> None:
         """Called by the authenticator (relay/inbound/auth.py): Postfix's exact wording, which
-        fail2ban's postfix-sasl filter matches (tests/ops/test_operator.py)."""
+        fail2ban's postfix-sasl filter matches (tests/relay/cli/test_operator.py)."""
         self.warn(f"SASL {mechanism} authentication failed: authentication failure")
 
     def hang_up(self) -> None:

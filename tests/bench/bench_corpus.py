@@ -7,7 +7,7 @@ fallback model) and then for the development part (labelled as such: the rules a
 model were written from it, so it flatters), the corpus size and sources, and class
 agreement, hard recall, category agreement and false hards, overall, per language and
 per expected class. --misses lists every disagreement; --no-fallback shows the rules
-alone. Not collected by pytest; tests/policy/test_reply_corpus.py asserts the figures.
+alone. Not collected by pytest; tests/policy/classify/test_reply_corpus.py asserts the figures.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from relay.intake.listener import Intake  # noqa: E402
 from relay.observe.events import EventBus  # noqa: E402
 from relay.store.env import open_state  # noqa: E402
 from relay.store.writer import Writer  # noqa: E402
-from tests.intake import samples  # noqa: E402
+from tests.support import bounce_samples as samples  # noqa: E402
 from tests.support.sisimai import corpus_dir  # noqa: E402
 
 SECRET = "bench-secret-0123456789"

@@ -21,7 +21,7 @@ from relay.outbound.pool import SessionPool
 from relay.outbound.routes import MXResolver, build_resolver
 from relay.outbound.session import OutboundSettings, RemoteSession, open_session
 from relay.outbound.values import Route, Target
-from tests.relay.test_relay_e2e import MSG, converse, routes, send
+from tests.e2e.test_relay import MSG, converse, routes, send
 from tests.support.fake_mx import FakeMX, by_line, in_thirds
 
 # Gmail's answer for a mailbox that does not exist, as it writes it (three lines).
@@ -32,6 +32,8 @@ GMAIL_NO_USER = (
 )
 DATA_OK = "250-2.0.0 Ok: queued as PIECES\r\n250 2.0.0 Thank you"
 SETTINGS = OutboundSettings("relay.test", 2.0, 5.0, "off")
+
+pytestmark = pytest.mark.both_loops  # uvloop as in production, and asyncio's own loop
 
 
 @pytest.mark.parametrize("cut", [in_thirds, by_line], ids=["thirds", "lines"])

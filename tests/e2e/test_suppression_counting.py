@@ -21,9 +21,9 @@ from policy.verdict import Category
 from relay.config.load import LogConfig
 from relay.observe.logsink import LogWriter
 from relay.observe.probes import gauge_probes
-from tests.ops.client import send
-from tests.ops.pflog import require_pflogsumm
 from tests.support.fake_mx import FakeMX
+from tests.support.pflog import require_pflogsumm
+from tests.support.smtp_client import send
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(90)

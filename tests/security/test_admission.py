@@ -23,7 +23,7 @@ from relay.inbound.admission import (
     AdmissionLimits,
 )
 from relay.service import Service
-from tests.security.rawsmtp import RawClient
+from tests.support.rawsmtp import RawClient
 
 OUTSIDER = "127.0.0.2"  # a loopback source address outside allowed_clients
 ONLY_LOCALHOST = {"allowed_clients": ["127.0.0.1/32"]}

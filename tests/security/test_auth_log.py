@@ -15,10 +15,10 @@ from relay.observe.events import Event
 from relay.observe.logfmt import postfix_lines
 from relay.service import Service
 from tests.security.conftest import PASSWORD, USER
-from tests.security.rawsmtp import RawClient
 from tests.security.test_relay_access import MSG, port_of
 from tests.security.test_relay_access import secured as secured  # the fixture, reused
 from tests.support.fake_mx import FakeMX
+from tests.support.rawsmtp import RawClient
 
 # fail2ban's filter.d/postfix.conf, mode "auth" (its mdre-auth, with the prefix line it
 # puts before it), with the daemon name set to bouncer's as a jail would (`_daemon`).

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.security.rawsmtp import LineClient
 from tests.support.postfix import free_port
+from tests.support.rawsmtp import LineClient
 from tests.support.serve import BouncerProcess, bouncer_process
 
 CRASH = re.compile(r"^500 .*Error: \(|^451 4\.3\.0 .*internal")

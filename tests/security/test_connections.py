@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from relay.service import Service
-from tests.security.rawsmtp import RawClient
+from tests.support.rawsmtp import RawClient
 from tests.support.wait import until
 
 

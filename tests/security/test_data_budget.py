@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from relay.inbound.data import RESERVE_STEP, DataBudget, DataState, Reservation, read_data
 from relay.inbound.server import declared_size, prepend
 from relay.outbound.wire import wire_message
-from tests.security.rawsmtp import RawClient
+from tests.support.rawsmtp import RawClient
 
 BUDGET = 3 * RESERVE_STEP
 

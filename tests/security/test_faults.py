@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from relay.service import Service
-from tests.security.rawsmtp import RawClient, RawReply
 from tests.support.dns_server import DNSServer
 from tests.support.fake_mx import FakeMX
 from tests.support.postfix import free_port
+from tests.support.rawsmtp import RawClient, RawReply
 
 MSG = b"From: a@sender.test\r\nSubject: fault\r\n\r\nHello.\r\n"
 TIMEOUT = 1.0  # bouncer's connect/command timeouts in these tests

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from relay.service import Service
-from tests.security.rawsmtp import RawClient
 from tests.support.fake_mx import FakeMX
+from tests.support.rawsmtp import RawClient
 from tests.support.wait import until
 
 HEADER = b"From: a@sender.test\r\nTo: b@example.test\r\nSubject: smuggle\r\n\r\nHello.\r\n"

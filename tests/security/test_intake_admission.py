@@ -23,9 +23,9 @@ from relay.inbound.admission import RATE_EXCEEDED, TOO_MANY_CONNECTIONS, TOO_MAN
 from relay.intake.listener import Intake
 from relay.observe.events import EventBus
 from relay.store.env import open_state
-from tests.intake import samples
-from tests.security.rawsmtp import RawClient
 from tests.security.test_admission import OUTSIDER, connect_then_close, trickle
+from tests.support import bounce_samples as samples
+from tests.support.rawsmtp import RawClient
 from tests.support.wait import until
 
 SECRET = "intake-admission-secret"

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from relay.inbound.server import InboundHandler
 from relay.service import Service
-from tests.security.rawsmtp import LineClient, RawClient
 from tests.support.postfix import free_port
+from tests.support.rawsmtp import LineClient, RawClient
 from tests.support.serve import BouncerProcess, bouncer_process
 
 # What exception text looks like in a reply: aiosmtpd's format, a class name, a traceback.

@@ -11,8 +11,8 @@ import pytest
 
 from relay.service import Service
 from tests.security.conftest import PASSWORD, USER
-from tests.security.rawsmtp import RawClient
 from tests.support.fake_mx import FakeMX
+from tests.support.rawsmtp import RawClient
 
 MSG = b"From: a@sender.test\r\nSubject: relay\r\n\r\nHi.\r\n"
 NOT_US = ["10.99.0.0/16"]  # the test client (127.0.0.1) is outside it

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from relay.service import Service
-from tests.security.rawsmtp import RawClient
 from tests.support.fake_mx import FakeMX
+from tests.support.rawsmtp import RawClient
 
 LITERALS = {
     "ipv4": b"<user@[127.0.0.1]>",

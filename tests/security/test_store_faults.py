@@ -15,8 +15,8 @@ import lmdb
 import pytest
 
 from relay.service import Service
-from tests.security.rawsmtp import RawClient
 from tests.support.fake_mx import FakeMX
+from tests.support.rawsmtp import RawClient
 
 MSG = b"From: a@sender.test\r\nSubject: store fault\r\n\r\nHello.\r\n"
 

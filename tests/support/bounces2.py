@@ -1,5 +1,5 @@
 # The second bounce corpus (tests/data/bounces2): its cases, their expected recipients,
-# how bouncer's reports are read, and the score. Shared by tests/intake/test_bounces2.py
+# how bouncer's reports are read, and the score. Shared by tests/policy/bounces/test_bounces2.py
 # and tests/bench/bench_bounces2.py; reads files, decides nothing about bouncer.
 """Other parsers' test e-mails with their own expected recipients."""
 
