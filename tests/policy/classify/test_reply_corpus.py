@@ -74,7 +74,7 @@ def test_no_set_has_a_false_hard_now() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="the targets not met on the held-out part yet")
-def test_held_out_meets_issue_12_targets() -> None:
+def test_held_out_meets_the_targets() -> None:
     total = evaluate(load("heldout")).total
     assert total.klass / total.n >= 0.95
     assert total.hard_found / total.hard >= 0.95
