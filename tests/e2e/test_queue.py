@@ -12,6 +12,7 @@ import asyncio
 import email
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -364,6 +365,9 @@ async def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, servers: list[Serv
         assert await server.stop() == 0
     assert await server.queue() == []
     log = server.log.read_text()
-    assert "in flight at the last stop are due again" in log
+    # The kill can land between two lease batches, with nothing in flight: then the restart
+    # names no recipient, and no duplicate is allowed at all.
+    named = re.search(r"queue: (\d+) recipient\(s\) in flight at the last stop", log)
+    in_flight = int(named.group(1)) if named else 0
     duplicates = len(mx.messages) - n
-    assert duplicates <= int(log.split("queue: ")[1].split(" recipient(s) in flight")[0])
+    assert duplicates <= in_flight
