@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.postfix import free_port, wait_port
+from tests.support.wait import until_sync
 
 WORKER_SCRIPT = textwrap.dedent(
     """
@@ -118,6 +119,16 @@ def test_single_worker_runs_in_process() -> None:
         _reap(proc)
 
 
+def _listeners(port: int) -> int:
+    """Sockets listening on `port` on this host (IPv4), from /proc/net/tcp (state 0A)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
 def _children(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
@@ -138,6 +149,9 @@ async def test_bouncer_serve_with_two_workers(tmp_path: Any, fake_mx: Any) -> No
     with bouncer_process(tmp_path / "b", table) as b:
         children = _children(b.proc.pid)
         assert len(children) == 2
+        # The port opens with the first worker's socket; each worker binds its own
+        # (SO_REUSEPORT), so wait for both before counting who served what.
+        until_sync(lambda: _listeners(b.port) == 2, "both workers listening")
         for i in range(30):  # fresh connections: the kernel spreads them over the workers
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=b.port, start_tls=False) as c:
                 await c.sendmail(
